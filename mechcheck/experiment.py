@@ -1,0 +1,79 @@
+"""The experiment file: one frozen dataclass per TOML table. Unknown keys are errors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mechcheck.config import build, read_toml
+
+
+@dataclass(frozen=True)
+class SubjectConfig:
+    model: str = "smollm2-135m"  # "smollm2-135m", a local HF directory, or a hub name
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    source: str = "default"  # "default"/"wiki", "fortunes", "wiki+fortunes", or a .txt/.jsonl path
+    max_texts: int | None = 3000  # deterministic subsample after deduplication
+    min_words: int = 5
+    max_words: int = 60
+    split: tuple[float, ...] = (0.8, 0.1, 0.1)
+    max_tokens: int = 128  # texts are truncated to this many tokens
+
+
+@dataclass(frozen=True)
+class NeuronConfig:
+    layer: int | None = None  # set layer and index to fix the neuron; otherwise it is selected
+    index: int | None = None
+    layers: tuple[int, ...] = ()  # candidate layers for selection (empty: the middle layer)
+    criterion: str = "std"  # std | quantile_span | range | study | bimodality
+    position: str = "last"  # last | max | mean | all
+    scan_texts: int = 2000  # train-split texts scanned for selection
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    conditions: tuple[str, ...] = ("frozen", "unfrozen", "after_target")
+    target_modes: tuple[str, ...] = ("fixed",)  # label regimes for conditions that move the neuron
+    readout: str = "linear"
+    readout_frozen: bool = False  # keep the readout at its seeded random init (the study's runs)
+    epochs: int = 2
+    max_steps: int | None = None
+    batch_size: int = 16
+    lr: float = 3e-5  # model weights
+    readout_lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 20
+    grad_clip: float = 1.0
+    patience: int = 3  # evaluations without validation improvement before stopping
+    eval_every: int = 50  # steps between evaluations
+    ridge_alpha: float = 1.0  # closed-form ridge for the frozen condition (on standardised features)
+    drift_texts: int = 64  # held-out texts for LM loss and KL to the original model
+    seeds: tuple[int, ...] = (0,)
+
+
+@dataclass(frozen=True)
+class BatteryConfig:
+    probes: tuple[str, ...] = ()  # empty: every registered probe
+    n_random: int = 20  # random neurons / directions per null
+    n_bootstrap: int = 1000
+    max_eval: int = 300  # test-split texts used by the battery
+    ci: float = 0.95
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str = "experiment"
+    seed: int = 0
+    reference: str | None = None  # "study": show the original study's figures beside ours
+    subject: SubjectConfig = field(default_factory=SubjectConfig)
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    neuron: NeuronConfig = field(default_factory=NeuronConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    battery: BatteryConfig = field(default_factory=BatteryConfig)
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    return build(Experiment, read_toml(path), str(path))
