@@ -16,6 +16,7 @@ layer's output); then `final_norm` (final normed residual) and `logits`.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from collections.abc import Callable, Sequence
@@ -224,6 +225,25 @@ def smollm2_dir() -> Path:
     return folder
 
 
+@functools.cache
+def _hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers at all (any HTTP status counts; proxies respected)."""
+    import urllib.error
+    import urllib.request
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    try:
+        urllib.request.urlopen(constants.ENDPOINT, timeout=timeout_s).close()
+    except urllib.error.HTTPError:
+        return True
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def _load_hf(spec: str, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -231,6 +251,8 @@ def _load_hf(spec: str, dtype: torch.dtype):
         folder, kw = smollm2_dir(), {"gguf_file": SMOLLM2_GGUF}
     else:
         folder, kw = spec, {}
+        if not os.path.isdir(spec) and not _hub_reachable():
+            kw["local_files_only"] = True  # the cache or nothing: no minute of retries
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, **kw)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **kw)
