@@ -1,0 +1,5 @@
+"""Reports: `report.md` and figures rendered from results.json and saved predictions alone."""
+
+from mechcheck.report.render import compare_command, render_report, report_command
+
+__all__ = ["compare_command", "render_report", "report_command"]

@@ -1,0 +1,371 @@
+"""Markdown sections of the report: header, verdicts, one section per condition, threats.
+
+Every number comes from the view (results.json and saved predictions); nothing is typed in.
+Figures are drawn through a `Figures` sink that returns the markdown that shows them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mechcheck.report import figures as fig
+from mechcheck.report.stats import Fit, array, prediction_fits, spread, stale_fraction, std_ratio
+from mechcheck.report.tables import MISSING, fmt, fmt_ci, fmt_entry, get, md_table
+from mechcheck.report.validity import THRESHOLDS, threats
+from mechcheck.report.views import ConditionView, RunView
+
+HYPOTHESES = {
+    "H1": "H1 separate model",
+    "H2_in": "H2-in reads W_in",
+    "H2_out": "H2-out reads W_out",
+    "H3": "H3 regularises",
+}
+TRAINED = {
+    "frozen": "the readout only (the model is frozen)",
+    "unfrozen": "every weight of the model, and the readout",
+    "after_target": "the layers after the neuron's layer, the final norm and the readout",
+}
+REGIMES = {
+    "fixed": "fixed labels from the original model",
+    "live": "the current model's own activation, gradient flowing into it",
+    "live_detached": "the current model's own activation, no gradient through the label",
+}
+
+
+class Figures:
+    """Draws figures into `folder` and returns the markdown that shows (or excuses) each one."""
+
+    def __init__(self, folder: Path, link_prefix: str = "figures"):
+        self.folder = folder
+        self.link_prefix = link_prefix
+        self.drawn: list[Path] = []
+
+    def show(self, name: str, draw: Callable[..., Path | None], data: Any, title: str, caption: str) -> str:
+        """Draw `draw(data, path, title)`; the markdown image link, or a note when there is no data."""
+        file = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") + ".png"
+        path = draw(data, self.folder / file, title)
+        if path is None:
+            return f"*({caption}: no data to draw)*"
+        self.drawn.append(path)
+        return f"![{caption}]({self.link_prefix}/{file})"
+
+
+def verdict_cell(entry: Any) -> str:
+    verdict = entry.get("verdict") if isinstance(entry, dict) else None
+    return {
+        "supported": "**supported**",
+        "not_supported": "not supported",
+        "inconclusive": "inconclusive",
+    }.get(verdict, MISSING)
+
+
+def evidence_text(evidence: Any, limit: int = 8) -> str:
+    if not isinstance(evidence, dict) or not evidence:
+        return MISSING
+    items = list(_flatten(evidence))
+    text = "; ".join(f"{k} = {fmt_entry(v)}" for k, v in items[:limit])
+    return text + (f"; … ({len(items) - limit} more)" if len(items) > limit else "")
+
+
+def _flatten(data: dict[str, Any], prefix: str = ""):
+    for key, value in data.items():
+        if isinstance(value, dict) and "value" not in value and value:
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+# --- header --------------------------------------------------------------------------------
+def _corpus_text(card: Any) -> str:
+    if not isinstance(card, dict):
+        return MISSING
+    parts = [f"`{card.get('spec', '?')}`"]
+    if "final_texts" in card:
+        parts.append(f"{fmt(card['final_texts'])} texts")
+    counts = get(card, "split", "texts")
+    if isinstance(counts, dict):
+        parts.append("(" + " / ".join(f"{k} {fmt(v)}" for k, v in counts.items()) + ")")
+    sources = [
+        f"{s.get('name', '?')} — {s.get('licence', 'licence unknown')}"
+        + (f", via {s['via']}" if s.get("via") else "")
+        for s in card.get("sources") or []
+        if isinstance(s, dict)
+    ]
+    if sources:
+        parts[-1] += ";"
+        parts.append("sources: " + "; ".join(sources))
+    return " ".join(parts)
+
+
+def _neuron_text(neuron: Any) -> str:
+    if not isinstance(neuron, dict):
+        return MISSING
+    return f"layer {neuron.get('layer')}, index {neuron.get('index')}"
+
+
+def header_section(view: RunView) -> str:
+    h = view.header
+    regimes = {}
+    for c in view.conditions:
+        regimes.setdefault(c.condition, []).append(c.target_mode)
+    seeds = sorted({s for c in view.conditions for s in c.seeds})
+    versions = h.get("versions") if isinstance(h.get("versions"), dict) else {}
+    rows = [
+        ["model", f"`{h.get('model') or MISSING}`"],
+        ["neuron", _neuron_text(h.get("neuron")) + _selection_text(view.selection)],
+        ["position", str(h.get("position") or MISSING)],
+        ["corpus", _corpus_text(h.get("corpus"))],
+        ["label regime", "; ".join(f"{c}: {', '.join(m)}" for c, m in regimes.items()) or MISSING],
+        ["seeds", ", ".join(map(str, seeds)) or MISSING],
+        ["evaluation", _eval_text(view)],
+        ["versions", ", ".join(f"{k} {v}" for k, v in versions.items()) or MISSING],
+    ]
+    return f"# mechcheck report — {view.name}\n\n" + md_table(["run", f"`{view.folder.name}`"], rows)
+
+
+def _selection_text(selection: Any) -> str:
+    if not isinstance(selection, dict):
+        return ""
+    if selection.get("fixed"):
+        return " (fixed by the experiment)"
+    chosen = get(selection, "neurons", 0) or {}
+    text = f" (selected by `{selection.get('criterion', '?')}` over layers {selection.get('layers', '?')}"
+    if "std" in chosen:
+        text += f"; std {fmt(chosen['std'])}, range {fmt(chosen.get('min'))} … {fmt(chosen.get('max'))}"
+    return text + ")"
+
+
+def _eval_text(view: RunView) -> str:
+    evals = [c.results.get("eval") for c in view.conditions if isinstance(c.results.get("eval"), dict)]
+    if not evals:
+        return MISSING
+    e = evals[0]
+    return f"{e.get('source', '?')}: {fmt(e.get('n_texts'))} texts, {fmt(e.get('n_labels'))} labels"
+
+
+# --- verdicts -------------------------------------------------------------------------------
+def verdict_section(view: RunView) -> str:
+    rows = [
+        [
+            f"{c.condition} ({c.target_mode})",
+            *(verdict_cell(get(c.results, "verdicts", h)) for h in HYPOTHESES),
+        ]
+        for c in view.conditions
+    ]
+    out = ["## Verdicts", "", md_table(["condition (labels)", *HYPOTHESES.values()], rows)]
+    for c in view.conditions:
+        verdicts = c.results.get("verdicts") or {}
+        detail = [
+            [
+                HYPOTHESES[h],
+                verdict_cell(verdicts.get(h)),
+                str(get(verdicts, h, "rule") or MISSING),
+                evidence_text(get(verdicts, h, "evidence")),
+            ]
+            for h in HYPOTHESES
+        ]
+        out += [
+            "",
+            f"**{c.condition} ({c.target_mode})**",
+            "",
+            md_table(["hypothesis", "verdict", "rule", "evidence"], detail),
+        ]
+    return "\n".join(out)
+
+
+# --- one condition ----------------------------------------------------------------------------
+def _fit_cell(f: Fit | None) -> str:
+    return MISSING if f is None else fmt_ci(f.skill, f.ci)
+
+
+def fit_table(c: ConditionView) -> str:
+    rows = []
+    for seed in c.seeds:
+        pred = c.predictions.get(seed)
+        if pred is None:
+            test = get(c.metrics(seed), "test") or {}
+            rows.append(
+                [
+                    str(seed),
+                    MISSING,
+                    MISSING,
+                    fmt(test.get("skill")),
+                    MISSING,
+                    fmt(test.get("mse")),
+                    fmt(test.get("r")),
+                    fmt(test.get("pred_sd_ratio")),
+                ]
+            )
+            continue
+        fits = prediction_fits(pred, seed)
+        after = fits.get("after_vs_fixed")
+        labels, after_p = array(pred, "labels"), array(pred, "predictions")
+        ratio = (
+            after_p.std() / labels.std()
+            if labels is not None and after_p is not None and labels.std()
+            else None
+        )
+        rows.append(
+            [
+                str(seed),
+                fmt(after.n if after else None),
+                _fit_cell(fits.get("before_vs_fixed")),
+                _fit_cell(after),
+                _fit_cell(fits.get("after_vs_live")),
+                fmt(after.mse if after else None),
+                fmt(after.r if after else None),
+                fmt(ratio),
+            ]
+        )
+    head = [
+        "seed",
+        "labels",
+        "skill before",
+        "skill after (fixed labels)",
+        "skill after (live neuron)",
+        "MSE after",
+        "r",
+        "SD(report)/SD(label)",
+    ]
+    note = (
+        "Skill = 1 − MSE/Var(label) on the test split, with a 95 % bootstrap CI over texts, computed "
+        "from the saved predictions. *Live neuron* scores the report against the trained model's own "
+        "activation."
+    )
+    return note + "\n\n" + md_table(head, rows)
+
+
+def neuron_table(c: ConditionView) -> str:
+    rows = []
+    for seed in c.seeds:
+        pred = c.predictions.get(seed) or {}
+        before, after = spread(array(pred, "labels")), spread(array(pred, "live_labels"))
+        m = c.metrics(seed)
+        before = before or m.get("neuron_before") or {}
+        after = after or m.get("neuron_after") or {}
+        ratio = std_ratio(pred)
+        stale = stale_fraction(pred)
+        rows.append(
+            [
+                str(seed),
+                fmt(before.get("mean")),
+                fmt(before.get("std")),
+                fmt(after.get("mean")),
+                fmt(after.get("std")),
+                fmt(ratio),
+                fmt(stale),
+            ]
+        )
+    head = [
+        "seed",
+        "mean before",
+        "std before",
+        "mean after",
+        "std after",
+        "std after/before",
+        "MSE(fixed, live)/Var",
+    ]
+    return md_table(head, rows)
+
+
+def drift_table(c: ConditionView) -> str:
+    rows = []
+    for seed in c.seeds:
+        m = c.metrics(seed)
+        rows.append(
+            [
+                str(seed),
+                fmt(m.get("lm_loss_before")),
+                fmt(m.get("lm_loss_after")),
+                fmt(m.get("kl_after")),
+                fmt(m.get("neuron_unchanged_maxdiff")),
+            ]
+        )
+    return md_table(
+        ["seed", "LM loss before", "LM loss after", "KL(original ‖ trained)", "neuron max |Δ|"], rows
+    )
+
+
+def curve_table(c: ConditionView) -> str:
+    rows = []
+    for seed, curves in sorted(c.curves.items()):
+        vals = [r for r in curves if isinstance(r.get("val_mse"), int | float)]
+        if not vals:
+            continue
+        best = min(vals, key=lambda r: r["val_mse"])
+        first = vals[1] if len(vals) > 1 else vals[0]
+        rows.append(
+            [
+                str(seed),
+                fmt(vals[0]["val_mse"]),
+                f"{fmt(first['val_mse'])} (step {first.get('step')})",
+                f"{fmt(best['val_mse'])} (step {best.get('step')})",
+                fmt(vals[-1].get("step")),
+            ]
+        )
+    if not rows:
+        return "*(no training curves saved)*"
+    return md_table(["seed", "val MSE step 0", "val MSE first eval", "best val MSE", "last step"], rows)
+
+
+def condition_section(c: ConditionView, figs: Figures) -> str:
+    readout = "frozen at its seeded random initialisation" if c.readout_frozen else "trained"
+    title = f"{c.condition} ({c.target_mode})"
+    out = [
+        f"## Condition: {title}",
+        "",
+        f"Trains {TRAINED.get(c.condition, c.condition)}; readout {readout}. "
+        f"Labels: {REGIMES.get(c.target_mode, c.target_mode)}. "
+        f"Seeds: {', '.join(map(str, c.seeds)) or MISSING}.",
+        "",
+        "### Fit on the test split",
+        "",
+        fit_table(c),
+        "",
+        figs.show(
+            f"{c.key}-predicted-vs-actual",
+            fig.predicted_vs_actual,
+            c.predictions,
+            f"{title}: report vs neuron",
+            caption="predicted vs actual",
+        ),
+        "",
+        "### Training curves",
+        "",
+        curve_table(c),
+        "",
+        figs.show(
+            f"{c.key}-curves", fig.training_curves, c.curves, f"{title}: training", caption="training curves"
+        ),
+        "",
+        "### The neuron before and after training (test split)",
+        "",
+        neuron_table(c),
+        "",
+        figs.show(
+            f"{c.key}-neuron",
+            fig.neuron_distribution,
+            c.predictions,
+            f"{title}: neuron distribution",
+            caption="neuron distribution",
+        ),
+        "",
+        "### Drift",
+        "",
+        drift_table(c),
+    ]
+    return "\n".join(out)
+
+
+def threats_section(view: RunView) -> str:
+    out = ["## Threats to validity", ""]
+    for c in view.conditions:
+        found = threats(c)
+        out.append(f"**{c.condition} ({c.target_mode})**" + ("" if found else ": none found."))
+        out += [f"- {line}" for line in found]
+        out.append("")
+    out.append("Thresholds: " + "; ".join(f"{k} {fmt(v)}" for k, v in THRESHOLDS.items()) + ".")
+    return "\n".join(out)

@@ -1,0 +1,144 @@
+"""Render `report.md` and `figures/*.png` from a results directory; tabulate several runs.
+
+`render_report(dir)` is a pure function of the directory's results.json and saved predictions:
+it overwrites report.md and the figures it draws, and never touches the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from mechcheck.errors import UserError
+from mechcheck.outputs import claim_file
+from mechcheck.report.battery_md import battery_section
+from mechcheck.report.markdown import (
+    HYPOTHESES,
+    Figures,
+    condition_section,
+    header_section,
+    threats_section,
+    verdict_section,
+)
+from mechcheck.report.reference import reference_section
+from mechcheck.report.stats import pooled_fit, std_ratio
+from mechcheck.report.tables import MISSING, fmt, fmt_ci, get, md_table
+from mechcheck.report.views import RunView, load_view
+
+REPORT = "report.md"
+FIGURES = "figures"
+
+
+def stages_section(view: RunView) -> str:
+    rows = []
+    for name, stage in view.stages.items():
+        if isinstance(stage, dict):
+            rows.append(
+                [
+                    name,
+                    str(stage.get("status", MISSING)),
+                    fmt(stage.get("seconds")),
+                    str(stage.get("hash", ""))[:12],
+                ]
+            )
+    if not rows:
+        return ""
+    return "## Pipeline stages\n\n" + md_table(["stage", "status (last run)", "seconds", "input hash"], rows)
+
+
+def render_markdown(view: RunView, figs: Figures) -> str:
+    parts = [header_section(view), verdict_section(view)]
+    parts += [condition_section(c, figs) for c in view.conditions]
+    parts += [battery_section(c, figs) for c in view.conditions]
+    if view.reference == "study":
+        parts.append(reference_section(view))
+    parts.append(threats_section(view))
+    parts.append(stages_section(view))
+    parts.append(
+        "---\n*Rendered by `mechcheck report` from results.json and the saved predictions; "
+        "every number above is computed from those files.*"
+    )
+    return "\n\n".join(p for p in parts if p) + "\n"
+
+
+def render_report(folder: str | Path) -> Path:
+    """Write `folder/report.md` and `folder/figures/*.png`; returns the report's path."""
+    folder = Path(folder)
+    view = load_view(folder)
+    figs = Figures(folder / FIGURES, FIGURES)
+    text = render_markdown(view, figs)
+    path = folder / REPORT
+    tmp = path.with_name(REPORT + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
+def report_command(args: argparse.Namespace) -> int:
+    """`mechcheck report DIR`: re-render the report (it is a view, so it is always replaced)."""
+    path = render_report(args.dir)
+    print(f"report: {path}")
+    return 0
+
+
+VERDICT_SHORT = {"supported": "yes", "not_supported": "no", "inconclusive": "?"}
+
+
+def compare_rows(view: RunView) -> list[list[str]]:
+    rows = []
+    for c in view.conditions:
+        pooled = pooled_fit(c.predictions)
+        ratios = [r for p in c.predictions.values() if (r := std_ratio(p)) is not None]
+        neuron = view.header.get("neuron") or {}
+        verdicts = [VERDICT_SHORT.get(get(c.results, "verdicts", h, "verdict"), MISSING) for h in HYPOTHESES]
+        rows.append(
+            [
+                view.name,
+                f"`{view.header.get('model') or MISSING}`",
+                f"{neuron.get('layer', '?')}/{neuron.get('index', '?')}"
+                if isinstance(neuron, dict)
+                else MISSING,
+                c.condition,
+                c.target_mode,
+                ", ".join(map(str, c.seeds)) or MISSING,
+                fmt_ci(pooled.skill, pooled.ci) if pooled else MISSING,
+                fmt(sum(ratios) / len(ratios)) if ratios else MISSING,
+                *verdicts,
+            ]
+        )
+    return rows
+
+
+def compare_table(folders: list[str | Path]) -> str:
+    rows = [row for folder in folders for row in compare_rows(load_view(folder))]
+    head = [
+        "run",
+        "model",
+        "neuron",
+        "condition",
+        "labels",
+        "seeds",
+        "test skill [95 % CI]",
+        "neuron std ratio",
+        *(h.replace("_", "-") for h in HYPOTHESES),
+    ]
+    legend = (
+        "Test skill vs the fixed labels over all seeds, CI by bootstrap over texts; neuron std ratio = "
+        "trained/original on the test texts; verdicts: yes = supported, no = not supported, ? = inconclusive."
+    )
+    return md_table(head, rows) + "\n\n" + legend + "\n"
+
+
+def compare_command(args: argparse.Namespace) -> int:
+    """`mechcheck compare DIR…`: a markdown table of the runs on stdout (and in `--out`)."""
+    table = compare_table(list(args.dirs))
+    if args.out:
+        if Path(args.out).name in ("results.json", REPORT):
+            raise UserError(
+                f"--out {args.out}: choose another name; results.json and report.md belong to runs"
+            )
+        claim_file(args.out, args.overwrite).write_text(table)
+    sys.stdout.write(table)
+    return 0

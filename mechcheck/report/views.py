@@ -1,0 +1,187 @@
+"""Read a results directory into plain views the report renders.
+
+Two layouts are understood:
+
+- a battery directory (`mechcheck test --out DIR`): `results.json` with
+  `format = "mechcheck-results/1"` and `predictions/seed-<k>.json` — one condition;
+- a pipeline run (`mechcheck run --out runs/NAME`): `results.json` with
+  `format = "mechcheck-run/1"` embedding each condition's battery results and curves, and the
+  predictions under each condition's battery directory.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mechcheck.errors import UserError
+from mechcheck.report.tables import get
+
+RESULTS_FORMAT = "mechcheck-results/1"
+RUN_FORMAT = "mechcheck-run/1"
+_SEED_FILE = re.compile(r"seed-(\d+)\.json$")
+
+
+@dataclass
+class ConditionView:
+    """One condition × target mode: its battery results, saved predictions and curves per seed."""
+
+    key: str
+    results: dict[str, Any]
+    predictions: dict[int, dict[str, Any]] = field(default_factory=dict)
+    curves: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+
+    @property
+    def run(self) -> dict[str, Any]:
+        return self.results.get("run") or {}
+
+    @property
+    def runs(self) -> list[dict[str, Any]]:
+        runs = self.results.get("runs")
+        return runs if isinstance(runs, list) and runs else ([self.run] if self.run else [])
+
+    @property
+    def condition(self) -> str:
+        return str(self.results.get("condition") or self.run.get("condition") or self.key.split("-")[0])
+
+    @property
+    def target_mode(self) -> str:
+        return str(self.results.get("target_mode") or self.run.get("target_mode") or "fixed")
+
+    @property
+    def seeds(self) -> list[int]:
+        seeds = {r.get("seed") for r in self.runs if isinstance(r.get("seed"), int)}
+        return sorted(seeds | set(self.predictions) | set(self.curves))
+
+    @property
+    def readout_frozen(self) -> bool:
+        return bool(get(self.run, "readout", "frozen", default=False))
+
+    def metrics(self, seed: int) -> dict[str, Any]:
+        for run in self.runs:
+            if run.get("seed") == seed:
+                return run.get("metrics") or {}
+        return {}
+
+
+@dataclass
+class RunView:
+    """Everything a report shows: header facts and the conditions, in order."""
+
+    folder: Path
+    name: str
+    header: dict[str, Any]
+    conditions: list[ConditionView]
+    reference: str | None = None
+    selection: dict[str, Any] | None = None
+    stages: dict[str, Any] = field(default_factory=dict)
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path} is missing or not valid JSON: {err}") from err
+
+
+def load_predictions(folder: Path) -> dict[int, dict[str, Any]]:
+    """`predictions/seed-<k>.json` files under `folder` (absent folder → none)."""
+    found: dict[int, dict[str, Any]] = {}
+    if not folder.is_dir():
+        return found
+    for path in sorted(folder.glob("seed-*.json")):
+        match = _SEED_FILE.search(path.name)
+        data = read_json(path)
+        if match and isinstance(data, dict):
+            found[int(match.group(1))] = data
+    return found
+
+
+def _curves_from_results(results: dict[str, Any]) -> dict[int, list[dict[str, Any]]]:
+    curves: dict[int, list[dict[str, Any]]] = {}
+    for run in [results.get("run") or {}, *(results.get("runs") or [])]:
+        if isinstance(run, dict) and isinstance(run.get("curves"), list) and isinstance(run.get("seed"), int):
+            curves.setdefault(run["seed"], run["curves"])
+    return curves
+
+
+def _int_keys(data: Any) -> dict[int, Any]:
+    if not isinstance(data, dict):
+        return {}
+    return {int(k): v for k, v in data.items() if str(k).lstrip("-").isdigit()}
+
+
+def condition_key(results: dict[str, Any]) -> str:
+    run = results.get("run") or {}
+    condition = results.get("condition") or run.get("condition") or "condition"
+    return f"{condition}-{results.get('target_mode') or run.get('target_mode') or 'fixed'}"
+
+
+def header_from(results: dict[str, Any]) -> dict[str, Any]:
+    """Model, neuron, position, corpus, versions — from one battery results.json."""
+    run = results.get("run") or {}
+    return {
+        "model": run.get("base_model"),
+        "neuron": results.get("neuron") or run.get("neuron"),
+        "position": results.get("position") or run.get("position"),
+        "corpus": get(run, "corpus", "card") or run.get("corpus"),
+        "versions": results.get("versions") or run.get("versions"),
+        "eval": results.get("eval"),
+    }
+
+
+def _battery_view(folder: Path, results: dict[str, Any]) -> RunView:
+    view = ConditionView(
+        condition_key(results),
+        results,
+        load_predictions(folder / "predictions"),
+        _curves_from_results(results),
+    )
+    reference = get(results, "run", "experiment", "reference")
+    return RunView(folder, folder.name, header_from(results), [view], reference)
+
+
+def _run_view(folder: Path, data: dict[str, Any]) -> RunView:
+    conditions = []
+    for entry in data.get("conditions") or []:
+        results = entry.get("results") or {}
+        sub = folder / entry.get("dir", f"test/{entry.get('key', '')}")
+        curves = _int_keys(entry.get("curves")) or _curves_from_results(results)
+        conditions.append(
+            ConditionView(
+                entry.get("key") or condition_key(results),
+                results,
+                load_predictions(sub / "predictions"),
+                curves,
+            )
+        )
+    header = dict(data.get("header") or {})
+    if conditions:
+        header = {**header_from(conditions[0].results), **{k: v for k, v in header.items() if v}}
+    return RunView(
+        folder,
+        str(data.get("name") or folder.name),
+        header,
+        conditions,
+        get(data, "experiment", "reference"),
+        data.get("selection"),
+        data.get("stages") or {},
+    )
+
+
+def load_view(folder: str | Path) -> RunView:
+    """The view of a battery or pipeline directory; a clear UserError for anything else."""
+    folder = Path(folder)
+    path = folder / "results.json"
+    if not path.is_file():
+        raise UserError(f"{folder} holds no results.json (run `mechcheck test` or `mechcheck run` first)")
+    data = read_json(path)
+    fmt = data.get("format") if isinstance(data, dict) else None
+    if fmt == RUN_FORMAT:
+        return _run_view(folder, data)
+    if fmt == RESULTS_FORMAT:
+        return _battery_view(folder, data)
+    raise UserError(f"{path}: unknown format {fmt!r}; expected {RESULTS_FORMAT} or {RUN_FORMAT}")
