@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from mechcheck.config import build, read_toml
@@ -34,6 +34,20 @@ class NeuronConfig:
 
 
 @dataclass(frozen=True)
+class ConditionOverride:
+    """`[[train.override]]`: settings that differ for one condition (e.g. the study's epochs)."""
+
+    condition: str
+    epochs: int | None = None
+    max_steps: int | None = None
+    lr: float | None = None
+    readout_lr: float | None = None
+    readout_frozen: bool | None = None
+    patience: int | None = None
+    eval_every: int | None = None
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     conditions: tuple[str, ...] = ("frozen", "unfrozen", "after_target")
     target_modes: tuple[str, ...] = ("fixed",)  # label regimes for conditions that move the neuron
@@ -52,6 +66,15 @@ class TrainConfig:
     ridge_alpha: float = 1.0  # closed-form ridge for the frozen condition (on standardised features)
     drift_texts: int = 64  # held-out texts for LM loss and KL to the original model
     seeds: tuple[int, ...] = (0,)
+    override: tuple[ConditionOverride, ...] = ()  # per-condition settings; see for_condition()
+
+    def for_condition(self, condition: str) -> TrainConfig:
+        """This config with `condition`'s overrides applied (and no override table left)."""
+        changes = {}
+        for o in self.override:
+            if o.condition == condition:
+                changes |= {f.name: getattr(o, f.name) for f in fields(o) if f.name != "condition"}
+        return replace(self, **{k: v for k, v in changes.items() if v is not None}, override=())
 
 
 @dataclass(frozen=True)
