@@ -65,6 +65,7 @@ class TrainConfig:
     eval_every: int = 50  # steps between evaluations
     ridge_alpha: float = 1.0  # closed-form ridge for the frozen condition (on standardised features)
     drift_texts: int = 64  # held-out texts for LM loss and KL to the original model
+    eval_train_texts: int = 128  # train texts (evenly spaced by length) re-scored at each evaluation
     seeds: tuple[int, ...] = (0,)
     override: tuple[ConditionOverride, ...] = ()  # per-condition settings; see for_condition()
 
