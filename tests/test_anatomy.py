@@ -120,3 +120,20 @@ def test_gemma_gain_is_one_plus_weight(family_subject: Subject) -> None:
     raw = s.anatomy.W_in(1, 3, folded=False)["gate"]
     torch.testing.assert_close(s.anatomy.W_in(1, 3)["gate"], raw * (1 + weight), atol=0, rtol=0)
     assert not torch.allclose(raw * (1 + weight), raw * weight)
+
+
+@pytest.mark.slow
+def test_smollm2_mlp_post_equals_hand_recomputation(smollm2: Subject) -> None:
+    s, layer = smollm2, 8
+    enc = s.encode(["The river flows north.", "Paris is the capital and largest city of France."])
+    acts = s.mlp_post(enc, [layer])[layer]
+    normalised, gain, bias = hand_norm(s, layer, norm_input(s, enc, layer))
+    with torch.no_grad():
+        pre = hand_pre_activations(s, layer, normalised * gain + bias)
+        expected = hand_activation(s, layer, pre)
+    scale = expected.abs().max()
+    assert scale > 1
+    assert (acts - expected).abs().max() <= 1e-5 * scale
+    index = 1188
+    w = s.anatomy.W_in(layer, index)
+    torch.testing.assert_close(normalised @ w["gate"], pre["gate"][..., index], atol=1e-5 * scale, rtol=0)
