@@ -37,6 +37,10 @@ class Readout(nn.Module):
     def format_text(self, text: str) -> str:
         return text
 
+    def meta(self) -> dict:
+        """What run.json's readout table holds besides `kind` (passed back to `from_tensors`)."""
+        return {}
+
     def tensors(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone().contiguous() for k, v in self.state_dict().items()}
 
@@ -97,3 +101,7 @@ def neuron_values(
     site = Site("mlp_post", neuron.layer)
     got = subject.run(enc, reads=[site], edits=edits, grad=grad)
     return gather_position(got[site][..., neuron.index : neuron.index + 1], enc["attention_mask"], position)[:, 0]
+
+
+# Token-space readouts ("digit", "on_off") register beside the linear one.
+from mechcheck import token_readout as _token_readout  # noqa: E402, F401
