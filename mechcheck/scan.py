@@ -21,8 +21,10 @@ the chosen neuron's histogram.
 - `range`: max − min, the study's "wide range" (outlier-driven: a few spikes win);
 - `study`: the original study's score, unbiased variance × log1p(max − min);
 - `bimodality`: Sarle's bimodality coefficient (G1² + 1) / (G2 + 3 (n−1)² / ((n−2)(n−3))) from
-  the sample skewness G1 and excess kurtosis G2 (> 5/9 suggests two modes); neurons whose std
-  is below `BIMODALITY_STD_FLOOR` × the median std of all scanned neurons are excluded.
+  the sample skewness G1 and excess kurtosis G2 (> 5/9 suggests two modes). Neurons whose std,
+  or whose p99 − p01 span, is below `BIMODALITY_FLOOR` × its median over all scanned neurons
+  are excluded: near-silent neurons have no usable modes, and a lone spike (n − 1 equal values
+  and one outlier) has skewness² ≈ kurtosis ≈ n, so a coefficient near 1 without two real modes.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from mechcheck.running_stats import RESERVOIR_ROWS, LayerStats, ReservoirSampler
 from mechcheck.subject import POSITIONS, Subject, gather_position
 
 CRITERIA = ("std", "quantile_span", "range", "study", "bimodality")
-BIMODALITY_STD_FLOOR = 0.5
+BIMODALITY_FLOOR = 0.5
 
 
 # --- the scan ----------------------------------------------------------------------------
@@ -153,26 +155,28 @@ def check_criterion(criterion: str) -> str:
     return criterion
 
 
+def _spread(stats: LayerStats, criterion: str) -> torch.Tensor:
+    if criterion == "std":
+        return stats.std
+    if criterion == "quantile_span":
+        return stats.quantiles["p99"] - stats.quantiles["p01"]
+    if criterion == "range":
+        return stats.max - stats.min
+    if criterion == "study":
+        return stats.var * torch.log1p(stats.max - stats.min)
+    return stats.bimodality()
+
+
 def criterion_scores(result: ScanResult, criterion: str) -> dict[int, torch.Tensor]:
     """Each layer's `[d_mlp]` scores under `criterion`; nan marks a neuron that cannot rank."""
     check_criterion(criterion)
-    scores = {}
-    for layer, s in result.layers.items():
-        if criterion == "std":
-            scores[layer] = s.std
-        elif criterion == "quantile_span":
-            scores[layer] = s.quantiles["p99"] - s.quantiles["p01"]
-        elif criterion == "range":
-            scores[layer] = s.max - s.min
-        elif criterion == "study":
-            scores[layer] = s.var * torch.log1p(s.max - s.min)
-        else:
-            scores[layer] = s.bimodality()
-    if criterion == "bimodality":
-        stds = {layer: s.std for layer, s in result.layers.items()}
-        floor = BIMODALITY_STD_FLOOR * torch.cat(list(stds.values())).nanmedian()
-        for layer, std in stds.items():
-            scores[layer] = scores[layer].masked_fill(~(std >= floor), float("nan"))
+    scores = {layer: _spread(stats, criterion) for layer, stats in result.layers.items()}
+    if criterion == "bimodality":  # near-silent neurons and lone spikes (coefficient ~1) drop out
+        for name in ("std", "quantile_span"):
+            spread = {layer: _spread(stats, name) for layer, stats in result.layers.items()}
+            floor = BIMODALITY_FLOOR * torch.cat(list(spread.values())).nanquantile(0.5)
+            for layer, value in spread.items():
+                scores[layer] = scores[layer].masked_fill(~(value >= floor), float("nan"))
     return scores
 
 
