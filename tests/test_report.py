@@ -62,7 +62,7 @@ def test_skill_and_ci_are_computed_from_the_predictions(run_dir: Path) -> None:
     assert got.ci[0] < got.skill < got.ci[1]
     assert got.n == 60
     text = render_report(run_dir).read_text()
-    assert "| 0 | 60 | " in text and fmt_ci(got.skill, got.ci) in text
+    assert "| 0 | fixed labels | 60 | " in text and fmt_ci(got.skill, got.ci) in text
 
 
 def test_bootstrap_resamples_texts_not_tokens() -> None:

@@ -17,17 +17,12 @@ from mechcheck.report.views import ConditionView
 
 
 def null_summary(control: dict[str, Any]) -> str:
-    """`n`, mean ± sd, 95th percentile of a null, and where the control's value falls in it."""
-    null = [float(v) for v in control.get("null") or [] if is_number(v)]
-    if not null:
+    """`n`, mean ± sd and 95th percentile of a control's null sample."""
+    null = np.asarray([float(v) for v in control.get("null") or [] if is_number(v)])
+    if not null.size:
         return MISSING
-    arr = np.asarray(null)
-    mean, sd, p95 = (fmt(float(v)) for v in (arr.mean(), arr.std(), np.quantile(arr, 0.95)))
-    text = f"n {arr.size}, {mean} ± {sd}, p95 {p95}"
-    value = control.get("observed", control.get("value"))
-    if is_number(value):
-        text += f"; value at percentile {100 * float(np.mean(arr < value)):.0f}"
-    return text
+    mean, sd, p95 = (fmt(float(v)) for v in (null.mean(), null.std(), np.quantile(null, 0.95)))
+    return f"n {null.size}, {mean} ± {sd}, p95 {p95}"
 
 
 def _metric_rows(entries: Any) -> list[list[str]]:
@@ -36,14 +31,31 @@ def _metric_rows(entries: Any) -> list[list[str]]:
     return [[f"`{name}`", fmt_entry(entry)] for name, entry in entries.items()]
 
 
+def _control_row(name: str, entry: Any) -> list[str]:
+    """A control beside the metric it is the null for: the observed value, where it falls, p."""
+    c = entry if isinstance(entry, dict) else {"value": entry}
+    compares = f"`{c['compares']}`" if c.get("compares") else MISSING
+    observed = fmt(c.get("observed")) + (" (abs)" if c.get("abs") else "")
+    percentile = c.get("percentile")
+    where = f"{100 * percentile:.0f}" if is_number(percentile) else MISSING
+    return [f"`{name}`", compares, observed, fmt_entry(c), null_summary(c), where, fmt(c.get("p"))]
+
+
 def _control_rows(entries: Any) -> list[list[str]]:
     if not isinstance(entries, dict):
         return []
-    rows = []
-    for name, entry in entries.items():
-        control = entry if isinstance(entry, dict) else {"value": entry}
-        rows.append([f"`{name}`", fmt_entry(control), null_summary(control)])
-    return rows
+    return [_control_row(name, entry) for name, entry in entries.items()]
+
+
+CONTROL_HEAD = [
+    "control",
+    "for metric",
+    "observed",
+    "null mean [95 % interval]",
+    "null sample",
+    "percentile",
+    "p",
+]
 
 
 def probe_section(c: ConditionView, name: str, probe: dict[str, Any], figs: Figures) -> str:
@@ -51,11 +63,7 @@ def probe_section(c: ConditionView, name: str, probe: dict[str, Any], figs: Figu
     out = [f"#### `{name}` — bears on {bears}", ""]
     metrics, controls = _metric_rows(probe.get("metrics")), _control_rows(probe.get("controls"))
     out += [md_table(["metric", "value [95 % CI]"], metrics) if metrics else "*(no metrics)*", ""]
-    out += [
-        md_table(["control", "value [95 % CI]", "null distribution"], controls)
-        if controls
-        else "*(no controls)*"
-    ]
+    out += [md_table(CONTROL_HEAD, controls) if controls else "*(no controls)*"]
     shown = []
     for fig_name, spec in (probe.get("figures") or {}).items():
         if isinstance(spec, dict):

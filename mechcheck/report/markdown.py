@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from mechcheck.report import figures as fig
-from mechcheck.report.stats import Fit, array, prediction_fits, spread, stale_fraction, std_ratio
+from mechcheck.report.stats import Fit, array, prediction_fits, spread, stale_fraction, std_ratio, target_key
 from mechcheck.report.tables import MISSING, fmt, fmt_ci, fmt_entry, get, md_table
 from mechcheck.report.validity import THRESHOLDS, threats
 from mechcheck.report.views import ConditionView, RunView
@@ -181,59 +181,38 @@ def _fit_cell(f: Fit | None) -> str:
     return MISSING if f is None else fmt_ci(f.skill, f.ci)
 
 
+def _metrics_fit_row(seed: int, test: dict[str, Any]) -> list[str]:
+    """A row from run.json's own test metrics, for a seed whose predictions were not saved."""
+    cells = [MISSING, MISSING, MISSING, fmt(test.get("skill")), MISSING]
+    return [str(seed), *cells, *(fmt(test.get(k)) for k in ("mse", "r", "pred_sd_ratio"))]
+
+
+def _fit_row(seed: int, pred: dict[str, Any]) -> list[str]:
+    fits = prediction_fits(pred, seed)
+    key = target_key(pred)
+    target = fits.get("after_vs_target")
+    labels, after = array(pred, key), array(pred, "predictions")
+    ok = labels is not None and after is not None and labels.std() > 0
+    ratio = float(after.std() / labels.std()) if ok else None
+    cells = [_fit_cell(fits.get(k)) for k in ("before_vs_fixed", "after_vs_fixed", "after_vs_live")]
+    scored = [fmt(getattr(target, k) if target else None) for k in ("mse", "r")]
+    return [str(seed), "live neuron" if key == "live_labels" else "fixed labels",
+            fmt(target.n if target else None), *cells, *scored, fmt(ratio)]  # fmt: skip
+
+
 def fit_table(c: ConditionView) -> str:
     rows = []
     for seed in c.seeds:
         pred = c.predictions.get(seed)
-        if pred is None:
-            test = get(c.metrics(seed), "test") or {}
-            rows.append(
-                [
-                    str(seed),
-                    MISSING,
-                    MISSING,
-                    fmt(test.get("skill")),
-                    MISSING,
-                    fmt(test.get("mse")),
-                    fmt(test.get("r")),
-                    fmt(test.get("pred_sd_ratio")),
-                ]
-            )
-            continue
-        fits = prediction_fits(pred, seed)
-        after = fits.get("after_vs_fixed")
-        labels, after_p = array(pred, "labels"), array(pred, "predictions")
-        ratio = (
-            after_p.std() / labels.std()
-            if labels is not None and after_p is not None and labels.std()
-            else None
-        )
         rows.append(
-            [
-                str(seed),
-                fmt(after.n if after else None),
-                _fit_cell(fits.get("before_vs_fixed")),
-                _fit_cell(after),
-                _fit_cell(fits.get("after_vs_live")),
-                fmt(after.mse if after else None),
-                fmt(after.r if after else None),
-                fmt(ratio),
-            ]
+            _fit_row(seed, pred) if pred else _metrics_fit_row(seed, get(c.metrics(seed), "test") or {})
         )
-    head = [
-        "seed",
-        "labels",
-        "skill before",
-        "skill after (fixed labels)",
-        "skill after (live neuron)",
-        "MSE after",
-        "r",
-        "SD(report)/SD(label)",
-    ]
+    head = ["seed", "trained on", "labels", "skill before", "skill after (fixed labels)",
+            "skill after (live neuron)", "MSE after", "r", "SD(report)/SD(target)"]  # fmt: skip
     note = (
         "Skill = 1 − MSE/Var(label) on the test split, with a 95 % bootstrap CI over texts, computed "
-        "from the saved predictions. *Live neuron* scores the report against the trained model's own "
-        "activation."
+        "from the saved predictions. *Fixed labels* come from the original model; *live neuron* is the "
+        "trained model's own activation. MSE, r and the SD ratio are against what the run was trained on."
     )
     return note + "\n\n" + md_table(head, rows)
 

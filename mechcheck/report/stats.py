@@ -88,10 +88,12 @@ def prediction_fits(pred: dict[str, Any], seed: int = 0) -> dict[str, Fit]:
     after, before = array(pred, "predictions"), array(pred, "predictions_before")
     n = labels.size if labels is not None else 0
     groups = _groups(pred, n)
+    target = live if pred.get("target") == "live_labels" else labels
     pairs = {
         "after_vs_fixed": (labels, after),
         "before_vs_fixed": (labels, before),
         "after_vs_live": (live, after),
+        "after_vs_target": (target, after),
     }
     found = {}
     for name, (y, p) in pairs.items():
@@ -99,6 +101,11 @@ def prediction_fits(pred: dict[str, Any], seed: int = 0) -> dict[str, Fit]:
         if got is not None:
             found[name] = got
     return found
+
+
+def target_key(pred: dict[str, Any]) -> str:
+    """Which saved labels the run was trained and scored against: `labels` (fixed) or `live_labels`."""
+    return "live_labels" if pred.get("target") == "live_labels" else "labels"
 
 
 def spread(values: np.ndarray | None) -> dict[str, float] | None:
@@ -129,10 +136,10 @@ def std_ratio(pred: dict[str, Any]) -> float | None:
 
 
 def pooled_fit(preds_by_seed: dict[int, dict[str, Any]], seed: int = 0) -> Fit | None:
-    """Report vs fixed labels over all seeds pooled; the bootstrap resamples texts (with all their seeds)."""
+    """Report vs its training target, all seeds pooled; the bootstrap resamples texts (all their seeds)."""
     labels, after, groups = [], [], []
     for pred in preds_by_seed.values():
-        y, p = array(pred, "labels"), array(pred, "predictions")
+        y, p = array(pred, target_key(pred)), array(pred, "predictions")
         if y is None or p is None or y.shape != p.shape:
             continue
         texts = pred.get("texts")

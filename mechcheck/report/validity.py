@@ -102,7 +102,7 @@ def _baselines(view: ConditionView) -> list[str]:
     best = _best_baseline(view.results)
     found = []
     for seed, pred in sorted(view.predictions.items()):
-        after = prediction_fits(pred, seed).get("after_vs_fixed")
+        after = prediction_fits(pred, seed).get("after_vs_target")
         if after is None:
             continue
         low = after.ci[0] if after.ci else after.skill

@@ -23,6 +23,7 @@ def _predictions(seed: int, n: int = 60) -> dict:
     r = lambda a: [round(float(v), 4) for v in a]  # noqa: E731
     return {
         "split": "test",
+        "target": "labels",
         "texts": [f"text number {i}" for i in range(n)],
         "text_index": list(range(n)),
         "labels": r(labels),
@@ -87,8 +88,18 @@ def _run(seed: int) -> dict:
     }
 
 
+def _control(observed: float, compares: str) -> dict:
+    """Shaped like the battery's null_control: null mean, central interval, where `observed` falls."""
+    null = np.round(np.random.default_rng(7).normal(0, 0.05, 20), 4)
+    ci = [round(float(q), 4) for q in np.quantile(null, [0.025, 0.975])]
+    return {
+        "value": round(float(null.mean()), 4), "ci": ci,
+        "null": null.tolist(), "observed": observed, "percentile": float((null < observed).mean()),
+        "p": 0.001 if abs(observed) > 0.2 else 0.4, "compares": compares,
+    }  # fmt: skip
+
+
 def _probes() -> dict:
-    null = [round(float(v), 4) for v in np.random.default_rng(7).normal(0, 0.05, 20)]
     return {
         "ablation": {
             "hypotheses": ["H2_out", "H1"],
@@ -96,7 +107,7 @@ def _probes() -> dict:
                 "zero_delta_skill": {"value": -0.41, "ci": [-0.52, -0.3]},
                 "mean_abs_shift": {"value": 0.66, "ci": [0.55, 0.78]},
             },
-            "controls": {"random_neuron_delta_skill": {"value": -0.01, "ci": [-0.03, 0.01], "null": null}},
+            "controls": {"random_neuron_delta_skill": _control(-0.41, "zero_delta_skill")},
             "figures": {
                 "effects": {
                     "kind": "bar",
@@ -138,7 +149,7 @@ def _probes() -> dict:
                 "cos_W_in": {"value": 0.03, "ci": [-0.02, 0.08]},
                 "cos_W_out": {"value": 0.41, "ci": [0.35, 0.47]},
             },
-            "controls": {"random_direction_cos": {"value": 0.0, "ci": [-0.05, 0.05], "null": null}},
+            "controls": {"random_direction_cos": _control(0.41, "cos_W_out")},
             "figures": {},
         },
     }
