@@ -129,7 +129,7 @@ class TokenReadout(Readout):
     # --- predictions ---------------------------------------------------------------------
     def answer_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits of the answer tokens only. [N, n_classes]"""
-        return logits[..., self.answer_ids]
+        return logits[..., self.answer_ids.to(logits.device)]
 
     def probs(self, logits: torch.Tensor) -> torch.Tensor:
         return self.answer_logits(logits).float().softmax(-1)
