@@ -83,7 +83,8 @@ def test_threats_are_found(run_dir: Path) -> None:
     assert "held-out LM loss rose 3.1 → 3.5 (+13%)" in threats
     assert "small test set: 60 labels" in threats
     assert "stale labels" in threats and "0.41 × Var(label)" in threats
-    assert "H3: control `controls_passed` failed" in threats
+    assert "H3 inconclusive: the std ratio's CI straddles 0.5" in threats
+    assert "`variance.std_ratio` did not clear its control(s) std_ratio.random_neurons" in threats
     assert "collapsed" not in threats
 
 

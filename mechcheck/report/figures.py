@@ -156,6 +156,7 @@ def null_distributions(controls: dict[str, dict[str, Any]], path: Path, title: s
         if isinstance(value, int | float):
             ax.axvline(float(value), color="C3", linewidth=2, label=f"observed {value:.3g}")
         ax.set_title(name, fontsize=9)
+        ax.locator_params(axis="x", nbins=4)
         _legend(ax)
     fig.suptitle(title)
     return _save(fig, path)
@@ -267,9 +268,10 @@ def _hist(ax: Axes, spec: dict[str, Any], series: dict[str, Any]) -> None:
             data = _numbers(values.get("values", values.get("y")) if isinstance(values, dict) else values)
             if data:
                 ax.hist(data, bins=20, alpha=0.5, label=name)
-    for name, value in (spec.get("marks") or {}).items():
+    for i, (name, value) in enumerate((spec.get("marks") or {}).items()):
         if isinstance(value, int | float):
-            ax.axvline(float(value), linewidth=2, linestyle="--", label=f"{name} = {value:.3g}")
+            label = f"{name} = {value:.3g}"
+            ax.axvline(float(value), linewidth=2, linestyle="--", color=f"C{i + 2}", label=label)
 
 
 def _scatter(ax: Axes, spec: dict[str, Any], series: dict[str, Any]) -> None:

@@ -13,16 +13,10 @@ from typing import Any
 
 from mechcheck.report import figures as fig
 from mechcheck.report.stats import Fit, array, prediction_fits, spread, stale_fraction, std_ratio, target_key
-from mechcheck.report.tables import MISSING, fmt, fmt_ci, fmt_entry, get, md_table
+from mechcheck.report.tables import MISSING, fmt, fmt_ci, get, md_table
 from mechcheck.report.validity import THRESHOLDS, threats
 from mechcheck.report.views import ConditionView, RunView
 
-HYPOTHESES = {
-    "H1": "H1 separate model",
-    "H2_in": "H2-in reads W_in",
-    "H2_out": "H2-out reads W_out",
-    "H3": "H3 regularises",
-}
 TRAINED = {
     "frozen": "the readout only (the model is frozen)",
     "unfrozen": "every weight of the model, and the readout",
@@ -51,31 +45,6 @@ class Figures:
             return f"*({caption}: no data to draw)*"
         self.drawn.append(path)
         return f"![{caption}]({self.link_prefix}/{file})"
-
-
-def verdict_cell(entry: Any) -> str:
-    verdict = entry.get("verdict") if isinstance(entry, dict) else None
-    return {
-        "supported": "**supported**",
-        "not_supported": "not supported",
-        "inconclusive": "inconclusive",
-    }.get(verdict, MISSING)
-
-
-def evidence_text(evidence: Any, limit: int = 8) -> str:
-    if not isinstance(evidence, dict) or not evidence:
-        return MISSING
-    items = list(_flatten(evidence))
-    text = "; ".join(f"{k} = {fmt_entry(v)}" for k, v in items[:limit])
-    return text + (f"; … ({len(items) - limit} more)" if len(items) > limit else "")
-
-
-def _flatten(data: dict[str, Any], prefix: str = ""):
-    for key, value in data.items():
-        if isinstance(value, dict) and "value" not in value and value:
-            yield from _flatten(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", value
 
 
 # --- header --------------------------------------------------------------------------------
@@ -144,36 +113,6 @@ def _eval_text(view: RunView) -> str:
         return MISSING
     e = evals[0]
     return f"{e.get('source', '?')}: {fmt(e.get('n_texts'))} texts, {fmt(e.get('n_labels'))} labels"
-
-
-# --- verdicts -------------------------------------------------------------------------------
-def verdict_section(view: RunView) -> str:
-    rows = [
-        [
-            f"{c.condition} ({c.target_mode})",
-            *(verdict_cell(get(c.results, "verdicts", h)) for h in HYPOTHESES),
-        ]
-        for c in view.conditions
-    ]
-    out = ["## Verdicts", "", md_table(["condition (labels)", *HYPOTHESES.values()], rows)]
-    for c in view.conditions:
-        verdicts = c.results.get("verdicts") or {}
-        detail = [
-            [
-                HYPOTHESES[h],
-                verdict_cell(verdicts.get(h)),
-                str(get(verdicts, h, "rule") or MISSING),
-                evidence_text(get(verdicts, h, "evidence")),
-            ]
-            for h in HYPOTHESES
-        ]
-        out += [
-            "",
-            f"**{c.condition} ({c.target_mode})**",
-            "",
-            md_table(["hypothesis", "verdict", "rule", "evidence"], detail),
-        ]
-    return "\n".join(out)
 
 
 # --- one condition ----------------------------------------------------------------------------

@@ -14,17 +14,11 @@ from pathlib import Path
 from mechcheck.errors import UserError
 from mechcheck.outputs import claim_file
 from mechcheck.report.battery_md import battery_section
-from mechcheck.report.markdown import (
-    HYPOTHESES,
-    Figures,
-    condition_section,
-    header_section,
-    threats_section,
-    verdict_section,
-)
+from mechcheck.report.markdown import Figures, condition_section, header_section, threats_section
 from mechcheck.report.reference import reference_section
 from mechcheck.report.stats import pooled_fit, std_ratio
 from mechcheck.report.tables import MISSING, fmt, fmt_ci, get, md_table
+from mechcheck.report.verdicts_md import HYPOTHESES, verdict_section
 from mechcheck.report.views import RunView, load_view
 
 REPORT = "report.md"
@@ -35,17 +29,10 @@ def stages_section(view: RunView) -> str:
     rows = []
     for name, stage in view.stages.items():
         if isinstance(stage, dict):
-            rows.append(
-                [
-                    name,
-                    str(stage.get("status", MISSING)),
-                    fmt(stage.get("seconds")),
-                    str(stage.get("hash", ""))[:12],
-                ]
-            )
+            rows.append([name, fmt(stage.get("seconds")), str(stage.get("hash") or MISSING)[:12]])
     if not rows:
         return ""
-    return "## Pipeline stages\n\n" + md_table(["stage", "status (last run)", "seconds", "input hash"], rows)
+    return "## Pipeline stages\n\n" + md_table(["stage", "seconds (when it ran)", "input hash"], rows)
 
 
 def render_markdown(view: RunView, figs: Figures) -> str:

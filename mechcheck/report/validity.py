@@ -52,27 +52,26 @@ def _drift(view: ConditionView) -> list[str]:
 
 
 def _failed_controls(view: ConditionView) -> list[str]:
-    found = []
+    """Why inconclusive verdicts are inconclusive: their stated reason, effects that did not clear
+    their controls, effects never measured (the battery's evidence with status failed/missing)."""
+    why: dict[str, list[str]] = {}
+    details: dict[str, None] = {}
     for name, verdict in (view.results.get("verdicts") or {}).items():
-        evidence = verdict.get("evidence") if isinstance(verdict, dict) else None
-        for key, value in _flat(evidence or {}):
-            low = key.lower()
-            if "control" in low and (value is False or (isinstance(value, str) and "fail" in value.lower())):
-                found.append(f"{name}: control `{key}` failed")
-            elif low.endswith("failed_controls") and isinstance(value, list) and value:
-                found.append(f"{name}: failed controls {', '.join(map(str, value))}")
-    return found
-
-
-def _flat(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    out: list[tuple[str, Any]] = []
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and "value" not in value:
-            out += _flat(value, name + ".")
-        else:
-            out.append((name, value))
-    return out
+        if not isinstance(verdict, dict) or verdict.get("verdict") != "inconclusive":
+            continue
+        evidence = verdict.get("evidence") or {}
+        why.setdefault(str(evidence.get("why") or "see its evidence"), []).append(name)
+        for key, value in evidence.items():
+            if isinstance(value, dict) and value.get("status") == "failed" and value.get("failed_controls"):
+                controls = ", ".join(map(str, value["failed_controls"]))
+                details[f"`{value.get('metric') or key}` did not clear its control(s) {controls}"] = None
+            elif isinstance(value, dict) and value.get("status") == "missing":
+                details[f"`{value.get('metric') or key}` was not measured"] = None
+        listed = " ".join(details)
+        unlisted = [str(c) for c in evidence.get("failed_controls") or [] if str(c) not in listed]
+        if unlisted:
+            details[f"{name}: did not clear {', '.join(unlisted)}"] = None
+    return [f"{', '.join(names)} inconclusive: {reason}" for reason, names in why.items()] + list(details)
 
 
 def _small_test(view: ConditionView) -> list[str]:

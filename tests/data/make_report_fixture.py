@@ -155,6 +155,32 @@ def _probes() -> dict:
     }
 
 
+def _verdicts() -> dict:
+    """Shaped like mechcheck.verdict's output: why, learned, decided metrics with their status."""
+    learned = {"status": "yes", "skill": {"value": 0.84, "ci": [0.78, 0.89]}, "min_skill": 0.1}
+    ablation = {
+        "metric": "ablation.zero_delta_skill",
+        "value": -0.41,
+        "ci": [-0.52, -0.3],
+        "status": "present",
+    }
+    w_in = {"metric": "direction_ablation.in_pinned", "value": 0.01, "ci": [-0.02, 0.04], "status": "absent"}
+    injection = {"metric": "direction_injection.slope", "status": "missing"}
+    ratio = {"metric": "variance.std_ratio", "value": 0.4, "ci": [0.3, 0.55], "status": "failed",
+             "failed_controls": ["std_ratio.random_neurons"]}  # fmt: skip
+    return {
+        "H1": {"verdict": "not_supported", "rule": "learned, no causal effect\n    of the neuron",
+               "evidence": {"learned": learned, "why": "H2-out holds", "effects": {"ablation": "present"}}},
+        "H2_in": {"verdict": "not_supported", "rule": "W_in ablation (neuron pinned) beyond its nulls",
+                  "evidence": {"learned": learned, "in_pinned": w_in}},
+        "H2_out": {"verdict": "supported", "rule": "ablation and W_out ablation beyond their nulls",
+                   "evidence": {"learned": learned, "ablation_mean": ablation, "injection": injection}},
+        "H3": {"verdict": "inconclusive", "rule": "std ratio CI below 0.5 and below random neurons",
+               "evidence": {"std_ratio": ratio, "why": "the std ratio's CI straddles 0.5",
+                            "failed_controls": ["std_ratio.random_neurons"]}},
+    }  # fmt: skip
+
+
 def main() -> None:
     (HERE / "predictions").mkdir(parents=True, exist_ok=True)
     for seed in (0, 1):
@@ -172,28 +198,7 @@ def main() -> None:
         "eval": {"source": "checkpoint test split", "n_texts": 60, "n_labels": 60},
         "probes": _probes(),
         "skipped": {"layerwise_probe": "needs the base model, which this fixture has none of"},
-        "verdicts": {
-            "H1": {
-                "verdict": "not_supported",
-                "rule": "learned and no causal effect of the neuron",
-                "evidence": {"learned": True},
-            },
-            "H2_in": {
-                "verdict": "not_supported",
-                "rule": "W_in ablation beyond its null",
-                "evidence": {"w_in_effect": {"value": 0.01, "ci": [-0.02, 0.04]}},
-            },
-            "H2_out": {
-                "verdict": "supported",
-                "rule": "ablation and injection beyond their nulls",
-                "evidence": {"zero_delta_skill": {"value": -0.41, "ci": [-0.52, -0.3]}, "null_q95": 0.08},
-            },
-            "H3": {
-                "verdict": "inconclusive",
-                "rule": "neuron std ratio < 0.5 with CI",
-                "evidence": {"std_ratio": {"value": 0.4, "ci": [0.3, 0.55]}, "controls_passed": False},
-            },
-        },
+        "verdicts": _verdicts(),
         "config": {"n_random": 20, "n_bootstrap": 1000},
         "timing": {"total_s": 12.5},
         "versions": {"python": "3.11.7", "torch": "2.13.0", "mechcheck": "0.1.0"},
