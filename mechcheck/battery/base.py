@@ -1,0 +1,117 @@
+"""The battery's contract: the `Probe` base class, the `PROBES` registry, `ProbeResult` and options.
+
+A probe is a small class registered under a unique name. It declares the hypotheses it bears on
+and what it needs, and `run(ctx)` returns a `ProbeResult`: metrics and controls with confidence
+intervals, figure *data*, and notes. It never prints and never writes files. The context it gets
+(`mechcheck.battery.context.Context`) holds the subjects, the evaluation set and a cached clean
+pass per batch, and runs every intervention through `Subject.run`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from mechcheck.registry import Registry
+
+if TYPE_CHECKING:
+    from mechcheck.battery.context import Context
+
+HYPOTHESES = ("H1", "H2_in", "H2_out", "H3")
+NEEDS = ("base_model", "trained_model", "labels", "linear_readout")
+FIGURE_KINDS = ("line", "bar", "hist", "scatter")
+
+
+@dataclass(frozen=True)
+class BatteryOptions:
+    """How much evidence to gather. Defaults are frugal: nulls run on a subset of the texts."""
+
+    n_random: int = 20  # random neurons / directions per null
+    n_bootstrap: int = 1000
+    ci: float = 0.95
+    max_eval: int = 300  # evaluation texts (a seeded subsample of the test split)
+    n_null_texts: int = 64  # texts (whole batches) on which the nulls are measured
+    batch_size: int = 16
+    max_tokens: int = 128
+    min_labels: int = 20  # fewer labels than this: no CI is worth reporting
+    seed: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class ProbeResult:
+    """What a probe found. `metrics`/`controls` map names to `{"value", "ci": [lo, hi], ...}`;
+    a control may carry its `null` sample and `compares` (the metric it is the null for)."""
+
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    controls: dict[str, dict[str, Any]] = field(default_factory=dict)
+    figures: dict[str, dict[str, Any]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "metrics": self.metrics,
+            "controls": self.controls,
+            "figures": self.figures,
+            "notes": self.notes,
+        }
+
+    def check(self, name: str) -> ProbeResult:
+        """Refuse a malformed result: every metric and control needs a value and a two-sided CI."""
+        for kind, entries in (("metric", self.metrics), ("control", self.controls)):
+            for key, entry in entries.items():
+                if "value" not in entry or len(entry.get("ci", ())) != 2:
+                    raise ValueError(f"probe {name!r}: {kind} {key!r} lacks a value or a [lo, hi] CI")
+        for key, fig in self.figures.items():
+            if fig.get("kind") not in FIGURE_KINDS:
+                raise ValueError(f"probe {name!r}: figure {key!r} has kind {fig.get('kind')!r}")
+        return self
+
+
+class Probe:
+    """Base class: subclasses set `hypotheses`, `needs` and implement `run(ctx)`."""
+
+    name: ClassVar[str] = ""
+    hypotheses: ClassVar[tuple[str, ...]] = ()
+    needs: ClassVar[tuple[str, ...]] = ()
+    order: ClassVar[int] = 50  # probes run in (order, name) order; later ones may read earlier results
+
+    def run(self, ctx: Context) -> ProbeResult:
+        raise TypeError(f"{type(self).__name__} must implement run(ctx)")
+
+
+PROBES: Registry[type[Probe]] = Registry("probe")
+
+
+def register(name: str):
+    """Class decorator: check the declarations and register the probe under `name`."""
+
+    def add(cls: type[Probe]) -> type[Probe]:
+        bad = [h for h in cls.hypotheses if h not in HYPOTHESES] + [n for n in cls.needs if n not in NEEDS]
+        if bad or not cls.hypotheses:
+            raise ValueError(f"probe {name!r}: unknown hypotheses/needs {bad} (or none declared)")
+        cls.name = name
+        return PROBES.register(name)(cls)
+
+    return add
+
+
+def line_figure(
+    title: str, x: list[float], series: dict[str, Any], xlabel: str, ylabel: str
+) -> dict[str, Any]:
+    return {"kind": "line", "title": title, "x": x, "y": ylabel, "series": series, "xlabel": xlabel,
+            "ylabel": ylabel}  # fmt: skip
+
+
+def bar_figure(title: str, series: dict[str, Any], ylabel: str) -> dict[str, Any]:
+    return {"kind": "bar", "title": title, "x": list(series), "y": ylabel, "series": series, "ylabel": ylabel}
+
+
+def hist_figure(
+    title: str, series: dict[str, list[float]], xlabel: str, marks: dict[str, float]
+) -> dict[str, Any]:
+    return {"kind": "hist", "title": title, "x": xlabel, "y": "count", "series": series, "marks": marks,
+            "xlabel": xlabel}  # fmt: skip

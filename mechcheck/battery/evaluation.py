@@ -1,0 +1,66 @@
+"""Which texts the battery evaluates on: the checkpoint's own test split, else `--corpus`'s.
+
+A checkpoint written by the trainer carries its test texts in predictions.json; a hand-written
+one (only run.json's required fields) is evaluated on the test split of `--corpus`. Either way
+at most `max_eval` texts are kept (a seeded subsample, in the original order).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from mechcheck.battery.base import BatteryOptions
+from mechcheck.checkpoint import Checkpoint
+from mechcheck.errors import UserError
+
+
+def _saved_texts(predictions: dict[str, Any] | None) -> list[str] | None:
+    if not isinstance(predictions, dict):
+        return None
+    for texts in (predictions.get("texts"), (predictions.get("test") or {}).get("texts")):
+        if isinstance(texts, list) and texts and all(isinstance(t, str) for t in texts):
+            return texts
+    return None
+
+
+def _corpus_texts(spec: str, ck: Checkpoint, options: BatteryOptions) -> list[str]:
+    from mechcheck.corpus import load_corpus, split_corpus
+
+    corpus = load_corpus(spec, seed=options.seed)
+    split = (ck.run.get("corpus") or {}).get("split") if isinstance(ck.run.get("corpus"), dict) else None
+    fractions = tuple(split) if isinstance(split, list) and len(split) == 3 else (0.8, 0.1, 0.1)
+    return list(split_corpus(corpus, fractions, seed=options.seed).test)
+
+
+def check_eval_size(n: int, minimum: int, source: Any) -> None:
+    if n < minimum:
+        raise UserError(
+            f"the evaluation set ({source}) has {n} texts; at least {minimum} are needed for a confidence "
+            "interval — give a larger --corpus"
+        )
+
+
+def eval_texts(ck: Checkpoint, corpus: str | None, options: BatteryOptions) -> tuple[list[str], Any]:
+    """(texts, source): the checkpoint's test texts, or `corpus`'s test split; checked for size."""
+    try:
+        texts = _saved_texts(ck.predictions())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise UserError(f"{ck.path}/predictions.json is corrupt: {err}") from err
+    source: Any = "checkpoint test split"
+    if texts is None:
+        if corpus is None:
+            raise UserError(
+                f"{ck.path} has no predictions.json with its test texts; pass --corpus to evaluate on a "
+                "corpus"
+            )
+        texts, source = _corpus_texts(corpus, ck, options), corpus
+    texts = list(dict.fromkeys(texts))
+    if len(texts) > options.max_eval:
+        keep = np.sort(
+            np.random.default_rng(options.seed).choice(len(texts), options.max_eval, replace=False)
+        )
+        texts = [texts[i] for i in keep]
+    check_eval_size(len(texts), options.min_labels, source)
+    return texts, source
