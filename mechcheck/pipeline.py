@@ -1,0 +1,347 @@
+"""`mechcheck run EXPERIMENT.toml --out runs/NAME`: corpus → select → train → test → report.
+
+Layout of `runs/NAME/`:
+
+    experiment.json            which experiment this directory belongs to (and its config)
+    corpus/                    card.json, splits.json (the split texts)
+    select/                    neurons.json (+ the chosen neuron's histogram when it was selected)
+    train/                     the trainer's checkpoints: <condition>-<mode>/seed-<k>/, target.json
+    test/<condition>-<mode>/   the battery over all seeds of that run: results.json, predictions/
+    report/                    the report stage's record
+    results.json, report.md, figures/   the combined results and the report rendered from them
+
+Every stage folder has a `stage.json` with the sha256 of its inputs (its config section and the
+hashes of what it depends on); a rerun skips a stage whose hash matches and whose outputs exist,
+and a killed training run continues from its saved state. `mechcheck report runs/NAME`
+re-renders the report from the files alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from mechcheck.config import to_dict
+from mechcheck.errors import UserError
+from mechcheck.experiment import Experiment, load_experiment
+from mechcheck.outputs import write_json
+from mechcheck.stages import Stage, digest, run_stage
+
+RUN_FORMAT = "mechcheck-run/1"
+MARKER = "experiment.json"
+
+
+def identity(experiment: Experiment, file: str | Path) -> str:
+    """What makes two runs "the same experiment": its name, or the file's stem when unnamed."""
+    return experiment.name if experiment.name != "experiment" else Path(file).stem
+
+
+def claim_run_dir(out: Path, name: str, overwrite: bool) -> None:
+    """An empty or absent dir, or this experiment's own run (resume); anything else is refused."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} exists and is not a directory")
+    if not out.is_dir() or not any(out.iterdir()):
+        out.mkdir(parents=True, exist_ok=True)
+        return
+    marker = out / MARKER
+    if not marker.is_file():
+        raise UserError(f"{out} is not empty and holds no mechcheck run; choose another --out")
+    try:
+        old = json.loads(marker.read_text()).get("identity")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as err:
+        raise UserError(f"{marker} is corrupt ({err}); choose another --out") from err
+    if overwrite:
+        shutil.rmtree(out)
+        out.mkdir(parents=True)
+    elif old != name:
+        raise UserError(
+            f"{out} holds a run of experiment {old!r}, not {name!r}; pass --overwrite to replace it"
+        )
+
+
+# --- stages --------------------------------------------------------------------------------
+class Pipeline:
+    """One run directory: builds each stage from the experiment and the stages before it."""
+
+    def __init__(self, experiment: Experiment, out: Path, progress: bool):
+        self.experiment, self.out, self.progress = experiment, out, progress
+        self.records: dict[str, dict[str, Any]] = {}
+        self.ran: dict[str, bool] = {}
+        self._subject = None
+
+    def subject(self):
+        if self._subject is None:
+            from mechcheck.subject import load_subject
+
+            self._subject = load_subject(self.experiment.subject.model)
+        return self._subject
+
+    def stage(self, name: str, inputs: dict[str, Any], outputs: tuple[str, ...], step, **extra: Any) -> Stage:
+        stage = Stage(name, self.out / name, inputs, outputs, extra)
+        with tqdm(total=1, desc=name, disable=not self.progress, leave=True) as bar:
+            ran, record = run_stage(stage, step)
+            bar.set_postfix_str("ran" if ran else "up to date")
+            bar.update(1)
+        self.ran[name], self.records[name] = ran, record
+        return stage
+
+    # corpus ------------------------------------------------------------------------------
+    def corpus(self) -> Stage:
+        e = self.experiment
+        return self.stage(
+            "corpus",
+            {"corpus": to_dict(e.corpus), "seed": e.seed},
+            ("card.json", "splits.json"),
+            self._corpus,
+        )
+
+    def _corpus(self, stage: Stage, previous: dict[str, Any]) -> None:
+        from mechcheck.corpus import load_corpus, split_corpus
+
+        c, seed = self.experiment.corpus, self.experiment.seed
+        corpus = load_corpus(
+            c.source, max_texts=c.max_texts, seed=seed, min_words=c.min_words, max_words=c.max_words
+        )
+        splits = split_corpus(corpus, tuple(c.split), seed=seed)
+        write_json(
+            stage.folder / "splits.json", {"train": splits.train, "val": splits.val, "test": splits.test}
+        )
+        write_json(stage.folder / "card.json", splits.card)
+
+    def splits(self) -> dict[str, list[str]]:
+        return json.loads((self.out / "corpus" / "splits.json").read_text())
+
+    # select ------------------------------------------------------------------------------
+    def select(self, corpus: Stage) -> Stage:
+        e = self.experiment
+        inputs = {"model": e.subject.model, "neuron": to_dict(e.neuron), "corpus": corpus.hash}
+        inputs |= {"max_tokens": e.corpus.max_tokens, "seed": e.seed}
+        return self.stage("select", inputs, ("neurons.json",), self._select)
+
+    def _select(self, stage: Stage, previous: dict[str, Any]) -> None:
+        n = self.experiment.neuron
+        if n.layer is not None and n.index is not None:
+            record = {
+                "fixed": True,
+                "neurons": [{"layer": n.layer, "index": n.index}],
+                "position": n.position,
+            }
+            write_json(stage.folder / "neurons.json", record)
+            return
+        from mechcheck.scan import neuron_histogram_png, select_neuron
+
+        subject = self.subject()
+        layers = list(n.layers) or [subject.n_layers // 2]
+        texts = self.splits()["train"][: n.scan_texts]
+        best, ranked, result = select_neuron(
+            subject,
+            texts,
+            layers,
+            n.position,
+            n.criterion,
+            max_tokens=self.experiment.corpus.max_tokens,
+            seed=self.experiment.seed,
+            progress=self.progress,
+        )
+        title = f"layer {best['layer']} neuron {best['index']} ({n.position}, n={result.n_rows})"
+        neuron_histogram_png(
+            result.values(best["layer"], best["index"]), stage.folder / "histogram.png", title
+        )
+        write_json(
+            stage.folder / "neurons.json",
+            {
+                "fixed": False,
+                "neurons": ranked,
+                "criterion": n.criterion,
+                "position": n.position,
+                "layers": layers,
+                "split": "train",
+                "n_texts": result.n_texts,
+                "n_rows": result.n_rows,
+                "tokens_per_s": result.tokens_per_s,
+                "histogram": "histogram.png",
+            },
+        )
+
+    def neuron(self) -> dict[str, int]:
+        chosen = json.loads((self.out / "select" / "neurons.json").read_text())["neurons"][0]
+        return {"layer": int(chosen["layer"]), "index": int(chosen["index"])}
+
+    # train -------------------------------------------------------------------------------
+    def train_experiment(self) -> Experiment:
+        """The experiment the trainer sees: the neuron fixed to the one the select stage chose."""
+        n = self.neuron()
+        return replace(
+            self.experiment, neuron=replace(self.experiment.neuron, layer=n["layer"], index=n["index"])
+        )
+
+    def planned_runs(self, experiment: Experiment) -> dict[str, str]:
+        """`<condition>-<mode>/seed-<k>` → the trainer's configuration hash of that run."""
+        from mechcheck.train.record import config_hash
+        from mechcheck.train.runner import check_experiment
+
+        seeds = experiment.train.seeds
+        pairs = check_experiment(experiment, seeds)
+        return {
+            f"{c.name}-{m}/seed-{s}": config_hash(experiment, c.name, m, s) for c, m in pairs for s in seeds
+        }
+
+    def train(self, corpus: Stage, select: Stage) -> Stage:
+        experiment = self.train_experiment()
+        runs = self.planned_runs(experiment)
+        inputs = {
+            "model": experiment.subject.model,
+            "corpus": corpus.hash,
+            "select": select.hash,
+            "runs": runs,
+        }
+        outputs = ("target.json", *(f"{run}/run.json" for run in runs))
+        return self.stage("train", inputs, outputs, self._train, runs=runs)
+
+    def _train(self, stage: Stage, previous: dict[str, Any]) -> None:
+        from mechcheck.train.runner import train_experiment
+
+        old = previous.get("runs") or {}
+        for run, run_hash in stage.extra["runs"].items():
+            if run in old and old[run] != run_hash:  # this run's configuration changed: start it afresh
+                for path in (stage.folder / run, stage.folder / f"{run}.state"):
+                    shutil.rmtree(path, ignore_errors=True)
+        if (
+            previous.get("inputs", {}).get("corpus") != stage.inputs["corpus"]
+            or previous.get("inputs", {}).get("select") != stage.inputs["select"]
+        ):
+            (stage.folder / "target.json").unlink(missing_ok=True)
+        subject = self.subject() if self._subject is not None else None
+        self._subject = None  # the trainer changes and restores the weights; never reuse it afterwards
+        train_experiment(
+            self.train_experiment(), stage.folder, resume=True, progress=self.progress, subject=subject
+        )
+
+    # test --------------------------------------------------------------------------------
+    def test(self, train: Stage) -> list[Stage]:
+        by_key: dict[str, dict[str, str]] = {}
+        for run, run_hash in train.extra["runs"].items():
+            key, seed = run.split("/")
+            by_key.setdefault(key, {})[seed] = run_hash
+        stages = []
+        for key, runs in by_key.items():
+            inputs = {"runs": runs, "battery": to_dict(self.experiment.battery), "seed": self.experiment.seed}
+            checkpoints = [str(train.folder / key / seed) for seed in runs]
+            stages.append(
+                self.stage(f"test/{key}", inputs, ("results.json",), self._test, checkpoints=checkpoints)
+            )
+        return stages
+
+    def _test(self, stage: Stage, previous: dict[str, Any]) -> None:
+        from mechcheck.battery.base import BatteryOptions
+        from mechcheck.battery.runner import run_battery
+
+        e = self.experiment
+        b = e.battery
+        options = BatteryOptions(
+            n_random=b.n_random,
+            n_bootstrap=b.n_bootstrap,
+            ci=b.ci,
+            max_eval=b.max_eval,
+            max_tokens=e.corpus.max_tokens,
+            seed=e.seed,
+        )
+        checkpoints = stage.extra["checkpoints"]
+        run_battery(
+            checkpoints,
+            probes=list(b.probes) or None,
+            options=options,
+            out=stage.folder,
+            overwrite=True,
+            progress=self.progress,
+        )
+
+    # report ------------------------------------------------------------------------------
+    def report(self, upstream: list[Stage]) -> Stage:
+        inputs = {s.name: s.hash for s in upstream} | {"experiment": to_dict(self.experiment)}
+        return self.stage("report", inputs, ("../results.json", "../report.md"), self._report)
+
+    def _report(self, stage: Stage, previous: dict[str, Any]) -> None:
+        from mechcheck.report import render_report
+
+        write_json(self.out / "results.json", combined_results(self.out, self.experiment, self.records))
+        render_report(self.out)
+
+
+def combined_results(out: Path, experiment: Experiment, records: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The run's results.json: every condition's battery results, curves per seed, the stages."""
+    conditions = []
+    for name in sorted(n for n in records if n.startswith("test/")):
+        key = name.split("/", 1)[1]
+        results = json.loads((out / name / "results.json").read_text())
+        curves = {}
+        for run_file in sorted((out / "train" / key).glob("seed-*/run.json")):
+            run = json.loads(run_file.read_text())
+            curves[str(run.get("seed", run_file.parent.name.split("-")[-1]))] = run.get("curves") or []
+        conditions.append({"key": key, "dir": name, "results": results, "curves": curves})
+    selection = json.loads((out / "select" / "neurons.json").read_text())
+    selection["neurons"] = selection.get("neurons", [])[:10]
+    stages = {n: {"hash": r.get("hash"), "seconds": r.get("seconds")} for n, r in records.items()}
+    header = {"corpus": json.loads((out / "corpus" / "card.json").read_text())}
+    return {
+        "format": RUN_FORMAT,
+        "name": out.name,
+        "experiment": to_dict(experiment),
+        "header": header,
+        "selection": selection,
+        "conditions": conditions,
+        "stages": stages,
+    }
+
+
+def check_experiment(experiment: Experiment) -> None:
+    """Refuse a bad experiment before anything is written: the trainer's and the battery's checks."""
+    from mechcheck.battery.runner import select_probes
+    from mechcheck.train.runner import check_experiment as check_training
+
+    check_training(experiment, experiment.train.seeds)
+    select_probes(list(experiment.battery.probes) or None)
+
+
+def run_pipeline(experiment: Experiment, out: str | Path, progress: bool = False) -> Path:
+    """Every stage in order (skipping those already done); returns the report's path."""
+    p = Pipeline(experiment, Path(out), progress)
+    corpus = p.corpus()
+    select = p.select(corpus)
+    train = p.train(corpus, select)
+    tests = p.test(train)
+    p.report([corpus, select, train, *tests])
+    return p.out / "report.md"
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """`mechcheck run EXPERIMENT.toml --out runs/NAME [--overwrite] [--seed S] [-q]`."""
+    experiment = load_experiment(args.experiment)
+    if args.seed is not None:
+        experiment = replace(experiment, seed=args.seed)
+    if args.quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    check_experiment(experiment)
+    out = Path(args.out)
+    name = identity(experiment, args.experiment)
+    claim_run_dir(out, name, args.overwrite)
+    write_json(
+        out / MARKER,
+        {
+            "identity": name,
+            "file": str(args.experiment),
+            "config": to_dict(experiment),
+            "hash": digest(to_dict(experiment)),
+        },
+    )
+    path = run_pipeline(experiment, out, progress=not args.quiet)
+    print(f"report: {path}")
+    return 0

@@ -1,0 +1,78 @@
+"""Resumable stages: each writes its outputs and a `stage.json` holding the sha256 of its inputs.
+
+A stage is skipped when its `stage.json` says it finished with the same input hash and all its
+outputs exist. A stage that starts records itself as `running` first, so a killed stage is
+recognised on the next run (and resumed by the step itself, when it can resume).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mechcheck.outputs import write_json
+
+STAGE_FILE = "stage.json"
+
+
+def digest(data: Any) -> str:
+    """sha256 of the canonical JSON of `data`."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@dataclass
+class Stage:
+    """A step of a run: its folder, what determines its result, and the files it must leave."""
+
+    name: str
+    folder: Path
+    inputs: dict[str, Any]
+    outputs: tuple[str, ...]  # relative to `folder`
+    extra: dict[str, Any] = field(default_factory=dict)  # recorded in stage.json, not hashed
+
+    @property
+    def hash(self) -> str:
+        return digest(self.inputs)
+
+    @property
+    def record_file(self) -> Path:
+        return self.folder / STAGE_FILE
+
+    def previous(self) -> dict[str, Any]:
+        """The stage.json of an earlier run ({} when absent or unreadable)."""
+        try:
+            data = json.loads(self.record_file.read_text())
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def is_done(self) -> bool:
+        prev = self.previous()
+        finished = prev.get("status") == "done" and prev.get("hash") == self.hash
+        return finished and all((self.folder / out).exists() for out in self.outputs)
+
+    def _record(self, status: str, **more: Any) -> dict[str, Any]:
+        record = {"stage": self.name, "status": status, "hash": self.hash, "inputs": self.inputs}
+        record |= {**self.extra, **more}
+        write_json(self.record_file, record)
+        return record
+
+
+def run_stage(stage: Stage, step: Callable[[Stage, dict[str, Any]], None]) -> tuple[bool, dict[str, Any]]:
+    """Run `step(stage, previous_record)` unless the stage is done; returns (ran, stage record)."""
+    if stage.is_done():
+        return False, stage.previous()
+    previous = stage.previous()
+    stage.folder.mkdir(parents=True, exist_ok=True)
+    stage._record("running", started=time.time())
+    start = time.perf_counter()
+    step(stage, previous)
+    missing = [out for out in stage.outputs if not (stage.folder / out).exists()]
+    if missing:
+        raise RuntimeError(f"stage {stage.name} finished without writing {missing}")
+    return True, stage._record("done", seconds=round(time.perf_counter() - start, 3))
