@@ -113,17 +113,26 @@ class Anatomy(ABC):
         gain = self.norm_gain(self.pre_mlp_norm(layer))
         return {name: w * gain for name, w in raw.items()}
 
-    def W_out(self, layer: int, index: int) -> torch.Tensor:
-        """Residual-space direction the neuron writes ([d_model])."""
+    def W_out(self, layer: int, index: int, folded: bool = True) -> torch.Tensor:
+        """Direction the neuron writes ([d_model]): the down projection's column/row, times the
+        gain of a norm applied to the MLP output before the residual add (Gemma 2/3), if folded."""
         self.check_neuron(layer, index)
         w = self.down_proj(layer).weight.detach()
-        return (w[:, index] if self._down_in_dim == 1 else w[index, :]).clone()
+        raw = (w[:, index] if self._down_in_dim == 1 else w[index, :]).clone()
+        post = self.post_mlp_norm(layer)
+        return raw * self.norm_gain(post) if folded and post is not None else raw
+
+    def post_mlp_norm(self, layer: int) -> nn.Module | None:
+        """A norm between the MLP output and the residual add, if the architecture has one."""
+        return None
 
     def check_neuron(self, layer: int, index: int | None = None) -> None:
         if not 0 <= layer < self.n_layers:
             raise UserError(f"layer {layer} is out of range: this model has layers 0..{self.n_layers - 1}")
         if index is not None and not 0 <= index < self.d_mlp:
-            raise UserError(f"neuron index {index} is out of range: layer {layer} has neurons 0..{self.d_mlp - 1}")
+            raise UserError(
+                f"neuron index {index} is out of range: layer {layer} has neurons 0..{self.d_mlp - 1}"
+            )
 
 
 @register_anatomy
@@ -167,10 +176,16 @@ class GatedAnatomy(Anatomy):
 
 @register_anatomy
 class Gemma2Anatomy(GatedAnatomy):
-    """Gemma 2/3: gated MLP read through `pre_feedforward_layernorm` (gain 1 + weight)."""
+    """Gemma 2/3: gated MLP read through `pre_feedforward_layernorm`, written through
+    `post_feedforward_layernorm` (both with gain 1 + weight)."""
 
     model_types = ("gemma2", "gemma3_text")
     pre_mlp_norm_name = "pre_feedforward_layernorm"
+
+    def post_mlp_norm(self, layer: int) -> nn.Module:
+        # The MLP output is RMS-normalised per token before the residual add, so the neuron writes
+        # along gain ⊙ W_out, rescaled by 1 / RMS(mlp_out) of each token: not exactly linear.
+        return self.module(f"{self.layer_path(layer)}.post_feedforward_layernorm")
 
     def norm_gain(self, norm: nn.Module) -> torch.Tensor:
         return norm.weight.detach() + 1.0

@@ -67,7 +67,7 @@ def neuron_weights(subject: Subject, neuron: Neuron) -> dict[str, torch.Tensor]:
     """The neuron's raw `W_in` (by name) and `W_out`, as hashed into run.json."""
     a = subject.anatomy
     weights = {f"W_in.{k}": v for k, v in a.W_in(neuron.layer, neuron.index, folded=False).items()}
-    weights["W_out"] = a.W_out(neuron.layer, neuron.index)
+    weights["W_out"] = a.W_out(neuron.layer, neuron.index, folded=False)
     return weights
 
 

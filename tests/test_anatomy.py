@@ -9,8 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mechcheck.anatomy import anatomy_for
 from mechcheck.subject import Subject
-from mechcheck.testing import random_texts
+from mechcheck.testing import random_texts, tiny_subject
 
 LAYER = 2
 ATOL = 1e-5
@@ -90,7 +91,7 @@ def test_W_out_times_activation_is_the_neurons_share_of_the_mlp_output(family_su
         zeroed[..., index] = 0
         with torch.no_grad():
             share = down(acts) - down(zeroed)  # [batch, pos, d_model]
-        expected = acts[..., index, None] * s.anatomy.W_out(LAYER, index)
+        expected = acts[..., index, None] * s.anatomy.W_out(LAYER, index, folded=False)
         assert share.abs().max() > 1e-6
         torch.testing.assert_close(share, expected, atol=ATOL, rtol=0)
 
@@ -137,3 +138,24 @@ def test_smollm2_mlp_post_equals_hand_recomputation(smollm2: Subject) -> None:
     index = 1188
     w = s.anatomy.W_in(layer, index)
     torch.testing.assert_close(normalised @ w["gate"], pre["gate"][..., index], atol=1e-5 * scale, rtol=0)
+
+
+def test_W_out_folds_a_post_mlp_norm_gain_only_where_there_is_one() -> None:
+    """Gemma 2/3 normalise the MLP output before the residual add: W_out folds that gain (1 + w)."""
+    from transformers import AutoModelForCausalLM, Gemma2Config
+
+    torch.manual_seed(0)
+    cfg = Gemma2Config(
+        vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=8, max_position_embeddings=64,
+    )  # fmt: skip
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    post = model.model.layers[1].post_feedforward_layernorm
+    with torch.no_grad():
+        post.weight.copy_(torch.linspace(-0.5, 2.0, 16))
+    anatomy = anatomy_for(model)
+    raw = anatomy.W_out(1, 3, folded=False)
+    assert torch.equal(raw, model.model.layers[1].mlp.down_proj.weight[:, 3])
+    assert torch.allclose(anatomy.W_out(1, 3), raw * (1.0 + post.weight.detach()))
+    plain = tiny_subject("llama").anatomy
+    assert torch.equal(plain.W_out(1, 3), plain.W_out(1, 3, folded=False))

@@ -82,6 +82,6 @@ def test_gemma3_W_out_is_the_neurons_share_of_the_mlp_output(gemma):
     finally:
         handle.remove()
     act = clean[Site("mlp_post", LAYER)][..., index]
-    share = act[..., None] * gemma.anatomy.W_out(LAYER, index)
+    share = act[..., None] * gemma.anatomy.W_out(LAYER, index, folded=False)
     assert torch.allclose(captured[0] - captured[1], share, atol=1e-4)
     assert act.abs().max() > 1e-3  # the identity is not vacuous
