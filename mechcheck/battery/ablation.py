@@ -56,6 +56,7 @@ class Ablation(Probe):
     hypotheses = ("H1", "H2_out")
     needs = ("labels",)
     order = 10
+    intervenes = True
 
     def run(self, ctx: Context) -> ProbeResult:
         opts, result = ctx.options, ProbeResult()

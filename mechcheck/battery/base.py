@@ -78,6 +78,7 @@ class Probe:
     hypotheses: ClassVar[tuple[str, ...]] = ()
     needs: ClassVar[tuple[str, ...]] = ()
     order: ClassVar[int] = 50  # probes run in (order, name) order; later ones may read earlier results
+    intervenes: ClassVar[bool] = False  # edits the forward pass (the conformance test checks the edits land)
 
     def run(self, ctx: Context) -> ProbeResult:
         raise TypeError(f"{type(self).__name__} must implement run(ctx)")

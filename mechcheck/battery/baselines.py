@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import sparse
+from sklearn.linear_model import LinearRegression
 
 from mechcheck.battery.base import Probe, ProbeResult, bar_figure, register
 from mechcheck.battery.context import Context
@@ -44,7 +45,7 @@ def token_counts(ctx: Context) -> sparse.csr_matrix:
 
 
 def _affine_cv(x: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int) -> np.ndarray:
-    return cv_predict(x[:, None], y, groups, seed)
+    return cv_predict(x[:, None], y, groups, seed, model=LinearRegression())
 
 
 @register("baselines")

@@ -71,6 +71,7 @@ class DirectionAblation(Probe):
     hypotheses = ("H1", "H2_in", "H2_out")
     needs = ("labels",)
     order = 30
+    intervenes = True
 
     def run(self, ctx: Context) -> ProbeResult:
         opts, result = ctx.options, ProbeResult()
@@ -131,6 +132,7 @@ class DirectionInjection(Probe):
     hypotheses = ("H1", "H2_out")
     needs = ("labels",)
     order = 40
+    intervenes = True
 
     def run(self, ctx: Context) -> ProbeResult:
         opts, result = ctx.options, ProbeResult()

@@ -76,6 +76,7 @@ class Geometry(Probe):
     hypotheses = ("H2_in", "H2_out")
     needs = ()
     order = 60
+    intervenes = True
 
     def run(self, ctx: Context) -> ProbeResult:
         result = ProbeResult()

@@ -25,6 +25,7 @@ class Patching(Probe):
     hypotheses = ("H1", "H2_out")
     needs = ("labels",)
     order = 20
+    intervenes = True
 
     def run(self, ctx: Context) -> ProbeResult:
         opts, result = ctx.options, ProbeResult()

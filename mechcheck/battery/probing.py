@@ -11,6 +11,7 @@ cached passes when the checkpoint has no model/).
 from __future__ import annotations
 
 import numpy as np
+from sklearn.base import BaseEstimator
 from sklearn.linear_model import RidgeCV
 from sklearn.model_selection import GroupKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
@@ -24,12 +25,14 @@ ALPHAS = np.logspace(-2, 5, 15)
 FOLDS = 5
 
 
-def cv_predict(x: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int) -> np.ndarray:
-    """Cross-validated ridge predictions, folds by text (shuffled with `seed`)."""
+def cv_predict(
+    x: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int, model: BaseEstimator | None = None
+) -> np.ndarray:
+    """Cross-validated predictions (default: ridge on standardised features), folds by text."""
     shuffled = np.random.default_rng(seed).permutation(np.unique(groups))
     fold_of = {g: i % FOLDS for i, g in enumerate(shuffled)}
     folds = np.array([fold_of[g] for g in groups])
-    model = make_pipeline(StandardScaler(), RidgeCV(alphas=ALPHAS))
+    model = model if model is not None else make_pipeline(StandardScaler(), RidgeCV(alphas=ALPHAS))
     return cross_val_predict(model, x, y, groups=folds, cv=GroupKFold(n_splits=min(FOLDS, len(shuffled))))
 
 

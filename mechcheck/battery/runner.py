@@ -307,6 +307,10 @@ def _plain(value: Any) -> Any:
 def test_command(args: argparse.Namespace) -> int:
     """`mechcheck test CKPT [CKPT…] [--corpus FILE] [--probes a,b] --out DIR`."""
     options = BatteryOptions(seed=0 if args.seed is None else args.seed)
+    if args.quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     results = run_battery(
         args.checkpoints, corpus=args.corpus, probes=args.probes, options=options, out=args.out,
         overwrite=args.overwrite, progress=not args.quiet,
