@@ -31,7 +31,7 @@ class BatteryOptions:
     n_bootstrap: int = 1000
     ci: float = 0.95
     max_eval: int = 300  # evaluation texts (a seeded subsample of the test split)
-    n_null_texts: int = 64  # texts (whole batches) on which the nulls are measured
+    n_null_texts: int = 32  # texts (whole batches) on which the nulls are measured
     batch_size: int = 16
     max_tokens: int = 128
     min_labels: int = 20  # fewer labels than this: no CI is worth reporting

@@ -17,7 +17,8 @@ subspaces of the same dimension, and the corresponding directions of random neur
 
 `direction_injection` adds α·SD(label)·`W_out` to `resid_post` at L — exactly what shifting the
 neuron by α label-SDs at every position writes — for α in ±1, ±2; `slope` is the report's change
-per unit of that equivalent neuron shift. Null: random directions of the same norm as `W_out`.
+per unit of that equivalent neuron shift. Null: random directions of the same norm as `W_out`,
+injected at the largest α (|mean change| / shift, one pass each).
 """
 
 from __future__ import annotations
@@ -146,13 +147,12 @@ class DirectionInjection(Probe):
         result.metrics["slope"] = mean_metric(
             slope(shifts, reports), opts.n_bootstrap, opts.ci, ctx.seed(), ctx.groups
         )
-        null = []
-        top = max(ALPHAS) * sd
+        null, top = [], max(ALPHAS) * sd
+        clean = ctx.clean_report[ctx.rows(ctx.null_batches)]
         for basis in random_bases(ctx.rng, opts.n_random, ctx.trained.d_model, 1):
             vector = basis[:, 0] * w_out.norm()
             up = ctx.reports(lambda b, v=vector: [(site, add(top * v))], ctx.null_batches)
-            down = ctx.reports(lambda b, v=vector: [(site, add(-top * v))], ctx.null_batches)
-            null.append(abs(float(np.mean(up - down))) / (2 * top))
+            null.append(abs(float(np.mean(up - clean))) / top)
         result.controls["slope.random_directions"] = null_control(
             result.metrics["slope"]["value"], null, "slope", opts.ci, use_abs=True
         )

@@ -93,6 +93,9 @@ def all_in_directions(subject: Subject, layer: int) -> dict[str, torch.Tensor]:
 
 
 def all_out_directions(subject: Subject, layer: int) -> torch.Tensor:
-    """Every neuron's `W_out` at `layer`. [d_mlp, d_model]"""
-    w = subject.anatomy.down_proj(layer).weight.detach().float()
-    return w.T.contiguous() if subject.anatomy._down_in_dim == 1 else w.contiguous()
+    """Every neuron's `W_out` at `layer`, folded like `Anatomy.W_out`. [d_mlp, d_model]"""
+    a = subject.anatomy
+    w = a.down_proj(layer).weight.detach().float()
+    rows = w.T.contiguous() if a._down_in_dim == 1 else w.contiguous()
+    post = a.post_mlp_norm(layer)
+    return rows * a.norm_gain(post).float() if post is not None else rows
