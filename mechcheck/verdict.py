@@ -37,7 +37,10 @@ def _verdict(verdict: str, rule: str, evidence: dict[str, Any]) -> dict[str, Any
 
 
 def effect(probes: Probes, probe: str, key: str, minimum: float) -> dict[str, Any]:
-    """Status of metric `probe`/`key` against every control that compares it (see module doc)."""
+    """An effect is present when |value| ≥ its minimum (MIN_EFFECT label SDs, or MIN_SLOPE), its CI
+    lies beyond the 95th percentile of every null that controls it, and every null's BH q < ALPHA;
+    absent when its CI stays below the minimum or |value| is within every null; unclear otherwise;
+    a null with fewer than MIN_NULL values is a failed control."""
     entry = (probes.get(probe) or {}).get("metrics", {}).get(key)
     if entry is None:
         return {"metric": f"{probe}.{key}", "status": "missing"}
@@ -96,9 +99,9 @@ def _gate(name: str, rule: str, learn: dict[str, Any], evidence: dict[str, Any])
 
 
 def h2_in(probes: Probes, learn: dict[str, Any]) -> dict[str, Any]:
-    """H2-in is supported when the report is learned and ablating the neuron's W_in span from the
+    """H2-in is supported when the report is learned and mean-ablating the neuron's W_in span in the
     residual it reads, with the neuron pinned to its clean value, changes the report (present vs the
-    random-direction and other-neurons' W_in nulls, ≥ MIN_EFFECT label SDs); not supported when that
+    random-subspace and other neurons' W_in nulls, ≥ MIN_EFFECT label SDs); not supported when that
     effect is absent."""
     rule = h2_in.__doc__ or ""
     pinned = effect(probes, "direction_ablation", "in_pinned", MIN_EFFECT)
@@ -110,9 +113,10 @@ def h2_in(probes: Probes, learn: dict[str, Any]) -> dict[str, Any]:
 
 def h2_out(probes: Probes, learn: dict[str, Any]) -> dict[str, Any]:
     """H2-out is supported when the report is learned and (a) ablating the neuron (mean and resample)
-    changes it beyond random neurons, (b) projecting W_out out after layer L does beyond random and
-    other neurons' directions, and (c) injecting along W_out moves it with |slope| ≥ MIN_SLOPE beyond
-    random directions; not supported when both (a) and (b) are absent."""
+    changes it beyond random neurons, (b) mean-ablating the W_out direction after layer L and every
+    later layer does, beyond random and other neurons' directions, and (c) injecting along W_out
+    moves it with |slope| ≥ MIN_SLOPE beyond random directions; not supported when both (a) and (b)
+    are absent."""
     rule = h2_out.__doc__ or ""
     mean = effect(probes, "ablation", "mean.mean_abs_delta", MIN_EFFECT)
     resample = effect(probes, "ablation", "resample.mean_abs_delta", MIN_EFFECT)
@@ -209,7 +213,7 @@ def rules_table() -> str:
     ]
     lines = ["| hypothesis | rule |", "|---|---|"]
     for name, fn in rows:
-        text = " ".join((fn.__doc__ or "").split())
+        text = " ".join((fn.__doc__ or "").split()).replace("|", "\\|")
         lines.append(f"| {name} | {text} |")
     names = ("MIN_EFFECT", "MIN_SLOPE", "MIN_SKILL", "ALPHA", "H3_MAX_RATIO", "MIN_NULL")
     consts = ", ".join(f"{n} = {globals()[n]}" for n in names)
