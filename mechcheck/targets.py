@@ -1,0 +1,203 @@
+"""Target sets: the neuron's activation (its label) over the corpus splits, from the ORIGINAL model.
+
+Texts are tokenised once and cut into length-sorted chunks (batches of similar length, so
+almost no padding is computed). A chunk knows which texts it holds and which label rows they
+own: one row per text for positions last/max/mean, one row per real token for `all` (labels
+are stored in text order; `text_index` maps each row back to its text).
+
+Labels are standardised with train-split statistics only; the mean and std travel with the
+target set (and into run.json) so every metric is computed after de-standardising.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from mechcheck.errors import UserError
+from mechcheck.readout import Neuron, neuron_values
+from mechcheck.subject import POSITIONS, Subject
+
+SPLITS = ("train", "val", "test")
+QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
+LABEL_BATCH = 32  # texts per forward pass when computing labels (inference only)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One batch of texts of similar length, encoded once."""
+
+    ids: torch.Tensor  # [B] text indices within the split, in batch order
+    rows: torch.Tensor  # [N] label rows of these texts, in the order gather_position returns them
+    counts: torch.Tensor  # [B] label rows per text (1, or its real tokens for position `all`)
+    enc: dict[str, torch.Tensor] = field(repr=False)
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.enc["attention_mask"].sum())
+
+
+def token_counts(subject: Subject, texts: Sequence[str], max_tokens: int) -> torch.Tensor:
+    """Real tokens per text after truncation to `max_tokens`. [n_texts]"""
+    ids = subject.tokenizer(list(texts), truncation=True, max_length=max_tokens)["input_ids"]
+    return torch.tensor([len(x) for x in ids], dtype=torch.long)
+
+
+def label_counts(lengths: torch.Tensor, position: str) -> torch.Tensor:
+    """Label rows per text: its token count for `all`, else 1."""
+    if position not in POSITIONS:
+        raise UserError(f"unknown position {position!r}; choose one of {', '.join(POSITIONS)}")
+    return lengths.clone() if position == "all" else torch.ones_like(lengths)
+
+
+def make_chunks(
+    subject: Subject, texts: Sequence[str], batch_size: int, max_tokens: int, position: str
+) -> list[Chunk]:
+    """Length-sorted batches (stable by index, so deterministic) covering every text once."""
+    if batch_size < 1:
+        raise UserError(f"batch size must be positive, got {batch_size}")
+    lengths = token_counts(subject, texts, max_tokens)
+    counts = label_counts(lengths, position)
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
+    order = torch.sort(lengths, stable=True).indices
+    chunks = []
+    for start in range(0, len(texts), batch_size):
+        ids = order[start : start + batch_size]
+        rows = torch.cat([torch.arange(offsets[i], offsets[i + 1]) for i in ids.tolist()])
+        enc = subject.encode([texts[i] for i in ids.tolist()], max_length=max_tokens)
+        chunks.append(Chunk(ids, rows, counts[ids], enc))
+    return chunks
+
+
+def n_rows(chunks: Sequence[Chunk]) -> int:
+    return sum(len(c.rows) for c in chunks)
+
+
+def text_index(chunks: Sequence[Chunk]) -> torch.Tensor:
+    """The text each label row belongs to, rows in text order. [n_rows]"""
+    index = torch.empty(n_rows(chunks), dtype=torch.long)
+    for chunk in chunks:
+        index[chunk.rows] = chunk.ids.repeat_interleave(chunk.counts)
+    return index
+
+
+def compute_labels(
+    subject: Subject,
+    texts: Sequence[str],
+    neuron: Neuron,
+    position: str,
+    max_tokens: int,
+    batch_size: int = LABEL_BATCH,
+    progress: bool = False,
+    desc: str = "labels",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The neuron's activation per label row (text order) and each row's text index."""
+    subject.anatomy.check_neuron(neuron.layer, neuron.index)
+    chunks = make_chunks(subject, texts, batch_size, max_tokens, position)
+    labels = torch.empty(n_rows(chunks), dtype=torch.float32)
+    for chunk in tqdm(chunks, desc=desc, disable=not progress, leave=False):
+        labels[chunk.rows] = neuron_values(subject, chunk.enc, neuron, position).float().cpu()
+    return labels, text_index(chunks)
+
+
+def label_stats(labels: torch.Tensor | np.ndarray) -> dict[str, float]:
+    """n, mean, std (population), min, quantiles and max of a label vector."""
+    x = np.asarray(labels, dtype=np.float64)
+    if x.size == 0:
+        return {"n": 0}
+    q = np.quantile(x, QUANTILES)
+    return {
+        "n": int(x.size),
+        "mean": float(x.mean()),
+        "std": float(x.std()),
+        "min": float(x.min()),
+        "quantiles": {f"p{round(p * 100)}": float(v) for p, v in zip(QUANTILES, q, strict=True)},
+        "max": float(x.max()),
+    }
+
+
+@dataclass
+class TargetSet:
+    """Texts and labels per split, with the train-split standardisation."""
+
+    neuron: Neuron
+    position: str
+    max_tokens: int
+    train_texts: tuple[str, ...]
+    val_texts: tuple[str, ...]
+    test_texts: tuple[str, ...]
+    train_labels: torch.Tensor  # [n_rows] in the neuron's units, original model
+    val_labels: torch.Tensor
+    test_labels: torch.Tensor
+    train_index: torch.Tensor  # [n_rows] text index of each label row
+    val_index: torch.Tensor
+    test_index: torch.Tensor
+    mean: float
+    std: float
+    card: dict[str, Any]
+
+    def texts(self, split: str) -> tuple[str, ...]:
+        return getattr(self, f"{_split(split)}_texts")
+
+    def labels(self, split: str) -> torch.Tensor:
+        return getattr(self, f"{_split(split)}_labels")
+
+    def text_index(self, split: str) -> torch.Tensor:
+        return getattr(self, f"{_split(split)}_index")
+
+    def standardise(self, values: torch.Tensor) -> torch.Tensor:
+        return (values - self.mean) / self.std
+
+    def destandardise(self, values: torch.Tensor) -> torch.Tensor:
+        return values * self.std + self.mean
+
+
+def _split(name: str) -> str:
+    if name not in SPLITS:
+        raise ValueError(f"unknown split {name!r}; known: {SPLITS}")
+    return name
+
+
+def build_targets(
+    subject: Subject,
+    splits: dict[str, Sequence[str]] | Any,
+    neuron: Neuron,
+    position: str = "last",
+    max_tokens: int = 128,
+    batch_size: int = LABEL_BATCH,
+    progress: bool = False,
+) -> TargetSet:
+    """Labels for each split from `subject` (the original model); `splits` is a corpus `Splits`
+    or a dict with keys train/val/test."""
+    get = splits.__getitem__ if isinstance(splits, dict) else lambda name: getattr(splits, name)
+    texts = {name: tuple(get(name)) for name in SPLITS}
+    for name, items in texts.items():
+        if not items:
+            raise UserError(f"the {name} split is empty: the target set needs texts in train, val and test")
+    labels, index = {}, {}
+    for name in SPLITS:
+        labels[name], index[name] = compute_labels(
+            subject, texts[name], neuron, position, max_tokens, batch_size, progress, desc=f"labels {name}"
+        )
+    mean, std = float(labels["train"].double().mean()), float(labels["train"].double().std(correction=0))
+    if not std > 1e-8:
+        raise UserError(
+            f"neuron {neuron.layer}/{neuron.index} is constant on the train split (std {std:.3g}): "
+            "nothing to predict"
+        )
+    card = {
+        "neuron": neuron.as_dict(),
+        "position": position,
+        "max_tokens": max_tokens,
+        "label_batch_size": batch_size,
+        "standardisation": {"mean": mean, "std": std, "from": "train split"},
+        "splits": {name: {"texts": len(texts[name]), **label_stats(labels[name])} for name in SPLITS},
+    }
+    return TargetSet(
+        neuron, position, max_tokens, *texts.values(), *labels.values(), *index.values(), mean, std, card
+    )

@@ -1,0 +1,82 @@
+"""The bench: everything the runs of one experiment share, computed once from the ORIGINAL model.
+
+The subject and its pristine weights (restored after every run that trains them), the target
+set, the length-sorted training chunks of every split, the drift reference (original next-token
+log-probs), and two lazily built caches: the frozen condition's final-norm features (on disk)
+and the after-target residual leaving the neuron's layer (in memory).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mechcheck.checkpoint import neuron_weights
+from mechcheck.subject import Site, Subject, weights_digest
+from mechcheck.targets import SPLITS, TargetSet, make_chunks
+from mechcheck.train.frozen_fit import cached_features
+from mechcheck.train.monitors import Drift
+from mechcheck.train.sources import Chunks, cache_sites
+
+
+class Bench:
+    def __init__(
+        self,
+        subject: Subject,
+        targets: TargetSet,
+        batch_size: int,
+        drift_texts: int,
+        cache_dir: Path | None = None,
+        progress: bool = False,
+    ):
+        start = time.perf_counter()
+        self.subject, self.targets, self.cache_dir, self.progress = subject, targets, cache_dir, progress
+        self.batch_size = batch_size
+        t = targets
+        self.chunks: Chunks = {
+            s: make_chunks(subject, t.texts(s), batch_size, t.max_tokens, t.position) for s in SPLITS
+        }
+        self.original = {k: v.detach().clone() for k, v in subject.model.state_dict().items()}
+        self.base_weights_sha256 = weights_digest(neuron_weights(subject, targets.neuron))
+        texts = targets.val_texts[:drift_texts]
+        self.drift = Drift(subject, texts, targets.max_tokens, batch_size) if texts else None
+        self._features: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None
+        self._resid: dict[str, list[torch.Tensor]] | None = None
+        self.seconds = {"bench": time.perf_counter() - start}
+
+    def features(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Final-norm features of the original model per split (disk cache)."""
+        if self._features is None:
+            self.restore()
+            args = (self.subject, self.targets, self.chunks, self.cache_dir, self.progress)
+            self._features = cached_features(*args)
+        return self._features
+
+    def resid(self) -> dict[str, list[torch.Tensor]]:
+        """The original model's residual leaving the neuron's layer, per chunk of each split."""
+        if self._resid is None:
+            self.restore()
+            start = time.perf_counter()
+            site = Site("resid_post", self.targets.neuron.layer)
+            position = self.targets.position
+            self._resid = {
+                s: cache_sites(self.subject, self.chunks[s], site, position, self.progress, f"resid {s}")
+                for s in SPLITS
+            }
+            self.seconds["resid_cache"] = time.perf_counter() - start
+        return self._resid
+
+    def restore(self) -> None:
+        """Put the original weights back (exactly) and make every parameter trainable again."""
+        model = self.subject.model
+        current = model.state_dict()
+        changed = any(not torch.equal(current[k], v) for k, v in self.original.items())
+        if changed:
+            model.load_state_dict(self.original)
+        for p in model.parameters():
+            p.requires_grad_(True)
+        model.zero_grad(set_to_none=True)
+        model.eval()

@@ -1,0 +1,164 @@
+"""What the trainer measures: regression metrics, predictions per split, drift of the LM.
+
+All metrics are computed in the neuron's own units (after de-standardising) with numpy float64
+from float32 values, so the same function applied to predictions.json reproduces them exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from mechcheck.readout import Readout
+from mechcheck.subject import Site, Subject
+from mechcheck.targets import Chunk, TargetSet, make_chunks, n_rows
+from mechcheck.train.sources import Source
+
+COLLAPSE_RATIO = 0.2  # SD(prediction) / SD(label) below this: the report has collapsed
+LOGITS = Site("logits")
+
+
+def regression_metrics(predictions: Any, labels: Any) -> dict[str, float | int | None]:
+    """mse, skill = 1 - mse / Var(labels), Pearson r and SD(pred)/SD(label); population moments."""
+    p = np.asarray(predictions, dtype=np.float32).astype(np.float64)
+    y = np.asarray(labels, dtype=np.float32).astype(np.float64)
+    mse = float(np.mean((p - y) ** 2))
+    var, sd_p, sd_y = float(y.var()), float(p.std()), float(y.std())
+    r = float(np.mean((p - p.mean()) * (y - y.mean())) / (sd_p * sd_y)) if sd_p > 0 and sd_y > 0 else None
+    return {
+        "n": int(y.size),
+        "mse": mse,
+        "skill": 1.0 - mse / var if var > 0 else None,
+        "r": r,
+        "pred_sd_ratio": sd_p / sd_y if sd_y > 0 else None,
+    }
+
+
+def value_stats(values: Any) -> dict[str, float]:
+    x = np.asarray(values, dtype=np.float32).astype(np.float64)
+    return {"mean": float(x.mean()), "std": float(x.std()), "min": float(x.min()), "max": float(x.max())}
+
+
+@dataclass
+class SplitPredictions:
+    """Predictions and (when the source reads it) the live neuron, in the neuron's units, label-row order."""
+
+    predictions: torch.Tensor
+    live: torch.Tensor | None
+
+
+def predict_split(
+    source: Source,
+    readout: Readout,
+    targets: TargetSet,
+    split: str,
+    chunk_ids: Sequence[int] | None = None,
+    standardised: bool = True,
+) -> tuple[SplitPredictions, torch.Tensor]:
+    """Predict every chunk (or the given ones) of `split` without gradients; also returns the label
+    rows covered, in label (text) order. `standardised`: the readout predicts standardised labels."""
+    chunks: list[Chunk] = source.chunks[split]
+    ids = range(len(chunks)) if chunk_ids is None else chunk_ids
+    rows = torch.cat([chunks[i].rows for i in ids]).sort().values
+    size = n_rows(chunks)
+    preds, live = torch.full((size,), float("nan")), None
+    with torch.no_grad():
+        for i in ids:
+            x, neuron = source.forward(split, i, grad=False)
+            pred = readout(x.float())
+            preds[chunks[i].rows] = (targets.destandardise(pred) if standardised else pred).cpu()
+            if neuron is not None:
+                live = torch.full((size,), float("nan")) if live is None else live
+                live[chunks[i].rows] = neuron.float().cpu()
+    return SplitPredictions(preds[rows], None if live is None else live[rows]), rows
+
+
+class Drift:
+    """Next-token LM loss on held-out texts and KL(original || current), original log-probs cached once."""
+
+    def __init__(self, subject: Subject, texts: Sequence[str], max_tokens: int, batch_size: int = 16):
+        self.chunks = make_chunks(subject, texts, batch_size, max_tokens, "all")
+        self.reference = [self._log_probs(subject, chunk) for chunk in self.chunks]
+        self.lm_loss_before = self._lm_loss(self.reference)
+
+    @staticmethod
+    def _log_probs(subject: Subject, chunk: Chunk) -> torch.Tensor:
+        logits = subject.run(chunk.enc, reads=[LOGITS])[LOGITS]
+        mask = chunk.enc["attention_mask"].bool()
+        return torch.log_softmax(logits.float(), -1)[mask].cpu()  # [n_real, vocab]
+
+    def _lm_loss(self, log_probs: list[torch.Tensor]) -> float:
+        """Mean -log p(next token) over real positions that have a real next token."""
+        total, count = 0.0, 0
+        for chunk, lp in zip(self.chunks, log_probs, strict=True):
+            mask = chunk.enc["attention_mask"].bool()
+            ids = chunk.enc["input_ids"]
+            has_next = mask.clone()
+            has_next[:, :-1] &= mask[:, 1:]
+            has_next[:, -1] = False
+            nxt = torch.zeros_like(ids)
+            nxt[:, :-1] = ids[:, 1:]
+            pick = has_next[mask]  # which of the real positions have a next token
+            nll = -lp[torch.arange(lp.shape[0]), nxt[mask].cpu()]
+            total += float(nll[pick].double().sum())
+            count += int(pick.sum())
+        return total / max(count, 1)
+
+    def measure(self, subject: Subject) -> tuple[float, float]:
+        """(LM loss, mean KL(original || current) per real position) of the current model."""
+        current = [self._log_probs(subject, chunk) for chunk in self.chunks]
+        kl_sum, count = 0.0, 0
+        for ref, cur in zip(self.reference, current, strict=True):
+            kl_sum += float((ref.exp() * (ref - cur)).sum(-1).double().sum())
+            count += ref.shape[0]
+        return self._lm_loss(current), kl_sum / max(count, 1)
+
+
+class Evaluator:
+    """One evaluation row for the loop's curves: train/val MSE and skill, live neuron, drift."""
+
+    def __init__(
+        self,
+        source: Source,
+        readout: Readout,
+        targets: TargetSet,
+        live_target: bool,
+        train_chunk_ids: Sequence[int],
+        drift: Drift | None,
+        subject: Subject | None,
+    ):
+        self.source, self.readout, self.targets = source, readout, targets
+        self.live_target, self.train_chunk_ids = live_target, list(train_chunk_ids)
+        self.drift, self.subject = drift, subject  # subject None: the model is frozen, drift is exactly 0
+
+    def target(self, split: str, got: SplitPredictions, rows: torch.Tensor) -> torch.Tensor:
+        """The labels the run is trained on: the live neuron (live regimes) or the fixed labels."""
+        return got.live if self.live_target else self.targets.labels(split)[rows]
+
+    def __call__(self) -> dict[str, Any]:
+        row: dict[str, Any] = {}
+        args = (self.source, self.readout, self.targets)
+        train, train_rows = predict_split(*args, "train", self.train_chunk_ids)
+        val, val_rows = predict_split(*args, "val")
+        for name, got, rows in (("train", train, train_rows), ("val", val, val_rows)):
+            m = regression_metrics(got.predictions, self.target(name, got, rows))
+            row[f"{name}_mse"], row[f"{name}_skill"] = m["mse"], m["skill"]
+            if name == "val":
+                row["val_r"], row["val_pred_sd_ratio"] = m["r"], m["pred_sd_ratio"]
+        neuron = val.live if val.live is not None else self.targets.labels("val")[val_rows]
+        row["neuron_mean"] = float(neuron.double().mean())
+        row["neuron_std"] = float(neuron.double().std(correction=0))
+        if val.live is not None:
+            fixed = self.targets.labels("val")[val_rows]
+            row["val_mse_vs_fixed"] = regression_metrics(val.predictions, fixed)["mse"]
+        if self.drift is None:
+            row["lm_loss"], row["kl"] = None, None
+        elif self.subject is None:
+            row["lm_loss"], row["kl"] = self.drift.lm_loss_before, 0.0
+        else:
+            row["lm_loss"], row["kl"] = self.drift.measure(self.subject)
+        return row

@@ -1,0 +1,96 @@
+"""Provenance and measurements that go into a checkpoint's run.json and predictions.json."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import platform
+from typing import Any
+
+import numpy as np
+import torch
+
+import mechcheck
+from mechcheck.config import to_dict
+from mechcheck.experiment import Experiment
+from mechcheck.readout import LinearReadout
+from mechcheck.targets import TargetSet
+from mechcheck.train.monitors import COLLAPSE_RATIO, regression_metrics, value_stats
+
+UNCHANGED_TOLERANCE = 1e-4  # max |label diff| allowed for conditions that keep the neuron fixed
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "torch": torch.__version__}
+    out["mechcheck"] = mechcheck.__version__
+    for package in ("transformers", "nnsight"):
+        try:
+            out[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            out[package] = "not installed"
+    return out
+
+
+def training_config(experiment: Experiment) -> dict[str, Any]:
+    """The parts of the experiment that determine a training run (not the seed list or the battery)."""
+    config = to_dict(experiment)
+    config["train"].pop("seeds", None)
+    for key in ("battery", "name", "reference"):
+        config.pop(key, None)
+    return config
+
+
+def config_hash(experiment: Experiment, condition: str, target_mode: str, seed: int) -> str:
+    payload = {"config": training_config(experiment), "condition": condition, "target_mode": target_mode}
+    payload["seed"] = seed
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def fold_readout(readout: LinearReadout, targets: TargetSet) -> LinearReadout:
+    """A readout in the neuron's own units: std·(w·x + b) + mean."""
+    folded = LinearReadout(readout.weight.shape[-1])
+    with torch.no_grad():
+        folded.weight.copy_(readout.weight * targets.std)
+        folded.bias.copy_(readout.bias * targets.std + targets.mean)
+    return folded
+
+
+def _floats(values: torch.Tensor | None) -> list[float] | None:
+    return None if values is None else [float(v) for v in values.float()]
+
+
+def predictions_json(
+    targets: TargetSet, before: torch.Tensor, after: torch.Tensor, live: torch.Tensor, target_key: str
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"split": "test", "texts": list(targets.test_texts), "target": target_key}
+    if targets.position == "all":
+        out["text_index"] = [int(i) for i in targets.test_index]
+    out["labels"] = _floats(targets.test_labels)
+    out["live_labels"] = _floats(live)
+    out["predictions"] = _floats(after)
+    out["predictions_before"] = _floats(before)
+    return out
+
+
+def test_metrics(predictions: dict[str, Any], moves_neuron: bool) -> dict[str, Any]:
+    """The metrics recomputed from predictions.json alone (the test checks exactly this)."""
+    p = predictions
+    target = p[p["target"]]
+    test = regression_metrics(p["predictions"], target)
+    metrics: dict[str, Any] = {
+        "target": p["target"],
+        "test": test,
+        "test_before": regression_metrics(p["predictions_before"], p["labels"]),
+        "test_vs_fixed": regression_metrics(p["predictions"], p["labels"]),
+        "test_vs_live": regression_metrics(p["predictions"], p["live_labels"]),
+        "neuron_before": value_stats(p["labels"]),
+        "neuron_after": value_stats(p["live_labels"]),
+        "collapsed": test["pred_sd_ratio"] is None or test["pred_sd_ratio"] < COLLAPSE_RATIO,
+    }
+    diff = np.asarray(p["labels"], dtype=np.float64) - np.asarray(p["live_labels"], dtype=np.float64)
+    if moves_neuron:
+        metrics["stale_labels"] = {"mse": float(np.mean(diff**2)), "max_abs_diff": float(np.abs(diff).max())}
+    else:
+        metrics["neuron_unchanged_maxdiff"] = float(np.abs(diff).max())
+    return metrics

@@ -1,0 +1,228 @@
+"""One training run: a condition × target mode × seed on a bench, through the one loop.
+
+`build_task` wires a condition to the loop: it freezes every parameter the condition does not
+train, picks where the report is computed from, and defines the loss for the label regime
+(`fixed`: the original model's labels; `live`: the current model's neuron read in the same
+forward pass, gradient flowing through it; `live_detached`: the same value, detached).
+`train_run` runs the loop and measures the trained model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mechcheck.checkpoint import write_checkpoint
+from mechcheck.config import to_dict
+from mechcheck.errors import UserError
+from mechcheck.experiment import TrainConfig
+from mechcheck.readout import LinearReadout
+from mechcheck.targets import SPLITS, compute_labels
+from mechcheck.train.bench import Bench
+from mechcheck.train.conditions import CONDITIONS, Condition, check_pair
+from mechcheck.train.frozen_fit import fit_ridge
+from mechcheck.train.loop import LoopResult, Task, train_loop
+from mechcheck.train.monitors import Evaluator, predict_split, regression_metrics
+from mechcheck.train.record import UNCHANGED_TOLERANCE, fold_readout, predictions_json, test_metrics
+from mechcheck.train.sources import FeatureSource, FullSource, ResumeSource, Source
+from mechcheck.train.state import StateStore
+
+READOUT_INIT_STD = 0.02  # the study's head: N(0, 0.02) weights, bias 0
+
+
+@dataclass
+class Setup:
+    """A run wired up: the task for the loop plus what the measurements need."""
+
+    task: Task
+    source: Source
+    readout: LinearReadout
+    evaluator: Evaluator
+    trainable: set[str]
+    frozen_digest: str
+
+
+def init_readout(d_model: int, seed: int, frozen: bool) -> LinearReadout:
+    gen = torch.Generator().manual_seed(seed)
+    readout = LinearReadout(d_model)
+    with torch.no_grad():
+        readout.weight.copy_(torch.randn(1, d_model, generator=gen) * READOUT_INIT_STD)
+        readout.bias.zero_()
+    readout.requires_grad_(not frozen)
+    return readout
+
+
+def params_digest(model: torch.nn.Module, names: set[str]) -> str:
+    """sha256 over the named parameters' bytes, in name order."""
+    h = hashlib.sha256()
+    for name, p in sorted(model.named_parameters()):
+        if name in names:
+            h.update(name.encode())
+            h.update(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def make_source(bench: Bench, condition: Condition) -> Source:
+    t = bench.targets
+    if condition.source == "features":
+        return FeatureSource(bench.chunks, bench.features()[0])
+    if condition.source == "resume":
+        return ResumeSource(bench.subject, t.neuron.layer, t.position, bench.chunks, bench.resid())
+    return FullSource(bench.subject, t.neuron, t.position, bench.chunks)
+
+
+def train_eval_chunks(n_chunks: int, batch_size: int, texts: int) -> list[int]:
+    """Evenly spaced training chunks (they are length-sorted) covering about `texts` texts."""
+    k = max(1, min(n_chunks, math.ceil(texts / batch_size)))
+    return sorted({round(i * (n_chunks - 1) / max(1, k - 1)) for i in range(k)})
+
+
+def build_task(bench: Bench, condition: Condition, mode: str, seed: int, cfg: TrainConfig) -> Setup:
+    """Freeze what the condition keeps, init the readout, define the regime's loss and the evaluation."""
+    check_pair(condition, mode)
+    subject, targets = bench.subject, bench.targets
+    bench.restore()
+    trainable = condition.trainable(subject, targets.neuron.layer)
+    if cfg.readout_frozen and not trainable:
+        raise UserError(f"condition {condition.name!r} with readout_frozen = true would train nothing")
+    source = make_source(bench, condition)  # builds the original model's caches first, if needed
+    for name, p in subject.model.named_parameters():
+        p.requires_grad_(name in trainable)
+    frozen_names = {name for name, _ in subject.model.named_parameters()} - trainable
+    frozen_digest = params_digest(subject.model, frozen_names)
+    torch.manual_seed(seed)
+    readout = init_readout(subject.d_model, seed, cfg.readout_frozen)
+    train_labels = targets.standardise(targets.labels("train"))
+
+    def batch_loss(i: int) -> torch.Tensor:
+        x, live = source.forward("train", i, grad=True)
+        pred = readout(x)
+        if mode == "fixed":
+            y = train_labels[bench.chunks["train"][i].rows]
+        else:
+            y = targets.standardise(live if mode == "live" else live.detach())
+        return torch.nn.functional.mse_loss(pred, y)
+
+    model_params = {f"model.{n}": p for n, p in subject.model.named_parameters() if n in trainable}
+    readout_params = {} if cfg.readout_frozen else {f"readout.{n}": p for n, p in readout.named_parameters()}
+    groups = {"model": (model_params, cfg.lr), "readout": (readout_params, cfg.readout_lr)}
+    n_train = len(bench.chunks["train"])
+    eval_ids = train_eval_chunks(n_train, bench.batch_size, cfg.eval_train_texts)
+    drift_subject = subject if trainable else None
+    evaluator = Evaluator(source, readout, targets, mode != "fixed", eval_ids, bench.drift, drift_subject)
+    task = Task(groups, n_train, batch_loss, evaluator)
+    return Setup(task, source, readout, evaluator, trainable, frozen_digest)
+
+
+def choose_frozen_readout(setup: Setup, bench: Bench, cfg: TrainConfig, result: LoopResult) -> dict[str, Any]:
+    """Fit closed-form ridge on the cached features; keep it when it beats the SGD readout on val."""
+    features, cache_info = bench.features()
+    sgd = {split: _split_metrics(setup.readout, features, bench.targets, split) for split in SPLITS}
+    sgd |= {"best_step": result.best_step, "steps": result.steps, "seconds": result.seconds}
+    ridge, ridge_info = fit_ridge(features, bench.targets, cfg.ridge_alpha)
+    chosen = "ridge" if ridge_info["val"]["mse"] < sgd["val"]["mse"] else "sgd"
+    if chosen == "ridge":
+        setup.readout.load_state_dict(ridge.state_dict())
+    return {"ridge": ridge_info, "sgd": sgd, "chosen": chosen, "chosen_by": "val mse", "features": cache_info}
+
+
+def _split_metrics(readout: LinearReadout, features: dict, targets, split: str) -> dict[str, Any]:
+    with torch.no_grad():
+        pred = targets.destandardise(readout(features[split]))
+    return regression_metrics(pred, targets.labels(split))
+
+
+def train_run(
+    bench: Bench,
+    condition_name: str,
+    mode: str,
+    seed: int,
+    cfg: TrainConfig,
+    out: Path,
+    provenance: dict[str, Any],
+    config_hash: str = "",
+    resume: bool = False,
+    progress: bool = False,
+    on_step: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Train one run and write its checkpoint to `out`; returns run.json."""
+    start = time.perf_counter()
+    condition = CONDITIONS.get(condition_name)
+    setup = build_task(bench, condition, mode, seed, cfg)
+    before = predict_split(setup.source, setup.readout, bench.targets, "test")[0].predictions  # step 0
+    store = StateStore(out.with_name(out.name + ".state"))
+    result = train_loop(setup.task, cfg, seed, store, config_hash, progress, on_step, resume)
+    frozen_fit = choose_frozen_readout(setup, bench, cfg, result) if condition.source == "features" else None
+    readout, predictions, metrics = measure(bench, setup, condition, mode, before)
+    metrics |= {"best_step": result.best_step, "steps": result.steps, "stopped_early": result.stopped_early}
+    sizes = {n: p.numel() for n, p in bench.subject.model.named_parameters()}
+    run = {
+        **provenance,
+        "condition": condition.name,
+        "target_mode": mode,
+        "readout": {"kind": readout.kind, "frozen": cfg.readout_frozen, "init_std": READOUT_INIT_STD},
+        "seed": seed,
+        "config_hash": config_hash,
+        "train_config": to_dict(cfg),
+        "weights_sha256": bench.base_weights_sha256,
+        "parameters": {"trainable": sum(sizes[n] for n in setup.trainable), "total": sum(sizes.values())},
+        "frozen_params_sha256": setup.frozen_digest,
+        "curves": result.curves,
+        "metrics": metrics,
+        "frozen_fit": frozen_fit,
+        "resumed_from_step": result.resumed_from,
+        "timing": {"train_loop": result.seconds, "run": time.perf_counter() - start, **bench.seconds},
+    }
+    model = bench.subject.model if setup.trainable else None
+    write_checkpoint(out, run, readout, model=model, predictions=predictions)
+    store.remove()
+    bench.restore()
+    return run
+
+
+def measure(
+    bench: Bench, setup: Setup, condition: Condition, mode: str, before: torch.Tensor
+) -> tuple[LinearReadout, dict[str, Any], dict[str, Any]]:
+    """The trained run on the test split: folded readout, predictions.json and the metrics."""
+    targets, subject = bench.targets, bench.subject
+    readout = fold_readout(setup.readout, targets)
+    after = predict_split(setup.source, readout, targets, "test", standardised=False)[0].predictions
+    batch = targets.card["label_batch_size"]
+    live, _ = compute_labels(
+        subject, targets.test_texts, targets.neuron, targets.position, targets.max_tokens, batch
+    )
+    _check_frozen(setup, subject)
+    target_key = "labels" if mode == "fixed" else "live_labels"
+    predictions = predictions_json(targets, before, after, live, target_key)
+    metrics = test_metrics(predictions, condition.moves_neuron)
+    if not condition.moves_neuron and metrics["neuron_unchanged_maxdiff"] > UNCHANGED_TOLERANCE:
+        raise RuntimeError(
+            f"{condition.name}: the neuron changed by {metrics['neuron_unchanged_maxdiff']:.3g} although "
+            "every layer up to it was frozen"
+        )
+    return readout, predictions, metrics | _drift(bench, setup)
+
+
+def _check_frozen(setup: Setup, subject) -> None:
+    frozen = {n for n, _ in subject.model.named_parameters()} - setup.trainable
+    if params_digest(subject.model, frozen) != setup.frozen_digest:
+        raise RuntimeError("a parameter outside the condition's trainable set changed during training")
+
+
+def _drift(bench: Bench, setup: Setup) -> dict[str, Any]:
+    if bench.drift is None:
+        none = {"lm_loss_before": None, "lm_loss_after": None, "kl_after": None}
+        return {**none, "drift_note": "drift_texts = 0: not measured"}
+    if not setup.trainable:
+        note = "model frozen: weights unchanged (hash-checked), so drift is exactly 0; no forward pass"
+        before = bench.drift.lm_loss_before
+        return {"lm_loss_before": before, "lm_loss_after": before, "kl_after": 0.0, "drift_note": note}
+    lm_loss, kl = bench.drift.measure(bench.subject)
+    return {"lm_loss_before": bench.drift.lm_loss_before, "lm_loss_after": lm_loss, "kl_after": kl}

@@ -1,0 +1,214 @@
+"""`mechcheck train`: every condition × applicable target mode × seed of an experiment.
+
+Checkpoints go to `OUT/<condition>-<target_mode>/seed-<k>/`; `OUT/target.json` records the
+neuron (and how it was chosen), the target card and the corpus card. A finished checkpoint is
+skipped on `--resume` (after checking its configuration hash); an interrupted run continues
+from its saved state (`seed-<k>.state/`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from mechcheck.config import to_dict
+from mechcheck.errors import UserError
+from mechcheck.experiment import Experiment, load_experiment
+from mechcheck.outputs import claim_dir, write_json
+from mechcheck.readout import Neuron
+from mechcheck.subject import POSITIONS, Subject
+from mechcheck.targets import TargetSet, build_targets
+from mechcheck.train.bench import Bench
+from mechcheck.train.conditions import CONDITIONS, plan
+from mechcheck.train.frozen_fit import default_cache_dir
+from mechcheck.train.record import config_hash, versions
+from mechcheck.train.run import train_run
+
+
+def run_dir(out: Path, condition: str, mode: str, seed: int) -> Path:
+    return Path(out) / f"{condition}-{mode}" / f"seed-{seed}"
+
+
+def check_experiment(experiment: Experiment, seeds: Sequence[int]) -> list[tuple[Any, str]]:
+    """Validate before any expensive work; returns the (condition, target mode) plan."""
+    cfg = experiment.train
+    pairs = plan(cfg.conditions, cfg.target_modes)
+    for override in cfg.override:
+        CONDITIONS.get(override.condition)
+    if cfg.readout != "linear":
+        raise UserError(f"train.readout {cfg.readout!r} is not supported by the trainer; use 'linear'")
+    if experiment.neuron.position not in POSITIONS:
+        choices = ", ".join(POSITIONS)
+        raise UserError(f"neuron.position {experiment.neuron.position!r}: choose one of {choices}")
+    if (experiment.neuron.layer is None) != (experiment.neuron.index is None):
+        raise UserError("set both neuron.layer and neuron.index to fix the neuron, or neither to select one")
+    if not seeds:
+        raise UserError("no seeds to train: give --seeds or train.seeds")
+    for name in ("batch_size", "eval_every", "patience", "epochs"):
+        if getattr(cfg, name) < 1:
+            raise UserError(f"train.{name} must be at least 1, got {getattr(cfg, name)}")
+    return pairs
+
+
+def choose_neuron(
+    experiment: Experiment, subject: Subject, train_texts: Sequence[str], progress: bool
+) -> tuple[Neuron, dict[str, Any]]:
+    """The experiment's fixed neuron, or one selected on train-split texts (recorded)."""
+    n = experiment.neuron
+    if n.layer is not None:
+        subject.anatomy.check_neuron(n.layer, n.index)
+        return Neuron(n.layer, n.index), {"selected": False}
+    from mechcheck.scan import select_neuron
+
+    layers = list(n.layers) or [subject.n_layers // 2]
+    texts = list(train_texts[: n.scan_texts])
+    best, ranked, _ = select_neuron(
+        subject, texts, layers, n.position, n.criterion,
+        max_tokens=experiment.corpus.max_tokens, seed=experiment.seed, progress=progress,
+    )  # fmt: skip
+    record = {"selected": True, "criterion": n.criterion, "layers": layers, "scan_texts": len(texts)}
+    record |= {"split": "train", "chosen": best, "top": ranked[:10]}
+    return Neuron(int(best["layer"]), int(best["index"])), record
+
+
+def prepare(
+    experiment: Experiment, subject: Subject, progress: bool
+) -> tuple[TargetSet, dict[str, Any], dict[str, Any]]:
+    """Corpus → splits → neuron → target set; returns it with the corpus and selection records."""
+    from mechcheck.corpus import load_corpus, split_corpus
+
+    c = experiment.corpus
+    corpus = load_corpus(
+        c.source, max_texts=c.max_texts, seed=experiment.seed, min_words=c.min_words, max_words=c.max_words
+    )
+    splits = split_corpus(corpus, tuple(c.split), seed=experiment.seed)
+    neuron, selection = choose_neuron(experiment, subject, splits.train, progress)
+    position = experiment.neuron.position
+    targets = build_targets(subject, splits, neuron, position, c.max_tokens, progress=progress)
+    return targets, {"spec": to_dict(c), "card": splits.card}, selection
+
+
+def _write_target(out: Path, targets: TargetSet, corpus: dict, selection: dict, resume: bool) -> None:
+    file = out / "target.json"
+    record = {"neuron": targets.neuron.as_dict(), "position": targets.position, "selection": selection}
+    record |= {"target": targets.card, "corpus": corpus}
+    if resume and file.is_file():
+        old = json.loads(file.read_text())
+        if old.get("neuron") != record["neuron"] or old.get("target") != json.loads(json.dumps(targets.card)):
+            raise UserError(f"{file}: --resume with a different neuron or target set; use --overwrite")
+    write_json(file, record)
+
+
+def _claim_run(folder: Path, digest: str, resume: bool, overwrite: bool) -> bool:
+    """True when the run must be trained; a finished run is skipped on --resume."""
+    state = folder.with_name(folder.name + ".state")
+    if (folder / "run.json").is_file():
+        if overwrite:
+            shutil.rmtree(folder)
+        elif resume:
+            saved = json.loads((folder / "run.json").read_text()).get("config_hash")
+            if saved != digest:
+                raise UserError(f"{folder}: --resume with a different configuration; use --overwrite")
+            return False
+        else:
+            raise UserError(f"{folder} already holds a checkpoint; pass --overwrite (or --resume)")
+    if overwrite and state.exists():
+        shutil.rmtree(state)
+    return True
+
+
+def train_experiment(
+    experiment: Experiment,
+    out: str | Path,
+    seeds: Sequence[int] | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = False,
+    subject: Subject | None = None,
+    cache_dir: Path | None = None,
+    on_step: Callable[[int], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Train every planned run; returns their run.json dicts (finished ones read back on --resume)."""
+    seeds = tuple(experiment.train.seeds if seeds is None else seeds)
+    pairs = check_experiment(experiment, seeds)
+    out = claim_dir(out, overwrite, resume)
+    start = time.perf_counter()
+    if subject is None:
+        from mechcheck.subject import load_subject
+
+        subject = load_subject(experiment.subject.model)
+    targets, corpus, selection = prepare(experiment, subject, progress)
+    _write_target(out, targets, corpus, selection, resume)
+    cfg = experiment.train
+    cache_dir = cache_dir or default_cache_dir()
+    bench = Bench(subject, targets, cfg.batch_size, cfg.drift_texts, cache_dir, progress)
+    bench.seconds["prepare"] = time.perf_counter() - start
+    provenance = {
+        "base_model": experiment.subject.model, "neuron": targets.neuron.as_dict(),
+        "position": targets.position, "experiment": to_dict(experiment), "corpus": corpus,
+        "neuron_selection": selection, "versions": versions(),
+        "target": {"card": targets.card, "mean": targets.mean, "std": targets.std},
+    }  # fmt: skip
+    runs = []
+    for condition, mode in pairs:
+        for seed in seeds:
+            folder = run_dir(out, condition.name, mode, seed)
+            digest = config_hash(experiment, condition.name, mode, seed)
+            if not _claim_run(folder, digest, resume, overwrite):
+                runs.append(json.loads((folder / "run.json").read_text()))
+                continue
+            runs.append(
+                train_run(
+                    bench,
+                    condition.name,
+                    mode,
+                    seed,
+                    cfg.for_condition(condition.name),
+                    folder,
+                    provenance,
+                    digest,
+                    resume=resume,
+                    progress=progress,
+                    on_step=on_step,
+                )  # fmt: skip
+            )
+    return runs
+
+
+def summary_line(run: dict[str, Any]) -> str:
+    m = run["metrics"]
+    b, a = m["test_before"], m["test"]
+    nb, na = m["neuron_before"], m["neuron_after"]
+    kl = "-" if m.get("kl_after") is None else f"{m['kl_after']:.3g}"
+    return (
+        f"{run['condition']}-{run['target_mode']} seed {run['seed']}: "
+        f"test MSE {b['mse']:.4g} -> {a['mse']:.4g} "
+        f"(skill {a['skill']:.3f}), neuron std {nb['std']:.3g} -> {na['std']:.3g}, "
+        f"LM loss {m['lm_loss_before']:.3f} -> {m['lm_loss_after']:.3f}, KL {kl}, "
+        f"{run['timing']['run']:.0f} s{' [collapsed]' if m['collapsed'] else ''}"
+    )
+
+
+def train_command(args: argparse.Namespace) -> int:
+    """`mechcheck train EXPERIMENT.toml --out DIR [--seeds 0,1,2] [--resume] [--overwrite] [-q]`."""
+    experiment = load_experiment(args.experiment)
+    if args.seed is not None:
+        experiment = replace(experiment, seed=args.seed)
+    if args.quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    runs = train_experiment(
+        experiment, args.out, seeds=args.seeds, resume=args.resume, overwrite=args.overwrite,
+        progress=not args.quiet,
+    )  # fmt: skip
+    for run in runs:
+        print(summary_line(run))
+    print(f"checkpoints: {args.out}/<condition>-<target_mode>/seed-<k>/; target set: {args.out}/target.json")
+    return 0

@@ -1,0 +1,103 @@
+"""Where the report is computed from: the input of the readout, per chunk of texts.
+
+Every source returns, for one chunk, the readout's input at the report positions `[N, d_model]`
+(rows in the chunk's label order) and, when the model can move the neuron, the neuron's live
+activation `[N]` read in the SAME forward pass (so gradient can flow through it).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import torch
+from tqdm import tqdm
+
+from mechcheck.readout import Neuron, report_positions
+from mechcheck.subject import Site, Subject, gather_position
+from mechcheck.targets import Chunk, n_rows
+
+FINAL_NORM = Site("final_norm")
+Chunks = dict[str, list[Chunk]]
+
+
+class Source(ABC):
+    """Base: `chunks[split]` and `forward(split, i, grad) -> (x [N, d_model], live [N] | None)`."""
+
+    def __init__(self, chunks: Chunks):
+        self.chunks = chunks
+
+    @abstractmethod
+    def forward(self, split: str, i: int, grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The readout's input for chunk `i` of `split`, and the live neuron when it can move."""
+
+    def _report_rows(self, got: torch.Tensor, chunk: Chunk, position: str) -> torch.Tensor:
+        return gather_position(got, chunk.enc["attention_mask"], report_positions(chunk.enc, position))
+
+
+class FeatureSource(Source):
+    """Cached final normed residual of the original model (the `frozen` condition)."""
+
+    def __init__(self, chunks: Chunks, features: dict[str, torch.Tensor]):
+        super().__init__(chunks)
+        self.features = features  # split -> [n_rows, d_model]
+
+    def forward(self, split: str, i: int, grad: bool) -> tuple[torch.Tensor, None]:
+        return self.features[split][self.chunks[split][i].rows], None
+
+
+class ResumeSource(Source):
+    """Runs only the layers after `layer`, from the cached residual leaving it (`after_target`)."""
+
+    def __init__(self, subject: Subject, layer: int, position: str, chunks: Chunks, resid: dict[str, list]):
+        super().__init__(chunks)
+        self.subject, self.layer, self.position, self.resid = subject, layer, position, resid
+
+    def forward(self, split: str, i: int, grad: bool) -> tuple[torch.Tensor, None]:
+        chunk = self.chunks[split][i]
+        resume = (self.layer, self.resid[split][i])
+        got = self.subject.run(chunk.enc, reads=[FINAL_NORM], grad=grad, resume=resume)
+        return self._report_rows(got[FINAL_NORM], chunk, self.position), None
+
+
+class FullSource(Source):
+    """A full forward pass of the current model, reading the neuron on the way (`unfrozen`)."""
+
+    def __init__(self, subject: Subject, neuron: Neuron, position: str, chunks: Chunks):
+        super().__init__(chunks)
+        self.subject, self.neuron, self.position = subject, neuron, position
+        self.neuron_site = Site("mlp_post", neuron.layer)
+
+    def forward(self, split: str, i: int, grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        chunk = self.chunks[split][i]
+        got = self.subject.run(chunk.enc, reads=[self.neuron_site, FINAL_NORM], grad=grad)
+        acts = got[self.neuron_site][..., self.neuron.index : self.neuron.index + 1]  # [batch, pos, 1]
+        live = gather_position(acts, chunk.enc["attention_mask"], self.position)[:, 0]
+        return self._report_rows(got[FINAL_NORM], chunk, self.position), live
+
+
+def cache_sites(
+    subject: Subject,
+    chunks: Sequence[Chunk],
+    site: Site,
+    position: str,
+    progress: bool = False,
+    desc: str = "",
+) -> list[torch.Tensor]:
+    """One no-grad pass of `subject` per chunk; the site's value per chunk (resid: `[B, T, d]`)."""
+    out = []
+    for chunk in tqdm(chunks, desc=desc or f"cache {site.kind}", disable=not progress, leave=False):
+        out.append(subject.run(chunk.enc, reads=[site])[site].detach())
+    return out
+
+
+def final_norm_features(
+    subject: Subject, chunks: Sequence[Chunk], position: str, progress: bool = False, desc: str = "features"
+) -> torch.Tensor:
+    """The final normed residual at the report positions, rows in label order. [n_rows, d_model]"""
+    features = torch.empty(n_rows(chunks), subject.d_model, dtype=torch.float32)
+    for chunk in tqdm(chunks, desc=desc, disable=not progress, leave=False):
+        got = subject.run(chunk.enc, reads=[FINAL_NORM])[FINAL_NORM]
+        rows = gather_position(got, chunk.enc["attention_mask"], report_positions(chunk.enc, position))
+        features[chunk.rows] = rows.float().cpu()
+    return features
