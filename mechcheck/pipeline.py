@@ -72,7 +72,6 @@ class Pipeline:
     def __init__(self, experiment: Experiment, out: Path, progress: bool):
         self.experiment, self.out, self.progress = experiment, out, progress
         self.records: dict[str, dict[str, Any]] = {}
-        self.ran: dict[str, bool] = {}
         self._subject = None
 
     def subject(self):
@@ -88,7 +87,7 @@ class Pipeline:
             ran, record = run_stage(stage, step)
             bar.set_postfix_str("ran" if ran else "up to date")
             bar.update(1)
-        self.ran[name], self.records[name] = ran, record
+        self.records[name] = record
         return stage
 
     # corpus ------------------------------------------------------------------------------
@@ -212,11 +211,11 @@ class Pipeline:
             if run in old and old[run] != run_hash:  # this run's configuration changed: start it afresh
                 for path in (stage.folder / run, stage.folder / f"{run}.state"):
                     shutil.rmtree(path, ignore_errors=True)
-        if (
-            previous.get("inputs", {}).get("corpus") != stage.inputs["corpus"]
-            or previous.get("inputs", {}).get("select") != stage.inputs["select"]
-        ):
-            (stage.folder / "target.json").unlink(missing_ok=True)
+        before = previous.get("inputs") or {}
+        if any(before.get(k) != stage.inputs[k] for k in ("model", "corpus", "select")):
+            (stage.folder / "target.json").unlink(
+                missing_ok=True
+            )  # a new target set: the trainer rewrites it
         subject = self.subject() if self._subject is not None else None
         self._subject = None  # the trainer changes and restores the weights; never reuse it afterwards
         train_experiment(

@@ -112,8 +112,9 @@ def compare_table(folders: list[str | Path]) -> str:
         *(h.replace("_", "-") for h in HYPOTHESES),
     ]
     legend = (
-        "Test skill vs the fixed labels over all seeds, CI by bootstrap over texts; neuron std ratio = "
-        "trained/original on the test texts; verdicts: yes = supported, no = not supported, ? = inconclusive."
+        "Test skill against what each run was trained on (fixed labels or its live neuron), seeds pooled, "
+        "95 % CI by bootstrap over texts; neuron std ratio = trained/original model on the test texts; "
+        "verdicts: yes = supported, no = not supported, ? = inconclusive."
     )
     return md_table(head, rows) + "\n\n" + legend + "\n"
 
