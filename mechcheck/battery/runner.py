@@ -138,7 +138,10 @@ def bare_forward_seconds(ctx: Context) -> float:
 
 
 def _max_tokens(ck: Checkpoint, options: BatteryOptions) -> int:
-    for where in (ck.run, ck.run.get("targets") or {}, ck.run.get("corpus") or {}):
+    """The truncation the labels were made with (the trainer records it), else the option."""
+    run = ck.run
+    places = (run, run.get("target", {}).get("card", {}), run.get("experiment", {}).get("corpus", {}))
+    for where in places:
         if isinstance(where, dict) and isinstance(where.get("max_tokens"), int):
             return where["max_tokens"]
     return options.max_tokens
