@@ -110,7 +110,7 @@ def main() -> None:
         {min(11, subject.n_layers - 1), args.layer if args.layer is not None else 2 * subject.n_layers // 3}
     )
     texts = list(load_corpus("default", max_texts=args.texts, seed=0).texts)
-    lengths = token_lengths(subject, texts, args.max_tokens)
+    lengths = [min(n, args.max_tokens) for n in token_lengths(subject, texts)]
     batches = length_sorted_batches(lengths, args.batch_size)
     encs = [subject.encode([texts[i] for i in b], max_length=args.max_tokens) for b in batches]
     real = sum(lengths)

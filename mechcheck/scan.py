@@ -78,9 +78,9 @@ class ScanResult:
         return stats.reservoir[: stats.filled, index].numpy().copy()
 
 
-def token_lengths(subject: Subject, texts: Sequence[str], max_tokens: int) -> list[int]:
-    enc = subject.tokenizer(list(texts), truncation=True, max_length=max_tokens)
-    return [len(ids) for ids in enc["input_ids"]]
+def token_lengths(subject: Subject, texts: Sequence[str]) -> list[int]:
+    """Token count of each text, uncut, with the tokenizer's own special tokens."""
+    return [len(ids) for ids in subject.tokenizer(list(texts))["input_ids"]]
 
 
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -122,7 +122,8 @@ def scan(
 
     _check_scan_args(subject, texts, layers, position)
     layers = sorted(set(layers))
-    lengths = token_lengths(subject, texts, max_tokens)
+    full_lengths = token_lengths(subject, texts)
+    lengths = [min(length, max_tokens) for length in full_lengths]
     stats = {layer: LayerStats.empty(subject.d_mlp) for layer in layers}
     sampler = ReservoirSampler(RESERVOIR_ROWS, seed)
     n_tokens = n_computed = 0
@@ -144,7 +145,7 @@ def scan(
     bar.close()
     for layer_stats in stats.values():
         layer_stats.finish()
-    n_truncated = sum(length >= max_tokens for length in lengths)
+    n_truncated = sum(length > max_tokens for length in full_lengths)
     return ScanResult(stats, position, len(texts), n_tokens, n_computed, n_truncated, seconds)
 
 
