@@ -8,10 +8,9 @@ import json
 import platform
 from typing import Any
 
+import mechcheck
 import numpy as np
 import torch
-
-import mechcheck
 from mechcheck.config import to_dict
 from mechcheck.experiment import Experiment
 from mechcheck.readout import LinearReadout
@@ -73,7 +72,7 @@ def predictions_json(
     return out
 
 
-def test_metrics(predictions: dict[str, Any], moves_neuron: bool) -> dict[str, Any]:
+def metrics_from_predictions(predictions: dict[str, Any], moves_neuron: bool) -> dict[str, Any]:
     """The metrics recomputed from predictions.json alone (the test checks exactly this)."""
     p = predictions
     target = p[p["target"]]

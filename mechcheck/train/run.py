@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from mechcheck.checkpoint import write_checkpoint
 from mechcheck.config import to_dict
 from mechcheck.errors import UserError
@@ -30,7 +29,12 @@ from mechcheck.train.conditions import CONDITIONS, Condition, check_pair
 from mechcheck.train.frozen_fit import fit_ridge
 from mechcheck.train.loop import LoopResult, Task, train_loop
 from mechcheck.train.monitors import Evaluator, predict_split, regression_metrics
-from mechcheck.train.record import UNCHANGED_TOLERANCE, fold_readout, predictions_json, test_metrics
+from mechcheck.train.record import (
+    UNCHANGED_TOLERANCE,
+    fold_readout,
+    metrics_from_predictions,
+    predictions_json,
+)
 from mechcheck.train.sources import FeatureSource, FullSource, ResumeSource, Source
 from mechcheck.train.state import StateStore
 
@@ -201,7 +205,7 @@ def measure(
     _check_frozen(setup, subject)
     target_key = "labels" if mode == "fixed" else "live_labels"
     predictions = predictions_json(targets, before, after, live, target_key)
-    metrics = test_metrics(predictions, condition.moves_neuron)
+    metrics = metrics_from_predictions(predictions, condition.moves_neuron)
     if not condition.moves_neuron and metrics["neuron_unchanged_maxdiff"] > UNCHANGED_TOLERANCE:
         raise RuntimeError(
             f"{condition.name}: the neuron changed by {metrics['neuron_unchanged_maxdiff']:.3g} although "

@@ -41,6 +41,9 @@ def check_experiment(experiment: Experiment, seeds: Sequence[int]) -> list[tuple
     pairs = plan(cfg.conditions, cfg.target_modes)
     for override in cfg.override:
         CONDITIONS.get(override.condition)
+    for condition, _ in pairs:
+        if cfg.for_condition(condition.name).readout_frozen and condition.source == "features":
+            raise UserError(f"condition {condition.name!r} with readout_frozen = true would train nothing")
     if cfg.readout != "linear":
         raise UserError(f"train.readout {cfg.readout!r} is not supported by the trainer; use 'linear'")
     if experiment.neuron.position not in POSITIONS:
