@@ -189,11 +189,12 @@ def summary_line(run: dict[str, Any]) -> str:
     b, a = m["test_before"], m["test"]
     nb, na = m["neuron_before"], m["neuron_after"]
     kl = "-" if m.get("kl_after") is None else f"{m['kl_after']:.3g}"
+    lm = "-" if m.get("lm_loss_before") is None else f"{m['lm_loss_before']:.3f} -> {m['lm_loss_after']:.3f}"
     return (
         f"{run['condition']}-{run['target_mode']} seed {run['seed']}: "
         f"test MSE {b['mse']:.4g} -> {a['mse']:.4g} "
         f"(skill {a['skill']:.3f}), neuron std {nb['std']:.3g} -> {na['std']:.3g}, "
-        f"LM loss {m['lm_loss_before']:.3f} -> {m['lm_loss_after']:.3f}, KL {kl}, "
+        f"LM loss {lm}, KL {kl}, "
         f"{run['timing']['run']:.0f} s{' [collapsed]' if m['collapsed'] else ''}"
     )
 
