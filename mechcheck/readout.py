@@ -68,6 +68,11 @@ class LinearReadout(Readout):
     def direction(self) -> torch.Tensor:
         return self.weight.detach()[0].clone()
 
+    def loss(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """MSE against `labels` in the units of this head's output (the trainer trains it on
+        standardised labels and folds the standardisation into it afterwards)."""
+        return nn.functional.mse_loss(self(x), labels)
+
 
 def report_positions(enc: dict[str, torch.Tensor], position: str) -> str:
     """Where a report is read: every real token for `all`, else the last real token."""

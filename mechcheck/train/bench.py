@@ -4,6 +4,10 @@ The subject and its pristine weights (restored after every run that trains them)
 set, the length-sorted training chunks of every split, the drift reference (original next-token
 log-probs), and two lazily built caches: the frozen condition's final-norm features (on disk)
 and the after-target residual leaving the neuron's layer (in memory).
+
+With a prompted (token) readout the chunks hold the prompted texts — what the model reads and the
+readout answers — while the target set's labels stay those of the raw texts (see
+`mechcheck.train.readouts`); the caches are then of the prompted texts too.
 """
 
 from __future__ import annotations
@@ -15,10 +19,12 @@ from typing import Any
 import torch
 
 from mechcheck.checkpoint import neuron_weights
+from mechcheck.readout import Readout
 from mechcheck.subject import Site, Subject, weights_digest
 from mechcheck.targets import SPLITS, TargetSet, make_chunks
 from mechcheck.train.frozen_fit import cached_features
 from mechcheck.train.monitors import Drift
+from mechcheck.train.readouts import prompted_texts
 from mechcheck.train.sources import Chunks, cache_sites
 
 
@@ -31,13 +37,20 @@ class Bench:
         drift_texts: int,
         cache_dir: Path | None = None,
         progress: bool = False,
+        prompt: Readout | None = None,
     ):
         start = time.perf_counter()
         self.subject, self.targets, self.cache_dir, self.progress = subject, targets, cache_dir, progress
-        self.batch_size = batch_size
+        self.batch_size, self.prompted = batch_size, prompt is not None
         t = targets
+        self.texts = {s: list(t.texts(s)) for s in SPLITS}  # what the model reads
+        self.max_tokens = t.max_tokens
+        if prompt is not None:
+            prompted = {s: prompted_texts(subject, t.texts(s), prompt, t.max_tokens) for s in SPLITS}
+            self.texts = {s: texts for s, (texts, _) in prompted.items()}
+            self.max_tokens = max(limit for _, limit in prompted.values())  # no prompt is ever cut
         self.chunks: Chunks = {
-            s: make_chunks(subject, t.texts(s), batch_size, t.max_tokens, t.position) for s in SPLITS
+            s: make_chunks(subject, self.texts[s], batch_size, self.max_tokens, t.position) for s in SPLITS
         }
         self.original = {k: v.detach().clone() for k, v in subject.model.state_dict().items()}
         self.base_weights_sha256 = weights_digest(neuron_weights(subject, targets.neuron))

@@ -2,10 +2,11 @@
 
 AdamW with a learning rate per parameter group (model weights, readout), linear warm-up then
 cosine decay, gradient clipping, evaluation every `eval_every` steps (and at step 0, before any
-update), early stopping on validation MSE with `patience`, and the best-on-validation
-parameters restored at the end. The data order is a seeded permutation per epoch, so step k
-always sees the same batch; with a `StateStore` the loop saves its whole state at each
-evaluation and on SIGINT/SIGTERM (after finishing the current step), and resumes exactly.
+update), early stopping on the task's validation monitor (MSE; cross-entropy for token readouts)
+with `patience`, and the best-on-validation parameters restored at the end. The data order is a
+seeded permutation per epoch, so step k always sees the same batch; with a `StateStore` the loop
+saves its whole state at each evaluation and on SIGINT/SIGTERM (after finishing the current
+step), and resumes exactly.
 """
 
 from __future__ import annotations
@@ -30,12 +31,15 @@ from mechcheck.train.state import LoopState, StateStore, load_optimizer
 @dataclass
 class Task:
     """What the loop trains: named parameters per group with their learning rates, a loss per
-    training batch (index into this epoch's order), and an evaluation returning at least val_mse."""
+    training batch (index into this epoch's order), and an evaluation returning at least `monitor`,
+    the validation number early stopping and the best-state choice minimise (val_mse for the linear
+    head; val_ce, the training objective, for token readouts)."""
 
     groups: dict[str, tuple[dict[str, nn.Parameter], float]]
     n_batches: int
     batch_loss: Callable[[int], torch.Tensor]
     evaluate: Callable[[], dict[str, Any]]
+    monitor: str = "val_mse"
 
     def named(self) -> dict[str, nn.Parameter]:
         return {name: p for params, _ in self.groups.values() for name, p in params.items()}
@@ -47,7 +51,7 @@ class LoopResult:
     steps: int
     total_steps: int
     best_step: int
-    best_val_mse: float
+    best_val_mse: float  # the best value of the task's monitor (val_mse unless it says otherwise)
     stopped_early: bool
     resumed_from: int | None
     seconds: float
@@ -153,8 +157,9 @@ class Loop:
         row["lr"] = {g["name"]: g["lr"] for g in self.optimizer.param_groups}
         row.update(self.task.evaluate())
         s.curves.append(row)
-        if s.best_val is None or row["val_mse"] < s.best_val:
-            s.best_val, s.best_step, s.bad_evals = row["val_mse"], s.step, 0
+        value = row[self.task.monitor]
+        if s.best_val is None or value < s.best_val:
+            s.best_val, s.best_step, s.bad_evals = value, s.step, 0
             self.best = {name: p.detach().clone() for name, p in self.params.items()}
         else:
             s.bad_evals += 1
@@ -197,7 +202,7 @@ def train_loop(
             while True:
                 if loop.due():
                     loop.evaluate()
-                    bar.set_postfix(val_mse=f"{loop.state.curves[-1]['val_mse']:.4g}")
+                    bar.set_postfix({task.monitor: f"{loop.state.curves[-1][task.monitor]:.4g}"})
                 if loop.done():
                     break
                 loop.update()

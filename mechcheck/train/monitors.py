@@ -6,7 +6,7 @@ from float32 values, so the same function applied to predictions.json reproduces
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +16,7 @@ import torch
 from mechcheck.readout import Readout
 from mechcheck.subject import Site, Subject
 from mechcheck.targets import Chunk, TargetSet, make_chunks, n_rows
+from mechcheck.train.readouts import cross_entropy, digit_metrics, readout_outputs
 from mechcheck.train.sources import Source
 
 COLLAPSE_RATIO = 0.2  # SD(prediction) / SD(label) below this: the report has collapsed
@@ -45,10 +46,14 @@ def value_stats(values: Any) -> dict[str, float]:
 
 @dataclass
 class SplitPredictions:
-    """Predictions and (when the source reads it) the live neuron, in the neuron's units, label-row order."""
+    """Predictions and (when the source reads it) the live neuron, in the neuron's units, label-row order;
+    token readouts add the expected class index (`digits`) and the arg-max class."""
 
     predictions: torch.Tensor
     live: torch.Tensor | None
+    digits: torch.Tensor | None = None
+    argmax: torch.Tensor | None = None
+    answer_logp: torch.Tensor | None = None  # [N, n_classes]
 
 
 def predict_split(
@@ -65,16 +70,23 @@ def predict_split(
     ids = range(len(chunks)) if chunk_ids is None else chunk_ids
     rows = torch.cat([chunks[i].rows for i in ids]).sort().values
     size = n_rows(chunks)
-    preds, live = torch.full((size,), float("nan")), None
+    got: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for i in ids:
             x, neuron = source.forward(split, i, grad=False)
-            pred = readout(x.float())
-            preds[chunks[i].rows] = (targets.destandardise(pred) if standardised else pred).cpu()
+            outputs = readout_outputs(readout, x.float())
+            if standardised:
+                outputs["predictions"] = targets.destandardise(outputs["predictions"])
             if neuron is not None:
-                live = torch.full((size,), float("nan")) if live is None else live
-                live[chunks[i].rows] = neuron.float().cpu()
-    return SplitPredictions(preds[rows], None if live is None else live[rows]), rows
+                outputs["live"] = neuron
+            for name, value in outputs.items():
+                column = got.setdefault(name, torch.full((size, *value.shape[1:]), float("nan")))
+                column[chunks[i].rows] = value.float().cpu()
+    kept = {name: column[rows] for name, column in got.items()}
+    if "argmax" in kept:
+        kept["argmax"] = kept["argmax"].long()
+    extra = {k: kept.get(k) for k in ("digits", "argmax", "answer_logp")}
+    return SplitPredictions(kept["predictions"], kept.get("live"), **extra), rows
 
 
 class Drift:
@@ -119,7 +131,12 @@ class Drift:
 
 
 class Evaluator:
-    """One evaluation row for the loop's curves: train/val MSE and skill, live neuron, drift."""
+    """One evaluation row for the loop's curves: train/val MSE and skill, live neuron, drift; for
+    token readouts also the class-space metrics on val (`val_digit_*`, `val_argmax_accuracy`).
+
+    `standardised`: the readout predicts standardised labels (the linear head while it trains).
+    `live_neuron`: the current model's neuron on the raw val texts, for sources that cannot read it
+    in their own pass (prompted readouts on a model that moves the neuron)."""
 
     def __init__(
         self,
@@ -130,10 +147,13 @@ class Evaluator:
         train_chunk_ids: Sequence[int],
         drift: Drift | None,
         subject: Subject | None,
+        standardised: bool = True,
+        live_neuron: Callable[[], torch.Tensor] | None = None,
     ):
         self.source, self.readout, self.targets = source, readout, targets
         self.live_target, self.train_chunk_ids = live_target, list(train_chunk_ids)
         self.drift, self.subject = drift, subject  # subject None: the model is frozen, drift is exactly 0
+        self.standardised, self.live_neuron = standardised, live_neuron
 
     def target(self, split: str, got: SplitPredictions, rows: torch.Tensor) -> torch.Tensor:
         """The labels the run is trained on: the live neuron (live regimes) or the fixed labels."""
@@ -142,14 +162,24 @@ class Evaluator:
     def __call__(self) -> dict[str, Any]:
         row: dict[str, Any] = {}
         args = (self.source, self.readout, self.targets)
-        train, train_rows = predict_split(*args, "train", self.train_chunk_ids)
-        val, val_rows = predict_split(*args, "val")
+        train, train_rows = predict_split(
+            *args, "train", self.train_chunk_ids, standardised=self.standardised
+        )
+        val, val_rows = predict_split(*args, "val", standardised=self.standardised)
         for name, got, rows in (("train", train, train_rows), ("val", val, val_rows)):
             m = regression_metrics(got.predictions, self.target(name, got, rows))
             row[f"{name}_mse"], row[f"{name}_skill"] = m["mse"], m["skill"]
             if name == "val":
                 row["val_r"], row["val_pred_sd_ratio"] = m["r"], m["pred_sd_ratio"]
+        if val.digits is not None:
+            classes = self.readout.classes(self.targets.labels("val")[val_rows])
+            d = digit_metrics(val.digits, val.argmax, classes)
+            row["val_digit_spearman"], row["val_digit_mae"] = d["spearman"], d["mae"]
+            row["val_argmax_accuracy"] = d["argmax_accuracy"]
+            row["val_ce"] = cross_entropy(val.answer_logp, classes)
         neuron = val.live if val.live is not None else self.targets.labels("val")[val_rows]
+        if val.live is None and self.live_neuron is not None:
+            neuron = self.live_neuron()[val_rows]
         row["neuron_mean"] = float(neuron.double().mean())
         row["neuron_std"] = float(neuron.double().std(correction=0))
         if val.live is not None:

@@ -8,14 +8,16 @@ import json
 import platform
 from typing import Any
 
-import mechcheck
 import numpy as np
 import torch
+
+import mechcheck
 from mechcheck.config import to_dict
 from mechcheck.experiment import Experiment
 from mechcheck.readout import LinearReadout
 from mechcheck.targets import TargetSet
-from mechcheck.train.monitors import COLLAPSE_RATIO, regression_metrics, value_stats
+from mechcheck.train.monitors import COLLAPSE_RATIO, SplitPredictions, regression_metrics, value_stats
+from mechcheck.train.readouts import digit_metrics
 
 UNCHANGED_TOLERANCE = 1e-4  # max |label diff| allowed for conditions that keep the neuron fixed
 
@@ -60,15 +62,29 @@ def _floats(values: torch.Tensor | None) -> list[float] | None:
 
 
 def predictions_json(
-    targets: TargetSet, before: torch.Tensor, after: torch.Tensor, live: torch.Tensor, target_key: str
+    targets: TargetSet,
+    before: SplitPredictions,
+    after: SplitPredictions,
+    live: torch.Tensor,
+    target_key: str,
+    classes: torch.Tensor | None = None,
 ) -> dict[str, Any]:
+    """Test-split predictions in the neuron's units (token readouts: Σ p_k · class mean); token
+    readouts add the expected class index (`predictions_digit`), the arg-max class and the true
+    class of each label (`labels_digit`, from the fitted edges)."""
     out: dict[str, Any] = {"split": "test", "texts": list(targets.test_texts), "target": target_key}
     if targets.position == "all":
         out["text_index"] = [int(i) for i in targets.test_index]
     out["labels"] = _floats(targets.test_labels)
     out["live_labels"] = _floats(live)
-    out["predictions"] = _floats(after)
-    out["predictions_before"] = _floats(before)
+    out["predictions"] = _floats(after.predictions)
+    out["predictions_before"] = _floats(before.predictions)
+    if classes is not None:
+        out["labels_digit"] = [int(c) for c in classes]
+        out["predictions_digit"] = _floats(after.digits)
+        out["predictions_argmax"] = [int(c) for c in after.argmax]
+        out["predictions_digit_before"] = _floats(before.digits)
+        out["predictions_argmax_before"] = [int(c) for c in before.argmax]
     return out
 
 
@@ -87,6 +103,10 @@ def metrics_from_predictions(predictions: dict[str, Any], moves_neuron: bool) ->
         "neuron_after": value_stats(p["live_labels"]),
         "collapsed": test["pred_sd_ratio"] is None or test["pred_sd_ratio"] < COLLAPSE_RATIO,
     }
+    if "labels_digit" in p:  # token readouts: class-space skill, after and before training
+        metrics["digit"] = digit_metrics(p["predictions_digit"], p["predictions_argmax"], p["labels_digit"])
+        before = (p["predictions_digit_before"], p["predictions_argmax_before"], p["labels_digit"])
+        metrics["digit_before"] = digit_metrics(*before)
     diff = np.asarray(p["labels"], dtype=np.float64) - np.asarray(p["live_labels"], dtype=np.float64)
     if moves_neuron:
         metrics["stale_labels"] = {"mse": float(np.mean(diff**2)), "max_abs_diff": float(np.abs(diff).max())}

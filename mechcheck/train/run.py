@@ -4,7 +4,9 @@
 train, picks where the report is computed from, and defines the loss for the label regime
 (`fixed`: the original model's labels; `live`: the current model's neuron read in the same
 forward pass, gradient flowing through it; `live_detached`: the same value, detached).
-`train_run` runs the loop and measures the trained model.
+The loss is the readout's own `loss(x, labels)`: MSE on standardised labels for the linear head,
+cross-entropy on the label's class token through the LM head for token readouts
+(`mechcheck.train.readouts`). `train_run` runs the loop and measures the trained model.
 """
 
 from __future__ import annotations
@@ -18,17 +20,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from mechcheck.checkpoint import write_checkpoint
 from mechcheck.config import to_dict
 from mechcheck.errors import UserError
 from mechcheck.experiment import TrainConfig
-from mechcheck.readout import LinearReadout
+from mechcheck.readout import LinearReadout, Readout
 from mechcheck.targets import SPLITS, compute_labels
 from mechcheck.train.bench import Bench
 from mechcheck.train.conditions import CONDITIONS, Condition, check_pair
 from mechcheck.train.frozen_fit import fit_ridge
 from mechcheck.train.loop import LoopResult, Task, train_loop
-from mechcheck.train.monitors import Evaluator, predict_split, regression_metrics
+from mechcheck.train.monitors import Evaluator, SplitPredictions, predict_split, regression_metrics
+from mechcheck.train.readouts import fit_token_readout, is_token, readout_record
 from mechcheck.train.record import (
     UNCHANGED_TOLERANCE,
     fold_readout,
@@ -47,10 +51,16 @@ class Setup:
 
     task: Task
     source: Source
-    readout: LinearReadout
+    readout: Readout
     evaluator: Evaluator
     trainable: set[str]
     frozen_digest: str
+
+    @property
+    def standardised(self) -> bool:
+        """The linear head trains on standardised labels (folded afterwards); token readouts classify
+        labels in the neuron's own units."""
+        return isinstance(self.readout, LinearReadout)
 
 
 def init_readout(d_model: int, seed: int, frozen: bool) -> LinearReadout:
@@ -73,13 +83,22 @@ def params_digest(model: torch.nn.Module, names: set[str]) -> str:
     return h.hexdigest()
 
 
-def make_source(bench: Bench, condition: Condition) -> Source:
-    t = bench.targets
+def make_source(bench: Bench, condition: Condition, readout: Readout) -> Source:
+    """The readout's input (its site) for each chunk; prompted chunks cannot read the raw-text neuron."""
+    t, site = bench.targets, readout.site
     if condition.source == "features":
         return FeatureSource(bench.chunks, bench.features()[0])
     if condition.source == "resume":
-        return ResumeSource(bench.subject, t.neuron.layer, t.position, bench.chunks, bench.resid())
-    return FullSource(bench.subject, t.neuron, t.position, bench.chunks)
+        return ResumeSource(bench.subject, t.neuron.layer, t.position, bench.chunks, bench.resid(), site)
+    return FullSource(bench.subject, t.neuron, t.position, bench.chunks, site, read_neuron=not bench.prompted)
+
+
+def make_readout(bench: Bench, cfg: TrainConfig, seed: int) -> Readout:
+    if is_token(cfg.readout):
+        if not bench.prompted:
+            raise ValueError(f"readout {cfg.readout!r} needs a bench built with its prompt")
+        return fit_token_readout(cfg.readout, bench.subject, bench.targets)
+    return init_readout(bench.subject.d_model, seed, cfg.readout_frozen)
 
 
 def train_eval_chunks(n_chunks: int, batch_size: int, texts: int) -> list[int]:
@@ -96,23 +115,24 @@ def build_task(bench: Bench, condition: Condition, mode: str, seed: int, cfg: Tr
     trainable = condition.trainable(subject, targets.neuron.layer)
     if cfg.readout_frozen and not trainable:
         raise UserError(f"condition {condition.name!r} with readout_frozen = true would train nothing")
-    source = make_source(bench, condition)  # builds the original model's caches first, if needed
+    readout = make_readout(bench, cfg, seed)
+    source = make_source(bench, condition, readout)  # builds the original model's caches first, if needed
     for name, p in subject.model.named_parameters():
         p.requires_grad_(name in trainable)
     frozen_names = {name for name, _ in subject.model.named_parameters()} - trainable
     frozen_digest = params_digest(subject.model, frozen_names)
     torch.manual_seed(seed)
-    readout = init_readout(subject.d_model, seed, cfg.readout_frozen)
-    train_labels = targets.standardise(targets.labels("train"))
+    standardised = isinstance(readout, LinearReadout)
+    units = targets.standardise if standardised else (lambda y: y)
+    train_labels = units(targets.labels("train"))  # the raw texts' labels, whatever the model reads
 
     def batch_loss(i: int) -> torch.Tensor:
         x, live = source.forward("train", i, grad=True)
-        pred = readout(x)
         if mode == "fixed":
             y = train_labels[bench.chunks["train"][i].rows]
         else:
-            y = targets.standardise(live if mode == "live" else live.detach())
-        return torch.nn.functional.mse_loss(pred, y)
+            y = units(live if mode == "live" else live.detach())
+        return readout.loss(x, y)
 
     model_params = {f"model.{n}": p for n, p in subject.model.named_parameters() if n in trainable}
     readout_params = {} if cfg.readout_frozen else {f"readout.{n}": p for n, p in readout.named_parameters()}
@@ -120,9 +140,24 @@ def build_task(bench: Bench, condition: Condition, mode: str, seed: int, cfg: Tr
     n_train = len(bench.chunks["train"])
     eval_ids = train_eval_chunks(n_train, bench.batch_size, cfg.eval_train_texts)
     drift_subject = subject if trainable else None
-    evaluator = Evaluator(source, readout, targets, mode != "fixed", eval_ids, bench.drift, drift_subject)
-    task = Task(groups, n_train, batch_loss, evaluator)
+    live_neuron = _raw_live_neuron(bench) if bench.prompted and condition.moves_neuron else None
+    evaluator = Evaluator(
+        source, readout, targets, mode != "fixed", eval_ids, bench.drift, drift_subject,
+        standardised=standardised, live_neuron=live_neuron,
+    )  # fmt: skip
+    task = Task(groups, n_train, batch_loss, evaluator, "val_mse" if standardised else "val_ce")
     return Setup(task, source, readout, evaluator, trainable, frozen_digest)
+
+
+def _raw_live_neuron(bench: Bench):
+    """The current model's neuron on the RAW val texts (what the labels are defined on)."""
+    t = bench.targets
+
+    def live() -> torch.Tensor:
+        batch = t.card["label_batch_size"]
+        return compute_labels(bench.subject, t.val_texts, t.neuron, t.position, t.max_tokens, batch)[0]
+
+    return live
 
 
 def choose_frozen_readout(setup: Setup, bench: Bench, cfg: TrainConfig, result: LoopResult) -> dict[str, Any]:
@@ -160,7 +195,9 @@ def train_run(
     start = time.perf_counter()
     condition = CONDITIONS.get(condition_name)
     setup = build_task(bench, condition, mode, seed, cfg)
-    before = predict_split(setup.source, setup.readout, bench.targets, "test")[0].predictions  # step 0
+    before = predict_split(
+        setup.source, setup.readout, bench.targets, "test", standardised=setup.standardised
+    )[0]
     store = StateStore(out.with_name(out.name + ".state"))
     result = train_loop(setup.task, cfg, seed, store, config_hash, progress, on_step, resume)
     frozen_fit = choose_frozen_readout(setup, bench, cfg, result) if condition.source == "features" else None
@@ -171,7 +208,12 @@ def train_run(
         **provenance,
         "condition": condition.name,
         "target_mode": mode,
-        "readout": {"kind": readout.kind, "frozen": cfg.readout_frozen, "init_std": READOUT_INIT_STD},
+        "readout": {
+            "kind": readout.kind,
+            "frozen": cfg.readout_frozen,
+            **_readout_init(setup),
+            **readout_record(readout),
+        },
         "seed": seed,
         "config_hash": config_hash,
         "train_config": to_dict(cfg),
@@ -182,6 +224,7 @@ def train_run(
         "metrics": metrics,
         "frozen_fit": frozen_fit,
         "resumed_from_step": result.resumed_from,
+        **_prompt_tokens(bench),
         "timing": {"train_loop": result.seconds, "run": time.perf_counter() - start, **bench.seconds},
     }
     model = bench.subject.model if setup.trainable else None
@@ -191,20 +234,36 @@ def train_run(
     return run
 
 
+def _prompt_tokens(bench: Bench) -> dict[str, Any]:
+    """Token readouts: the truncation that keeps every prompted text whole, for `mechcheck test`
+    (labels are unchanged by it: every raw text is within corpus.max_tokens, or training refused)."""
+    if not bench.prompted:
+        return {}
+    note = "longest prompted text; every raw text fits corpus.max_tokens, so labels are unchanged"
+    return {"max_tokens": bench.max_tokens, "max_tokens_note": note}
+
+
+def _readout_init(setup: Setup) -> dict[str, Any]:
+    if setup.standardised:
+        return {"init_std": READOUT_INIT_STD}
+    return {"init": "fitted on the train labels; no parameters (the model answers through its LM head)"}
+
+
 def measure(
-    bench: Bench, setup: Setup, condition: Condition, mode: str, before: torch.Tensor
-) -> tuple[LinearReadout, dict[str, Any], dict[str, Any]]:
+    bench: Bench, setup: Setup, condition: Condition, mode: str, before: SplitPredictions
+) -> tuple[Readout, dict[str, Any], dict[str, Any]]:
     """The trained run on the test split: folded readout, predictions.json and the metrics."""
     targets, subject = bench.targets, bench.subject
-    readout = fold_readout(setup.readout, targets)
-    after = predict_split(setup.source, readout, targets, "test", standardised=False)[0].predictions
+    readout = fold_readout(setup.readout, targets) if setup.standardised else setup.readout
+    after = predict_split(setup.source, readout, targets, "test", standardised=False)[0]
     batch = targets.card["label_batch_size"]
     live, _ = compute_labels(
         subject, targets.test_texts, targets.neuron, targets.position, targets.max_tokens, batch
     )
     _check_frozen(setup, subject)
     target_key = "labels" if mode == "fixed" else "live_labels"
-    predictions = predictions_json(targets, before, after, live, target_key)
+    classes = None if setup.standardised else readout.classes(targets.test_labels)
+    predictions = predictions_json(targets, before, after, live, target_key, classes)
     metrics = metrics_from_predictions(predictions, condition.moves_neuron)
     if not condition.moves_neuron and metrics["neuron_unchanged_maxdiff"] > UNCHANGED_TOLERANCE:
         raise RuntimeError(

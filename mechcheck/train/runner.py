@@ -27,6 +27,7 @@ from mechcheck.targets import TargetSet, build_targets
 from mechcheck.train.bench import Bench
 from mechcheck.train.conditions import CONDITIONS, plan
 from mechcheck.train.frozen_fit import default_cache_dir
+from mechcheck.train.readouts import check_readout, fit_token_readout, is_token
 from mechcheck.train.record import config_hash, versions
 from mechcheck.train.run import train_run
 
@@ -44,8 +45,7 @@ def check_experiment(experiment: Experiment, seeds: Sequence[int]) -> list[tuple
     for condition, _ in pairs:
         if cfg.for_condition(condition.name).readout_frozen and condition.source == "features":
             raise UserError(f"condition {condition.name!r} with readout_frozen = true would train nothing")
-    if cfg.readout != "linear":
-        raise UserError(f"train.readout {cfg.readout!r} is not supported by the trainer; use 'linear'")
+    check_readout(cfg.readout, [c.name for c, _ in pairs], [m for _, m in pairs], experiment.neuron.position)
     if experiment.neuron.position not in POSITIONS:
         choices = ", ".join(POSITIONS)
         raise UserError(f"neuron.position {experiment.neuron.position!r}: choose one of {choices}")
@@ -150,7 +150,8 @@ def train_experiment(
     _write_target(out, targets, corpus, selection, resume)
     cfg = experiment.train
     cache_dir = cache_dir or default_cache_dir()
-    bench = Bench(subject, targets, cfg.batch_size, cfg.drift_texts, cache_dir, progress)
+    prompt = fit_token_readout(cfg.readout, subject, targets) if is_token(cfg.readout) else None
+    bench = Bench(subject, targets, cfg.batch_size, cfg.drift_texts, cache_dir, progress, prompt)
     bench.seconds["prepare"] = time.perf_counter() - start
     provenance = {
         "base_model": experiment.subject.model, "neuron": targets.neuron.as_dict(),

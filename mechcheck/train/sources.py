@@ -1,8 +1,11 @@
 """Where the report is computed from: the input of the readout, per chunk of texts.
 
-Every source returns, for one chunk, the readout's input at the report positions `[N, d_model]`
-(rows in the chunk's label order) and, when the model can move the neuron, the neuron's live
-activation `[N]` read in the SAME forward pass (so gradient can flow through it).
+Every source returns, for one chunk, the readout's input at the report positions `[N, d]` (the
+readout's site: the final normed residual for the linear head, the logits for token readouts;
+rows in the chunk's label order) and, when the model can move the neuron, the neuron's live
+activation `[N]` read in the SAME forward pass (so gradient can flow through it). For prompted
+(token) readouts the chunks hold the prompted texts, so that pass does not see the raw text the
+label is defined on: `read_neuron=False` and the live neuron is read elsewhere.
 """
 
 from __future__ import annotations
@@ -49,31 +52,53 @@ class FeatureSource(Source):
 class ResumeSource(Source):
     """Runs only the layers after `layer`, from the cached residual leaving it (`after_target`)."""
 
-    def __init__(self, subject: Subject, layer: int, position: str, chunks: Chunks, resid: dict[str, list]):
+    def __init__(
+        self,
+        subject: Subject,
+        layer: int,
+        position: str,
+        chunks: Chunks,
+        resid: dict[str, list],
+        site: Site = FINAL_NORM,
+    ):
         super().__init__(chunks)
         self.subject, self.layer, self.position, self.resid = subject, layer, position, resid
+        self.site = site
 
     def forward(self, split: str, i: int, grad: bool) -> tuple[torch.Tensor, None]:
         chunk = self.chunks[split][i]
         resume = (self.layer, self.resid[split][i])
-        got = self.subject.run(chunk.enc, reads=[FINAL_NORM], grad=grad, resume=resume)
-        return self._report_rows(got[FINAL_NORM], chunk, self.position), None
+        got = self.subject.run(chunk.enc, reads=[self.site], grad=grad, resume=resume)
+        return self._report_rows(got[self.site], chunk, self.position), None
 
 
 class FullSource(Source):
     """A full forward pass of the current model, reading the neuron on the way (`unfrozen`)."""
 
-    def __init__(self, subject: Subject, neuron: Neuron, position: str, chunks: Chunks):
+    def __init__(
+        self,
+        subject: Subject,
+        neuron: Neuron,
+        position: str,
+        chunks: Chunks,
+        site: Site = FINAL_NORM,
+        read_neuron: bool = True,
+    ):
         super().__init__(chunks)
         self.subject, self.neuron, self.position = subject, neuron, position
         self.neuron_site = Site("mlp_post", neuron.layer)
+        self.site, self.read_neuron = site, read_neuron
 
-    def forward(self, split: str, i: int, grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, split: str, i: int, grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         chunk = self.chunks[split][i]
-        got = self.subject.run(chunk.enc, reads=[self.neuron_site, FINAL_NORM], grad=grad)
+        reads = [self.neuron_site, self.site] if self.read_neuron else [self.site]
+        got = self.subject.run(chunk.enc, reads=reads, grad=grad)
+        x = self._report_rows(got[self.site], chunk, self.position)
+        if not self.read_neuron:
+            return x, None
         acts = got[self.neuron_site][..., self.neuron.index : self.neuron.index + 1]  # [batch, pos, 1]
         live = gather_position(acts, chunk.enc["attention_mask"], self.position)[:, 0]
-        return self._report_rows(got[FINAL_NORM], chunk, self.position), live
+        return x, live
 
 
 def cache_sites(

@@ -1,0 +1,130 @@
+"""Which readout a run trains, and what the token-space readouts need beyond the linear head.
+
+`linear` (the default): a fresh regression head on the final normed residual, trained on
+standardised labels (the trainer folds the standardisation into it afterwards).
+`digit` / `on_off` (`mechcheck.token_readout`): no new head — the model answers a prompt through
+its own LM head, trained with cross-entropy on the label's class token at the answer position.
+
+For token readouts:
+
+- the model reads the PROMPTED text (`readout.format_text(text)`) and the readout reads the logits
+  at its last real token, the answer position; the label stays the neuron's activation at the
+  label position of the RAW text, from the original model (the target set), so the prompt never
+  changes what is being reported;
+- the class edges (deciles / threshold) and class means are fitted on the train labels before
+  training and never change;
+- a prompted text is never truncated (that would cut the question off): raw texts longer than
+  `max_tokens` are refused, and prompted texts are encoded up to their own longest length;
+- `frozen` is refused: the LM head is part of the model, so nothing would train (the untouched
+  model's skill is the in-context baseline, `mechcheck.incontext`); position `all` is refused
+  (one answer per text); live target modes are refused (the live label would need a second
+  forward pass over the raw text in every step).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+
+from mechcheck.errors import UserError
+from mechcheck.readout import READOUTS, Readout
+from mechcheck.subject import Subject
+from mechcheck.targets import TargetSet, token_counts
+from mechcheck.token_readout import TokenReadout
+
+
+def is_token(kind: str) -> bool:
+    return issubclass(READOUTS.get(kind), TokenReadout)
+
+
+def check_readout(kind: str, conditions: Sequence[str], target_modes: Sequence[str], position: str) -> None:
+    """Refuse, before any work, what a readout kind cannot train (see the module docstring)."""
+    READOUTS.get(kind)  # unknown kind: a UserError naming the known ones
+    if not is_token(kind):
+        return
+    if "frozen" in conditions:
+        raise UserError(
+            f"train.readout {kind!r} with condition 'frozen': the LM head is part of the frozen model, so "
+            "nothing would train; drop 'frozen' (the untouched model's skill is the in-context baseline, "
+            "mechcheck.incontext)"
+        )
+    if position == "all":
+        raise UserError(f"train.readout {kind!r} answers once per text: use position last, max or mean")
+    live = [m for m in target_modes if m != "fixed"]
+    if live:
+        raise UserError(
+            f"train.readout {kind!r} trains on fixed labels only (got {live[0]!r}): a live label is the "
+            "neuron on the raw text, a second forward pass per step"
+        )
+
+
+def fit_token_readout(kind: str, subject: Subject, targets: TargetSet) -> TokenReadout:
+    """The token readout of `kind` with answer ids from the subject's tokenizer and class edges and
+    means fitted on the train labels (it has no parameters: the model itself learns to answer)."""
+    return READOUTS.get(kind).fit(subject.tokenizer, targets.labels("train"))
+
+
+def prompted_texts(
+    subject: Subject, texts: Sequence[str], readout: Readout, max_tokens: int
+) -> tuple[list[str], int]:
+    """The prompted texts and the token limit that keeps every one of them whole."""
+    raw = token_counts(subject, texts, max_tokens + 1)
+    if (raw > max_tokens).any():
+        n = int((raw > max_tokens).sum())
+        raise UserError(
+            f"{n} texts are longer than corpus.max_tokens = {max_tokens} tokens: a token readout would cut "
+            "its question off; raise corpus.max_tokens or lower corpus.max_words"
+        )
+    prompted = [readout.format_text(t) for t in texts]
+    lengths = subject.tokenizer(prompted)["input_ids"]
+    return prompted, max(len(ids) for ids in lengths)
+
+
+def readout_outputs(readout: Readout, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """`predictions`: the report in the readout's units (token readouts: in the neuron's units,
+    Σ p_k · class mean); token readouts add `digits` (expected class index), `argmax` and
+    `answer_logp`, each answer token's log-probability under the full-vocabulary softmax
+    `[N, n_classes]` (the cross-entropy of a label of class k is -answer_logp[:, k])."""
+    if not isinstance(readout, TokenReadout):
+        return {"predictions": readout(x)}
+    answer_logp = torch.log_softmax(x.float(), -1)[:, readout.answer_ids.to(x.device)]
+    out = {"predictions": readout.in_units(x), "digits": readout(x), "argmax": readout.argmax(x)}
+    return out | {"answer_logp": answer_logp}
+
+
+def cross_entropy(answer_logp: torch.Tensor, classes: torch.Tensor) -> float:
+    """Mean cross-entropy (full vocabulary) of the true classes' answer tokens."""
+    return float(-answer_logp[torch.arange(len(classes)), classes].double().mean())
+
+
+def digit_metrics(digits: Any, argmax: Any, classes: Any) -> dict[str, float | int | None]:
+    """Class-space skill: Spearman(expected class, true class), MAE, arg-max accuracy, within one."""
+    d = np.asarray(digits, dtype=np.float64)
+    a, c = np.asarray(argmax, dtype=np.int64), np.asarray(classes, dtype=np.int64)
+    constant = np.ptp(d) == 0 or np.ptp(c) == 0
+    return {
+        "n": int(c.size),
+        "spearman": None if constant else float(spearmanr(d, c).statistic),
+        "mae": float(np.mean(np.abs(d - c))),
+        "argmax_accuracy": float(np.mean(a == c)),
+        "within_one": float(np.mean(np.abs(a - c) <= 1)),
+        "chance_accuracy": float(np.max(np.bincount(c)) / c.size),  # always answering the commonest class
+    }
+
+
+def readout_record(readout: Readout) -> dict[str, Any]:
+    """run.json's readout table beyond kind/frozen: the meta `from_tensors` needs and, for token
+    readouts, the answer ids, class edges and class means (also in readout.safetensors)."""
+    record = dict(readout.meta())
+    if isinstance(readout, TokenReadout):
+        record |= {
+            "answer_ids": readout.answer_ids.tolist(),
+            "edges": readout.edges.tolist(),
+            "values": readout.values.tolist(),
+            "fitted_on": "train labels (original model, raw texts)",
+        }
+    return record
