@@ -26,7 +26,7 @@ from mechcheck.train.loop import Loop
 from mechcheck.train.readouts import digit_metrics, fit_token_readout
 from mechcheck.train.record import metrics_from_predictions
 from mechcheck.train.run import build_task
-from mechcheck.train.runner import train_experiment
+from mechcheck.train.runner import summary_line, train_experiment
 
 LAYER, INDEX = 1, 5
 LM_HEAD_SCALE = 25.0
@@ -160,6 +160,7 @@ def test_run_writes_comparable_metrics_and_round_trips(tmp_path, corpus_file, ti
     assert {"spearman", "mae", "argmax_accuracy"} <= set(m["digit"])
     assert m["digit"]["n"] == len(preds["texts"])
     assert {"skill", "mse", "r"} <= set(m["test"])  # in the neuron's units, like the linear head's
+    assert "digit Spearman" in summary_line(run) and "test MSE" in summary_line(run)
     assert preds["labels_digit"] == ck.readout.classes(torch.tensor(preds["labels"])).tolist()
     # the checkpoint rebuilds the same predictions through the battery's path (prompted text, logits)
     trained = ck.load_subject(subject)

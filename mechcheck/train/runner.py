@@ -197,6 +197,18 @@ def summary_line(run: dict[str, Any]) -> str:
         f"(skill {a['skill']:.3f}), neuron std {nb['std']:.3g} -> {na['std']:.3g}, "
         f"LM loss {lm}, KL {kl}, "
         f"{run['timing']['run']:.0f} s{' [collapsed]' if m['collapsed'] else ''}"
+    ) + _digit_summary(m)
+
+
+def _digit_summary(metrics: dict[str, Any]) -> str:
+    """Token readouts: the class-space skill before -> after (expected digit vs true decile)."""
+    if "digit" not in metrics:
+        return ""
+    b, a = metrics["digit_before"], metrics["digit"]
+    rho = ["-" if d["spearman"] is None else f"{d['spearman']:.3f}" for d in (b, a)]
+    return (
+        f"; digit Spearman {rho[0]} -> {rho[1]}, MAE {b['mae']:.3f} -> {a['mae']:.3f}, "
+        f"arg-max accuracy {b['argmax_accuracy']:.3f} -> {a['argmax_accuracy']:.3f}"
     )
 
 
