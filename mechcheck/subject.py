@@ -288,9 +288,22 @@ def _load_hf(spec: str, dtype: torch.dtype):
     return model, tokenizer
 
 
+def _forget_gguf_quantizer(model: nn.Module) -> None:
+    """GGUF weights are dequantised to float on load; drop the stale quantizer record so that a
+    trained copy can be saved with `save_pretrained` (transformers refuses a "gguf-quantized" model)
+    and reloads as the plain float model it is."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    method = getattr(getattr(quantizer, "quantization_config", None), "quant_method", None)
+    if quantizer is not None and getattr(method, "value", method) == "gguf":
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+
+
 def load_subject(spec: str, dtype: torch.dtype = torch.float32, device: str | None = None) -> Subject:
     """Load `spec`: an offline model (`OFFLINE_MODELS`), a local HF directory, or a hub name."""
     model, tokenizer = _load_hf(spec, dtype)
+    _forget_gguf_quantizer(model)
     if device is not None:
         model.to(device)
     model.eval()

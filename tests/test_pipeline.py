@@ -233,3 +233,18 @@ def test_gpt2_reproduction_settings() -> None:
     frozen_readout = {c: e.train.for_condition(c).readout_frozen for c in e.train.conditions}
     assert frozen_readout == {"frozen": False, "unfrozen": True, "after_target": True}
     assert (e.train.lr, e.train.batch_size) == (1e-4, 16)
+
+
+@pytest.mark.slow
+def test_trained_smollm2_can_be_saved_and_reloaded(tmp_path: Path) -> None:
+    """The GGUF model is float after loading; a trained copy must survive save_pretrained (unfrozen runs)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from mechcheck.subject import load_subject
+
+    subject = load_subject("smollm2-135m")
+    subject.model.save_pretrained(tmp_path / "model")
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "model", dtype=torch.float32)
+    saved, reloaded = subject.model.state_dict(), again.state_dict()
+    assert saved.keys() == reloaded.keys() and all(torch.equal(saved[k], reloaded[k]) for k in saved)
