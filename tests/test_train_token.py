@@ -16,7 +16,7 @@ from mechcheck.checkpoint import read_checkpoint
 from mechcheck.errors import UserError
 from mechcheck.experiment import CorpusConfig, Experiment, NeuronConfig, TrainConfig
 from mechcheck.readout import Neuron, neuron_values, report
-from mechcheck.subject import load_subject
+from mechcheck.subject import gather_position, load_subject
 from mechcheck.targets import build_targets
 from mechcheck.testing import random_texts, tiny_model, tiny_subject
 from mechcheck.token_readout import DigitReadout
@@ -27,6 +27,7 @@ from mechcheck.train.readouts import digit_metrics, fit_token_readout
 from mechcheck.train.record import metrics_from_predictions
 from mechcheck.train.run import build_task
 from mechcheck.train.runner import summary_line, train_experiment
+from mechcheck.train.sources import FINAL_NORM, LOGITS, head_logits
 
 LAYER, INDEX = 1, 5
 LM_HEAD_SCALE = 25.0
@@ -199,3 +200,13 @@ def test_position_all_and_long_texts_are_refused(tmp_path, corpus_file):
     short = replace(exp, corpus=replace(exp.corpus, max_tokens=8))
     with pytest.raises(UserError, match="would cut its question off"):
         train_experiment(short, tmp_path / "b", subject=tiny_subject("llama"), cache_dir=tmp_path)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox"])
+def test_head_logits_at_the_report_rows_equal_the_logits_site(family: str):
+    subject = tiny_subject(family, seed=1)
+    enc = subject.encode(random_texts(5, seed=4))
+    got = subject.run(enc, reads=[LOGITS, FINAL_NORM])
+    rows = gather_position(got[FINAL_NORM], enc["attention_mask"], "last")
+    expected = gather_position(got[LOGITS], enc["attention_mask"], "last")
+    assert torch.allclose(head_logits(subject, rows), expected, atol=1e-5)

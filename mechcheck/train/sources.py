@@ -21,6 +21,7 @@ from mechcheck.subject import Site, Subject, gather_position
 from mechcheck.targets import Chunk, n_rows
 
 FINAL_NORM = Site("final_norm")
+LOGITS = Site("logits")
 Chunks = dict[str, list[Chunk]]
 
 
@@ -36,6 +37,13 @@ class Source(ABC):
 
     def _report_rows(self, got: torch.Tensor, chunk: Chunk, position: str) -> torch.Tensor:
         return gather_position(got, chunk.enc["attention_mask"], report_positions(chunk.enc, position))
+
+    def _site_rows(self, subject: Subject, got: dict[Site, torch.Tensor], chunk: Chunk, site: Site):
+        """The readout's site at the report positions; logits are computed from the final norm there
+        only (the LM head on `[N, d_model]`, not on every position of the batch)."""
+        if site == LOGITS:
+            return head_logits(subject, self._report_rows(got[FINAL_NORM], chunk, self.position))
+        return self._report_rows(got[site], chunk, self.position)
 
 
 class FeatureSource(Source):
@@ -68,8 +76,8 @@ class ResumeSource(Source):
     def forward(self, split: str, i: int, grad: bool) -> tuple[torch.Tensor, None]:
         chunk = self.chunks[split][i]
         resume = (self.layer, self.resid[split][i])
-        got = self.subject.run(chunk.enc, reads=[self.site], grad=grad, resume=resume)
-        return self._report_rows(got[self.site], chunk, self.position), None
+        got = self.subject.run(chunk.enc, reads=[read_site(self.site)], grad=grad, resume=resume)
+        return self._site_rows(self.subject, got, chunk, self.site), None
 
 
 class FullSource(Source):
@@ -91,14 +99,29 @@ class FullSource(Source):
 
     def forward(self, split: str, i: int, grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         chunk = self.chunks[split][i]
-        reads = [self.neuron_site, self.site] if self.read_neuron else [self.site]
-        got = self.subject.run(chunk.enc, reads=reads, grad=grad)
-        x = self._report_rows(got[self.site], chunk, self.position)
+        reads = [read_site(self.site)]
+        got = self.subject.run(
+            chunk.enc, reads=[self.neuron_site, *reads] if self.read_neuron else reads, grad=grad
+        )
+        x = self._site_rows(self.subject, got, chunk, self.site)
         if not self.read_neuron:
             return x, None
         acts = got[self.neuron_site][..., self.neuron.index : self.neuron.index + 1]  # [batch, pos, 1]
         live = gather_position(acts, chunk.enc["attention_mask"], self.position)[:, 0]
         return x, live
+
+
+def read_site(site: Site) -> Site:
+    """What a source reads for `site`: the final norm when the readout wants logits (see `head_logits`)."""
+    return FINAL_NORM if site == LOGITS else site
+
+
+def head_logits(subject: Subject, final_norm: torch.Tensor) -> torch.Tensor:
+    """The model's next-token logits from its final normed residual rows `[N, d_model]` → `[N, vocab]`
+    (the output embedding, then Gemma's final logit soft-capping where the config sets it)."""
+    logits = subject.model.get_output_embeddings()(final_norm)
+    cap = getattr(subject.model.config, "final_logit_softcapping", None)
+    return torch.tanh(logits / cap) * cap if cap else logits
 
 
 def cache_sites(
