@@ -40,7 +40,9 @@ class SignFlip(Probe):
         opts, result, sd = ctx.options, ProbeResult(), ctx.label_std
         flipped = ctx.reports(lambda b: neuron_edit(ctx, flip(ctx.neuron.index)))
         effect = np.abs(flipped - ctx.clean_report) / sd
-        result.metrics["mean_abs_delta"] = mean_metric(effect, opts.n_bootstrap, opts.ci, ctx.seed(), ctx.groups)
+        result.metrics["mean_abs_delta"] = mean_metric(
+            effect, opts.n_bootstrap, opts.ci, ctx.seed(), ctx.groups
+        )
         rows = ctx.rows(ctx.null_batches)
         null = [
             float(np.mean(np.abs(ctx.reports(lambda b, k=k: neuron_edit(ctx, flip(int(k))), ctx.null_batches)
