@@ -14,7 +14,6 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import ScalarFormatter
 
 from mechcheck.report.stats import array
 
@@ -78,11 +77,12 @@ def training_curves(curves_by_seed: dict[int, list[dict[str, Any]]], path: Path,
     handles = [h for ax in (ax_lm, ax_kl) for h in ax.get_legend_handles_labels()[0]]
     if handles:
         ax_lm.legend(handles=handles, fontsize=7)
-    if ax_mse.lines and all(min(line.get_ydata()) > 0 for line in ax_mse.lines):
+    values = np.concatenate([line.get_ydata() for line in ax_mse.lines]) if ax_mse.lines else np.array([])
+    if values.size and values.min() > 0 and values.max() / values.min() > 10:  # more than a decade
         ax_mse.set_yscale("log")
-        ax_mse.yaxis.set_major_formatter(ScalarFormatter())
-        ax_mse.yaxis.set_minor_formatter(ScalarFormatter())
-        ax_mse.tick_params(axis="y", which="minor", labelsize=7)
+    for ax in (ax_mse, ax_std, ax_lm, ax_kl):
+        if ax.get_yscale() == "linear":
+            ax.ticklabel_format(axis="y", useOffset=False)
     ax_mse.set_title("fit")
     ax_std.set_title("neuron spread")
     ax_lm.set_title("drift from the original model")
