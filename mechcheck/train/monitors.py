@@ -114,7 +114,7 @@ class Drift:
             has_next[:, -1] = False
             nxt = torch.zeros_like(ids)
             nxt[:, :-1] = ids[:, 1:]
-            pick = has_next[mask]  # which of the real positions have a next token
+            pick = has_next[mask].cpu()  # which of the real positions have a next token
             nll = -lp[torch.arange(lp.shape[0]), nxt[mask].cpu()]
             total += float(nll[pick].double().sum())
             count += int(pick.sum())

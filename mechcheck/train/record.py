@@ -50,7 +50,7 @@ def config_hash(experiment: Experiment, condition: str, target_mode: str, seed: 
 
 def fold_readout(readout: LinearReadout, targets: TargetSet) -> LinearReadout:
     """A readout in the neuron's own units: std·(w·x + b) + mean."""
-    folded = LinearReadout(readout.weight.shape[-1])
+    folded = LinearReadout(readout.weight.shape[-1]).to(readout.weight.device)
     with torch.no_grad():
         folded.weight.copy_(readout.weight * targets.std)
         folded.bias.copy_(readout.bias * targets.std + targets.mean)

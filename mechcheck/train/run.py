@@ -98,7 +98,7 @@ def make_readout(bench: Bench, cfg: TrainConfig, seed: int) -> Readout:
         if not bench.prompted:
             raise ValueError(f"readout {cfg.readout!r} needs a bench built with its prompt")
         return fit_token_readout(cfg.readout, bench.subject, bench.targets)
-    return init_readout(bench.subject.d_model, seed, cfg.readout_frozen)
+    return init_readout(bench.subject.d_model, seed, cfg.readout_frozen).to(bench.subject.device)
 
 
 def train_eval_chunks(n_chunks: int, batch_size: int, texts: int) -> list[int]:
@@ -132,7 +132,7 @@ def build_task(bench: Bench, condition: Condition, mode: str, seed: int, cfg: Tr
             y = train_labels[bench.chunks["train"][i].rows]
         else:
             y = units(live if mode == "live" else live.detach())
-        return readout.loss(x, y)
+        return readout.loss(x, y.to(x.device))
 
     model_params = {f"model.{n}": p for n, p in subject.model.named_parameters() if n in trainable}
     readout_params = {} if cfg.readout_frozen else {f"readout.{n}": p for n, p in readout.named_parameters()}
@@ -228,7 +228,7 @@ def train_run(
         "timing": {"train_loop": result.seconds, "run": time.perf_counter() - start, **bench.seconds},
     }
     model = bench.subject.model if setup.trainable else None
-    write_checkpoint(out, run, readout, model=model, predictions=predictions)
+    write_checkpoint(out, run, readout.cpu(), model=model, predictions=predictions)
     store.remove()
     bench.restore()
     return run
