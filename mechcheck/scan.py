@@ -156,7 +156,8 @@ def check_criterion(criterion: str) -> str:
     return criterion
 
 
-def _spread(stats: LayerStats, criterion: str) -> torch.Tensor:
+def _layer_scores(stats: LayerStats, criterion: str) -> torch.Tensor:
+    """One layer's `[d_mlp]` scores under `criterion`."""
     if criterion == "std":
         return stats.std
     if criterion == "quantile_span":
@@ -171,10 +172,10 @@ def _spread(stats: LayerStats, criterion: str) -> torch.Tensor:
 def criterion_scores(result: ScanResult, criterion: str) -> dict[int, torch.Tensor]:
     """Each layer's `[d_mlp]` scores under `criterion`; nan marks a neuron that cannot rank."""
     check_criterion(criterion)
-    scores = {layer: _spread(stats, criterion) for layer, stats in result.layers.items()}
+    scores = {layer: _layer_scores(stats, criterion) for layer, stats in result.layers.items()}
     if criterion == "bimodality":  # near-silent neurons and lone spikes (coefficient ~1) drop out
         for name in ("std", "quantile_span"):
-            spread = {layer: _spread(stats, name) for layer, stats in result.layers.items()}
+            spread = {layer: _layer_scores(stats, name) for layer, stats in result.layers.items()}
             floor = BIMODALITY_FLOOR * torch.cat(list(spread.values())).nanquantile(0.5)
             for layer, value in spread.items():
                 scores[layer] = scores[layer].masked_fill(~(value >= floor), float("nan"))
