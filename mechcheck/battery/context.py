@@ -309,6 +309,33 @@ def _pick_null_batches(batches: list[Batch], n_texts: int, rng: np.random.Genera
     return sorted(picked)
 
 
+def _eval_set(
+    ordered: tuple[str, ...], batches: list[Batch], passes: tuple[list[CleanPass], list[CleanPass]],
+    subjects: tuple[Subject, Subject], neuron: Neuron, columns: list[int], position: str, source: str,
+) -> EvalSet:  # fmt: skip
+    """Labels and the cached columns at the label positions (base, trained), text and token ids."""
+    (base_clean, clean), (base, trained) = passes, subjects
+    before, after, text_of, token_of = [], [], [], []
+    for batch, b_pass, t_pass in zip(batches, base_clean, clean, strict=True):
+        enc = batch.label_enc
+        mask, where = enc["attention_mask"], report_positions(enc, position)
+        if batch.raw is None:
+            before.append(gather_position(b_pass.neurons, mask, position))
+            after.append(gather_position(t_pass.neurons, mask, position))
+        else:
+            before.append(label_columns(base, batch, neuron, columns, position))
+            same = base is trained
+            after.append(before[-1] if same else label_columns(trained, batch, neuron, columns, position))
+        token_of.append(gather_position(enc["input_ids"][..., None], mask, where)[:, 0])
+        rows = torch.arange(mask.shape[0])[:, None, None].expand(*mask.shape, 1)
+        text_of.append(gather_position(rows, mask, where)[:, 0] + batch.texts.start)
+    before_np = torch.cat(before).double().cpu().numpy()
+    return EvalSet(
+        ordered, batches, before_np[:, 0].copy(), torch.cat(text_of).numpy(),
+        torch.cat(token_of).cpu().numpy(), source, before_np, torch.cat(after).double().cpu().numpy(),
+    )  # fmt: skip
+
+
 def build_context(
     trained: Subject,
     base: Subject,
@@ -339,26 +366,8 @@ def build_context(
         clean.append(
             base_clean[-1] if same else clean_pass(trained, batch, neuron, columns, position, readout)
         )
-    before, after, text_of, token_of = [], [], [], []
-    for batch, b_pass, t_pass in zip(batches, base_clean, clean, strict=True):
-        enc = batch.label_enc
-        mask, where = enc["attention_mask"], report_positions(enc, position)
-        if batch.raw is None:
-            before.append(gather_position(b_pass.neurons, mask, position))
-            after.append(gather_position(t_pass.neurons, mask, position))
-        else:
-            before.append(label_columns(base, batch, neuron, columns, position))
-            after.append(before[-1] if same else label_columns(trained, batch, neuron, columns, position))
-        token_of.append(gather_position(enc["input_ids"][..., None], mask, where)[:, 0])
-        per_text = gather_position(
-            torch.arange(mask.shape[0])[:, None, None].expand(*mask.shape, 1), mask, where
-        )
-        text_of.append(per_text[:, 0] + batch.texts.start)
-    before_np = torch.cat(before).double().cpu().numpy()
-    eval_set = EvalSet(
-        ordered, batches, before_np[:, 0].copy(), torch.cat(text_of).numpy(),
-        torch.cat(token_of).cpu().numpy(), source, before_np, torch.cat(after).double().cpu().numpy(),
-    )  # fmt: skip
+    passes, subjects = (base_clean, clean), (base, trained)
+    eval_set = _eval_set(ordered, batches, passes, subjects, neuron, columns, position, source)
     null_batches = _pick_null_batches(batches, options.n_null_texts, rng)
     return Context(
         trained, base, readout, neuron, position, eval_set, options, clean, base_clean, random_neurons,
