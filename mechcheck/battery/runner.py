@@ -178,7 +178,8 @@ def _add_qvalues(probes: dict[str, dict[str, Any]]) -> None:
 
 
 def versions() -> dict[str, str]:
-    import nnsight
+    from importlib.metadata import version
+
     import scipy
     import sklearn
     import transformers
@@ -189,7 +190,7 @@ def versions() -> dict[str, str]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
-        "nnsight": getattr(nnsight, "__version__", "?"),
+        "nnsight": version("nnsight"),  # by metadata: nnsight itself stays in mechcheck.subject
         "numpy": np.__version__,
         "scipy": scipy.__version__,
         "sklearn": sklearn.__version__,
