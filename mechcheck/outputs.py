@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
+import platform
 from pathlib import Path
 from typing import Any
 
@@ -48,3 +50,16 @@ def _default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
+
+
+def versions() -> dict[str, str]:
+    """Library versions for provenance (by package metadata: nothing heavy is imported)."""
+    from mechcheck import __version__
+
+    out = {"python": platform.python_version(), "mechcheck": __version__}
+    for package in ("torch", "transformers", "nnsight", "numpy", "scipy", "scikit-learn"):
+        try:
+            out[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            out[package] = "not installed"
+    return out

@@ -11,7 +11,6 @@ import argparse
 import importlib
 import json
 import pkgutil
-import platform
 import shutil
 import sys
 import time
@@ -31,7 +30,7 @@ from mechcheck.battery.evaluation import eval_texts
 from mechcheck.battery.stats import aggregate_controls, aggregate_metrics, bh_adjust
 from mechcheck.checkpoint import Checkpoint, read_checkpoint, verify_base
 from mechcheck.errors import UserError
-from mechcheck.outputs import claim_dir, write_json
+from mechcheck.outputs import claim_dir, versions, write_json
 from mechcheck.verdict import verdicts
 
 FORMAT = "mechcheck-results/1"
@@ -175,27 +174,6 @@ def _add_qvalues(probes: dict[str, dict[str, Any]]) -> None:
     entries = [c for p in probes.values() for c in p["controls"].values() if "p" in c]
     for control, q in zip(entries, bh_adjust([c["p"] for c in entries]), strict=True):
         control["q"] = q
-
-
-def versions() -> dict[str, str]:
-    from importlib.metadata import version
-
-    import scipy
-    import sklearn
-    import transformers
-
-    from mechcheck import __version__
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "nnsight": version("nnsight"),  # by metadata: nnsight itself stays in mechcheck.subject
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "sklearn": sklearn.__version__,
-        "mechcheck": __version__,
-    }
 
 
 def run_battery(

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
-import platform
 from typing import Any
 
 import numpy as np
 import torch
 
-import mechcheck
 from mechcheck.config import to_dict
 from mechcheck.experiment import Experiment
 from mechcheck.readout import LinearReadout
@@ -20,17 +17,6 @@ from mechcheck.train.monitors import COLLAPSE_RATIO, SplitPredictions, regressio
 from mechcheck.train.readouts import digit_metrics
 
 UNCHANGED_TOLERANCE = 1e-4  # max |label diff| allowed for conditions that keep the neuron fixed
-
-
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version(), "torch": torch.__version__}
-    out["mechcheck"] = mechcheck.__version__
-    for package in ("transformers", "nnsight"):
-        try:
-            out[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            out[package] = "not installed"
-    return out
 
 
 def training_config(experiment: Experiment) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from typing import Any
 from mechcheck.config import to_dict
 from mechcheck.errors import UserError
 from mechcheck.experiment import Experiment, load_experiment
-from mechcheck.outputs import claim_dir, write_json
+from mechcheck.outputs import claim_dir, versions, write_json
 from mechcheck.readout import Neuron
 from mechcheck.subject import POSITIONS, Subject
 from mechcheck.targets import TargetSet, build_targets
@@ -28,7 +28,7 @@ from mechcheck.train.bench import Bench
 from mechcheck.train.conditions import CONDITIONS, plan
 from mechcheck.train.frozen_fit import default_cache_dir
 from mechcheck.train.readouts import check_readout, fit_token_readout, is_token
-from mechcheck.train.record import config_hash, versions
+from mechcheck.train.record import config_hash
 from mechcheck.train.run import train_run
 
 
