@@ -235,3 +235,29 @@ def test_existing_output_is_never_overwritten_silently(tmp_path, tiny_dir, corpu
     with pytest.raises(UserError, match="set both neuron.layer and neuron.index"):
         toml = write_toml(tmp_path, tiny_dir, corpus_file, "layer = 1", "")
         train_experiment(load_experiment(toml), tmp_path / "other")
+
+
+@pytest.mark.slow
+def test_smollm2_after_target_checkpoint_round_trip(tmp_path, smollm2):
+    """The real model: the trained copy saves (GGUF weights are float after loading) and reloads,
+    the prefix up to the neuron is untouched, and the saved readout reproduces the predictions."""
+    from mechcheck.corpus import load_corpus
+
+    corpus = tmp_path / "wiki.txt"
+    corpus.write_text("\n".join(load_corpus("default", max_texts=120, seed=0).texts) + "\n")
+    toml = write_toml(
+        tmp_path, Path("smollm2-135m"), corpus, "layer = 26\nindex = 799",
+        'conditions = ["frozen", "after_target"]\nmax_steps = 4\neval_every = 2\nlr = 1e-4',
+    )  # fmt: skip
+    runs = train_experiment(load_experiment(toml), tmp_path / "out", subject=smollm2)
+    assert all(r["metrics"]["neuron_unchanged_maxdiff"] <= 1e-4 for r in runs)
+    ckpt = read_checkpoint(tmp_path / "out/after_target-fixed/seed-0")
+    verify_base(ckpt, smollm2)
+    trained = ckpt.load_subject(smollm2)
+    first = dict(trained.model.named_parameters())["model.layers.0.mlp.up_proj.weight"]
+    assert torch.equal(first, dict(smollm2.model.named_parameters())["model.layers.0.mlp.up_proj.weight"])
+    predictions = ckpt.predictions()
+    enc = trained.encode(predictions["texts"][:8], max_length=32)
+    with torch.no_grad():
+        again = report(trained, enc, ckpt.readout, "last")
+    torch.testing.assert_close(again, torch.tensor(predictions["predictions"][:8]), atol=1e-3, rtol=1e-4)
