@@ -81,7 +81,8 @@ def verify_base(checkpoint: Checkpoint, base: Subject) -> None:
         if got.get(name) != digest:
             raise UserError(
                 f"{checkpoint.path}: base model {checkpoint.base_model!r} has a different {name} for neuron "
-                f"{checkpoint.neuron.layer}/{checkpoint.neuron.index} than the one this checkpoint was trained on"
+                f"{checkpoint.neuron.layer}/{checkpoint.neuron.index} than the one this checkpoint "
+                "was trained on"
             )
 
 
@@ -97,7 +98,8 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UserError(f"{run_file} is corrupt: {err}") from err
     if not isinstance(run, dict) or run.get("format") != FORMAT:
-        raise UserError(f"{run_file}: not a {FORMAT} checkpoint (format={run.get('format') if isinstance(run, dict) else None!r})")
+        found = run.get("format") if isinstance(run, dict) else None
+        raise UserError(f"{run_file}: not a {FORMAT} checkpoint (format={found!r})")
     missing = [k for k in REQUIRED if k not in run]
     if missing:
         raise UserError(f"{run_file}: missing required field {missing[0]!r}")

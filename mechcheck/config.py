@@ -54,7 +54,8 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if hint in (int, float, str, bool) and not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+    wrong_type = hint in (int, float, str, bool) and not isinstance(value, hint)
+    if wrong_type or (hint is int and isinstance(value, bool)):
         raise UserError(f"{where}: expected {hint.__name__}, got {value!r}")
     return value
 

@@ -62,7 +62,8 @@ class LinearReadout(Readout):
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor], **meta) -> LinearReadout:
         readout = cls(tensors["weight"].shape[-1])
-        readout.load_state_dict({"weight": tensors["weight"].reshape(1, -1), "bias": tensors["bias"].reshape(1)})
+        weight, bias = tensors["weight"].reshape(1, -1), tensors["bias"].reshape(1)
+        readout.load_state_dict({"weight": weight, "bias": bias})
         return readout
 
     def direction(self) -> torch.Tensor:
@@ -105,7 +106,8 @@ def neuron_values(
     """The neuron's activation reduced at `position` (its label). [N]"""
     site = Site("mlp_post", neuron.layer)
     got = subject.run(enc, reads=[site], edits=edits, grad=grad)
-    return gather_position(got[site][..., neuron.index : neuron.index + 1], enc["attention_mask"], position)[:, 0]
+    column = got[site][..., neuron.index : neuron.index + 1]
+    return gather_position(column, enc["attention_mask"], position)[:, 0]
 
 
 # Token-space readouts ("digit", "on_off") register beside the linear one.

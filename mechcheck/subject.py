@@ -138,7 +138,9 @@ class Subject:
 
     def _check_site(self, site: Site) -> None:
         if site.layer is not None and not 0 <= site.layer < self.n_layers:
-            raise UserError(f"site {site.kind} at layer {site.layer}: this model has layers 0..{self.n_layers - 1}")
+            raise UserError(
+                f"site {site.kind} at layer {site.layer}: this model has layers 0..{self.n_layers - 1}"
+            )
 
     def _site_value(self, site: Site):
         a = self.anatomy

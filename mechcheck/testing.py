@@ -14,13 +14,17 @@ import torch
 
 from mechcheck.subject import Subject
 
-WORDS = tuple(
-    "the a an of to in and is was on for with as by at from it that this be are were he she they "
-    "we you i his her their its not but or if then so than cat dog bird fish tree river city king "
-    "queen war peace music art science number one two three four five six seven eight nine ten "
-    "red green blue big small old new good bad first last day night year time water fire earth air "
-    "light dark north south east west sun moon star sea land stone gold iron book word name house".split()
-) + tuple(string.ascii_lowercase) + tuple(".,;:!?'\"()-0123456789")
+WORDS = (
+    tuple(
+        "the a an of to in and is was on for with as by at from it that this be are were he she they "  # noqa: E501, SIM905
+        "we you i his her their its not but or if then so than cat dog bird fish tree river city king "
+        "queen war peace music art science number one two three four five six seven eight nine ten "
+        "red green blue big small old new good bad first last day night year time water fire earth air "
+        "light dark north south east west sun moon star sea land stone gold iron book word name house".split()
+    )
+    + tuple(string.ascii_lowercase)
+    + tuple(".,;:!?'\"()-0123456789")
+)
 
 FAMILIES = ("llama", "gpt2", "gpt_neox")
 
@@ -53,7 +57,9 @@ def tiny_config(family: str, vocab_size: int, n_layers: int = 4, d_model: int = 
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, **common,
         )  # fmt: skip
     if family == "gpt2":
-        return GPT2Config(n_embd=d_model, n_inner=d_mlp, n_layer=n_layers, n_head=4, n_positions=256, **common)
+        return GPT2Config(
+            n_embd=d_model, n_inner=d_mlp, n_layer=n_layers, n_head=4, n_positions=256, **common
+        )
     if family == "gpt_neox":
         return GPTNeoXConfig(
             hidden_size=d_model, intermediate_size=d_mlp, num_hidden_layers=n_layers,
