@@ -12,8 +12,9 @@ by that off-distribution shift rather than by what the report reads):
   report reading the `W_in` direction itself, not through the neuron (H2-in);
 - `out`: the unit `W_out` direction in `resid_post` at L *and at every later layer*, so nothing
   downstream can write it back (H2-out).
-Effects are mean |Δreport| / SD(label). Nulls (on the null subset of texts): random orthonormal
-subspaces of the same dimension, and the corresponding directions of random neurons of layer L.
+Effects are mean |Δreport| / SD(label). Nulls (on the null subset of texts): `n_random` random
+orthonormal subspaces of the same dimension, and the corresponding directions of NULL_NEURONS
+random neurons of layer L.
 
 `direction_injection` adds α·SD(label)·`W_out` to `resid_post` at L — exactly what shifting the
 neuron by α label-SDs at every position writes — for α in ±1, ±2; `slope` is the report's change
@@ -42,6 +43,7 @@ from mechcheck.battery.vectors import (
 from mechcheck.subject import Edit, Site
 
 ALPHAS = (-2.0, -1.0, 1.0, 2.0)
+NULL_NEURONS = 10  # other neurons whose W_in / W_out serve as the neuron-direction nulls
 
 
 def in_bases(ctx: Context) -> dict[str, torch.Tensor]:
@@ -114,7 +116,7 @@ class DirectionAblation(Probe):
             edits = downstream(ctx, basis)
             null_out["random_directions"].append(_effect(ctx, lambda b, e=edits: e, batches).mean())
         ins, outs = all_in_directions(ctx.trained, ctx.layer), all_out_directions(ctx.trained, ctx.layer)
-        for j in ctx.random_neurons.tolist():
+        for j in ctx.random_neurons[:NULL_NEURONS].tolist():
             vectors = [rows[j] for rows in ins.values() if rows[j].norm() > 0]
             if vectors:
                 edits_for = _in_edits(ctx, orthonormal(vectors), True)

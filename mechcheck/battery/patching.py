@@ -4,7 +4,8 @@ The neuron is set to its p5, p25, p50, p75 and p95 (over every real token of the
 texts, in the *base* model, so a neuron that training made constant is still probed over its
 original range) at every position. `slope` is the report's change per unit of the neuron
 (least squares per text, averaged); `range_effect` is the report's change from p5 to p95 in units
-of the label's std. The null: the same p5→p95 patch of random neurons of the same layer.
+of the label's std. The null: the same p5→p95 patch of (up to NULL_NEURONS of) the random
+neurons of the same layer, on the null subset of texts (two passes each).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from mechcheck.battery.edits import neuron_edit, set_neuron
 from mechcheck.battery.stats import mean_metric, null_control, slope
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+NULL_NEURONS = 10  # the first of the context's random neurons: this null costs two passes each
 MIN_SPAN = 1e-6  # a neuron whose p5..p95 span is below this cannot be patched meaningfully
 
 
@@ -75,7 +77,7 @@ class Patching(Probe):
     def _null(ctx: Context, tokens: np.ndarray) -> tuple[list[float], list[float]]:
         """|slope| and |p5→p95 effect| of each random neuron (dead ones are left out)."""
         slopes, spans = [], []
-        for column, index in enumerate(ctx.random_neurons.tolist(), start=1):
+        for column, index in enumerate(ctx.random_neurons[:NULL_NEURONS].tolist(), start=1):
             lo, hi = np.quantile(tokens[:, column], (QUANTILES[0], QUANTILES[-1]))
             if hi - lo < MIN_SPAN:
                 continue
