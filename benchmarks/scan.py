@@ -14,6 +14,8 @@ batches:
       after layer L's neuron activations), the position reduction and the statistics updates.
 
 Targets: (c)/(b) <= 1.05; at L = 11 of SmolLM2's 30 layers, (c)/(a) well under 0.5.
+Wall-clock and process CPU time are both reported: on a shared machine the wall-clock medians
+swing with other people's load, while CPU time (exact with `--threads 1`) does not.
 Also reports the fraction of computed tokens that are padding with length-sorted vs random batches.
 """
 
@@ -83,21 +85,44 @@ def check_same_activations(
     return diff
 
 
-def time_round_robin(conditions: dict[str, Callable[[], None]], rounds: int) -> dict[str, list[float]]:
-    times: dict[str, list[float]] = {name: [] for name in conditions}
+def time_round_robin(conditions: dict[str, Callable[[], None]], rounds: int) -> dict[str, dict[str, list]]:
+    """Wall-clock and process CPU seconds of each condition, one per timed round."""
+    times: dict[str, dict[str, list]] = {name: {"wall": [], "cpu": []} for name in conditions}
     for round_ in range(rounds + 1):
         for name, run in conditions.items():
-            start = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.process_time()
             run()
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             if round_ > 0:  # round 0 is the warm-up
-                times[name].append(time.perf_counter() - start)
+                times[name]["wall"].append(time.perf_counter() - wall)
+                times[name]["cpu"].append(time.process_time() - cpu)
         print(f"round {round_}/{rounds} done", file=sys.stderr, flush=True)
     return times
 
 
-def main() -> None:
+def print_report(times: dict[str, dict[str, list]], layers: list[int], real_tokens: int) -> None:
+    med = {name: {k: statistics.median(v) for k, v in t.items()} for name, t in times.items()}
+    print(f"\n{'condition':<18} {'median s':>9} {'min-max s':>16} {'CPU s':>8} {'real tok/s':>11}")
+    for name, t in times.items():
+        wall = t["wall"]
+        print(
+            f"{name:<18} {med[name]['wall']:>9.3f} {min(wall):>7.3f}-{max(wall):<8.3f} "
+            f"{med[name]['cpu']:>8.3f} {real_tokens / med[name]['wall']:>11.0f}"
+        )
+    print()
+    full = med["a full forward"]
+    for layer in layers:
+        c, b = med[f"c scan L{layer}"], med[f"b truncated L{layer}"]
+        minima = min(times[f"c scan L{layer}"]["wall"]) / min(times[f"b truncated L{layer}"]["wall"])
+        print(
+            f"L{layer}: scan / truncated = {c['wall'] / b['wall']:.3f} wall (minima {minima:.3f}), "
+            f"{c['cpu'] / b['cpu']:.3f} CPU (target <= 1.05); "
+            f"scan / full = {c['wall'] / full['wall']:.3f} wall, {c['cpu'] / full['cpu']:.3f} CPU"
+        )
+
+
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--layer", type=int, default=None, help="a layer besides 11 (default: 2/3 depth)")
@@ -107,8 +132,14 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--corpus", default="default", help="corpus spec (default: Wikipedia summaries)")
     p.add_argument("--device", default=None, help="e.g. cuda (default: the model's, CPU)")
-    args = p.parse_args()
+    p.add_argument("--threads", type=int, default=None, help="torch threads (1: CPU time is exact)")
+    return p.parse_args()
 
+
+def main() -> None:
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     subject = load_subject(args.model, device=args.device)
     layers = sorted(
         {min(11, subject.n_layers - 1), args.layer if args.layer is not None else 2 * subject.n_layers // 3}
@@ -117,14 +148,13 @@ def main() -> None:
     lengths = [min(n, args.max_tokens) for n in token_lengths(subject, texts)]
     batches = length_sorted_batches(lengths, args.batch_size)
     encs = [subject.encode([texts[i] for i in b], max_length=args.max_tokens) for b in batches]
-    real = sum(lengths)
     shuffled = np.random.default_rng(0).permutation(len(texts)).tolist()
     random_batches = [shuffled[i : i + args.batch_size] for i in range(0, len(texts), args.batch_size)]
 
     print(f"model {args.model}: {subject.n_layers} layers, d_model {subject.d_model}, d_mlp {subject.d_mlp}")
     cpu = platform.processor() or platform.machine()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu}")
-    print(f"{len(texts)} texts, {real} real tokens, batches of {args.batch_size}; padding: "
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu}, device {subject.device}")
+    print(f"{len(texts)} texts, {sum(lengths)} real tokens, batches of {args.batch_size}; padding: "
           f"{100 * padding_fraction(lengths, batches):.1f} % sorted by length, "
           f"{100 * padding_fraction(lengths, random_batches):.1f} % random order")  # fmt: skip
     for layer in layers:
@@ -137,21 +167,7 @@ def main() -> None:
         conditions[f"c scan L{layer}"] = lambda layer=layer: scan(
             subject, texts, [layer], "last", batch_size=args.batch_size, max_tokens=args.max_tokens
         )
-    times = time_round_robin(conditions, args.rounds)
-    median = {name: statistics.median(t) for name, t in times.items()}
-
-    print(f"\n{'condition':<18} {'median s':>9} {'min-max s':>14} {'real tok/s':>11}")
-    for name, t in times.items():
-        print(f"{name:<18} {median[name]:>9.3f} {min(t):>6.3f}-{max(t):<7.3f} {real / median[name]:>11.0f}")
-    print()
-    full = median["a full forward"]
-    for layer in layers:
-        c, b = median[f"c scan L{layer}"], median[f"b truncated L{layer}"]
-        best = min(times[f"c scan L{layer}"]) / min(times[f"b truncated L{layer}"])
-        print(
-            f"L{layer}: scan / truncated = {c / b:.3f} (target <= 1.05; ratio of minima {best:.3f}), "
-            f"scan / full = {c / full:.3f}"
-        )
+    print_report(time_round_robin(conditions, args.rounds), layers, sum(lengths))
 
 
 if __name__ == "__main__":
