@@ -41,6 +41,11 @@ class Checkpoint:
     def base_model(self) -> str:
         return self.run["base_model"]
 
+    @property
+    def label_model(self) -> str:
+        """The model whose neuron the readout reports: the base model, except for cross-prediction."""
+        return self.run.get("label_model") or self.base_model
+
     def load_base(self) -> Subject:
         return load_subject(self.base_model)
 

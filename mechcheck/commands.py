@@ -24,6 +24,10 @@ def test(args: argparse.Namespace) -> int:
 
 
 def report(args: argparse.Namespace) -> int:
+    from mechcheck.cross.pipeline import cross_report_command, is_cross_run
+
+    if is_cross_run(args.dir):
+        return cross_report_command(args)
     from mechcheck.report import report_command
 
     return report_command(args)
@@ -36,6 +40,14 @@ def compare(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mechcheck.config import read_toml
+    from mechcheck.cross.experiment import is_cross
+
+    data = read_toml(args.experiment)
+    if is_cross(data):  # a `models` array: the cross-prediction control
+        from mechcheck.cross.pipeline import cross_run_command
+
+        return cross_run_command(args, data)
     from mechcheck.pipeline import run_command
 
     return run_command(args)

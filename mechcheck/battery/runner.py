@@ -74,6 +74,12 @@ def _check_out(out: Path, overwrite: bool) -> None:
 
 def _load(paths: Sequence[str | Path]) -> list[Checkpoint]:
     checkpoints = [read_checkpoint(p) for p in paths]
+    for ck in checkpoints:
+        if ck.label_model != ck.base_model:
+            raise UserError(
+                f"{ck.path} reports the neuron of {ck.label_model!r}, not of its own model {ck.base_model!r} "
+                "(cross-prediction): the battery intervenes on the neuron, which is not in the reporter"
+            )
     first = checkpoints[0]
     for ck in checkpoints[1:]:
         for field in ("base_model", "neuron", "position", "condition", "target_mode"):

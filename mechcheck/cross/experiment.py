@@ -1,0 +1,152 @@
+"""A cross-prediction experiment file: two models with a neuron each, one corpus, one training setup.
+
+```toml
+name = "cross_prediction"
+position = "last"            # last | max | mean (one label per text; `all` has no common rows)
+
+[[models]]
+name = "smollm2"             # short name used in folders and the report
+model = "smollm2-135m"
+layer = 8
+index = 1188
+
+[[models]]
+name = "gemma3"
+model = "gemma3-270m"
+layer = 5
+index = 1234
+
+[corpus]                      # the experiment's [corpus] table, shared by both models
+[train]                       # the experiment's [train] table; conditions frozen / after_target only
+[cross]                       # n_bootstrap, ci
+```
+
+A file is a cross-prediction experiment when it has a `models` array; `mechcheck run` dispatches on it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mechcheck.config import build, read_toml
+from mechcheck.errors import UserError
+from mechcheck.experiment import CorpusConfig, Experiment, TrainConfig
+
+CONDITIONS = ("frozen", "after_target")  # the prefix up to the reporter's layer stays the original's
+DEFAULT_CONDITIONS = ["frozen", "after_target"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """`[[models]]`: one model and the neuron of it that the other model is asked to report too."""
+
+    name: str
+    model: str
+    layer: int
+    index: int
+
+
+@dataclass(frozen=True)
+class CrossConfig:
+    """`[cross]`: the statistics of the matrix."""
+
+    n_bootstrap: int = 2000
+    ci: float = 0.95
+
+
+@dataclass(frozen=True)
+class CrossExperiment:
+    name: str = "cross_prediction"
+    seed: int = 0
+    position: str = "last"
+    models: tuple[ModelConfig, ...] = ()
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(conditions=tuple(DEFAULT_CONDITIONS)))
+    cross: CrossConfig = field(default_factory=CrossConfig)
+
+    def model(self, name: str) -> ModelConfig:
+        return next(m for m in self.models if m.name == name)
+
+    def base(self) -> Experiment:
+        """The plain experiment that shares this one's corpus and seed (for the corpus stage)."""
+        return Experiment(name=self.name, seed=self.seed, corpus=self.corpus, train=self.train)
+
+
+def is_cross(data: dict[str, Any]) -> bool:
+    return isinstance(data, dict) and "models" in data
+
+
+def read_cross(data: dict[str, Any], where: str) -> CrossExperiment:
+    """Build and check a cross-prediction experiment from parsed TOML (conditions default to both)."""
+    data = dict(data)
+    train = dict(data.get("train") or {})
+    train.setdefault("conditions", DEFAULT_CONDITIONS)
+    data["train"] = train
+    experiment = build(CrossExperiment, data, where)
+    check_cross(experiment)
+    return experiment
+
+
+def load_cross(path: str | Path) -> CrossExperiment:
+    return read_cross(read_toml(path), str(path))
+
+
+def check_cross(e: CrossExperiment) -> None:
+    """Refuse, with one line, what cross-prediction cannot mean; nothing is loaded or written."""
+    if len(e.models) != 2:
+        raise UserError(f"cross-prediction needs exactly two [[models]], got {len(e.models)}")
+    a, b = e.models
+    if a.name == b.name:
+        raise UserError(f"the two [[models]] share the name {a.name!r}; give each its own")
+    if _same_model(a.model, b.model):
+        raise UserError(f"both [[models]] are {a.model!r}: cross-prediction needs two different models")
+    for m in e.models:
+        if not m.name or not m.name.replace("_", "").replace("-", "").isalnum():
+            raise UserError(f"model name {m.name!r}: use letters, digits, '-' or '_' (it names folders)")
+        if m.layer < 0 or m.index < 0:
+            raise UserError(f"model {m.name!r}: layer and index must be non-negative")
+    if e.position not in ("last", "max", "mean"):
+        raise UserError(
+            f"position {e.position!r}: cross-prediction needs one label per text (last, max or mean); "
+            "the models tokenise differently, so `all` has no common label rows"
+        )
+    _check_train(e.train)
+    if not 0 < e.cross.ci < 1 or e.cross.n_bootstrap < 100:
+        raise UserError("cross.ci must lie in (0, 1) and cross.n_bootstrap be at least 100")
+
+
+def _check_train(t: TrainConfig) -> None:
+    bad = [c for c in t.conditions if c not in CONDITIONS]
+    if bad:
+        raise UserError(
+            f"condition {bad[0]!r} cannot be cross-predicted: it changes the reporter's own neuron, so its "
+            f"self labels go stale while the other model's do not; use {' or '.join(CONDITIONS)}"
+        )
+    if not t.conditions:
+        raise UserError(f"train.conditions is empty: name {' and/or '.join(CONDITIONS)}")
+    if tuple(t.target_modes) != ("fixed",):
+        raise UserError(
+            f"target modes {list(t.target_modes)}: cross-prediction uses fixed labels only (a live label "
+            "would be the reporter's own neuron, not the other model's)"
+        )
+    if t.readout != "linear":
+        raise UserError(f"readout {t.readout!r}: cross-prediction trains the linear head only")
+    if t.readout_frozen:
+        raise UserError("train.readout_frozen = true would train nothing in the frozen condition")
+    if not t.seeds:
+        raise UserError("no seeds to train: set train.seeds")
+    for name in ("batch_size", "eval_every", "patience", "epochs"):
+        if getattr(t, name) < 1:
+            raise UserError(f"train.{name} must be at least 1, got {getattr(t, name)}")
+    for override in t.override:
+        if override.condition not in CONDITIONS:
+            raise UserError(f"[[train.override]] for {override.condition!r}: use {' or '.join(CONDITIONS)}")
+
+
+def _same_model(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    return os.path.isdir(a) and os.path.isdir(b) and Path(a).resolve() == Path(b).resolve()

@@ -1,0 +1,131 @@
+"""The 2×2 matrix from the saved test predictions alone: skills, paired differences, verdicts.
+
+Cell (R → O): reporter R's test predictions of model O's neuron. For each condition and each
+neuron owner O, **self** is O → O and **other** is the other model → O: the same test texts and the
+same labels (O's neuron), so the difference self − other is paired text by text. Skill is
+1 − MSE / Var(label) on the test split, averaged over seeds; every CI is a percentile bootstrap over
+test texts (`mechcheck.battery.stats.bootstrap_ci`, seeded), resampling the same texts for every seed
+and both cells of a pair.
+
+Verdict per neuron and condition: **self-report** when the CI of self − other lies above 0 (the
+owner reports its neuron better than a model that only sees the same texts); **other better** when it
+lies below 0; **no advantage** otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mechcheck.battery.stats import bootstrap_ci, r2
+from mechcheck.errors import UserError
+
+MATRIX_FORMAT = "mechcheck-cross/1"
+RULE = (
+    "self-report when the paired bootstrap CI of skill(self) − skill(other) on the same test texts lies "
+    "above 0; other better when it lies below 0; no advantage otherwise"
+)
+
+
+def _mean_skill(y: np.ndarray, *preds: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.mean([r2(p, y, axis=axis) for p in preds], axis=0)
+
+
+def _skill_difference(y: np.ndarray, *preds: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Mean skill of the first half of `preds` (self seeds) minus that of the second half (other)."""
+    half = len(preds) // 2
+    return _mean_skill(y, *preds[:half], axis=axis) - _mean_skill(y, *preds[half:], axis=axis)
+
+
+def entry(value: float, ci: tuple[float, float]) -> dict[str, Any]:
+    return {"value": float(value), "ci": [float(ci[0]), float(ci[1])]}
+
+
+def verdict(ci: list[float]) -> str:
+    if ci[0] > 0:
+        return "self-report"
+    if ci[1] < 0:
+        return "other better"
+    return "no advantage"
+
+
+def read_cells(cells: dict[str, Path]) -> dict[str, dict[str, Any]]:
+    """`cells[key] = predictions.json path` → the loaded predictions, checked to share test texts."""
+    loaded = {key: json.loads(Path(path).read_text()) for key, path in cells.items()}
+    texts = None
+    for key, pred in loaded.items():
+        if texts is None:
+            texts = pred["texts"]
+        elif pred["texts"] != texts:
+            raise UserError(
+                f"{cells[key]}: its test texts differ from the other cells'; rerun the experiment"
+            )
+    return loaded
+
+
+def pair(
+    labels: np.ndarray, self_preds: list[np.ndarray], other_preds: list[np.ndarray], n_bootstrap: int,
+    ci: float, seed: int,
+) -> dict[str, Any]:  # fmt: skip
+    """Self and other skill with CIs and the paired difference with its CI (seeds averaged)."""
+    if len(self_preds) != len(other_preds):
+        raise UserError("self and other cells have different numbers of seeds; train the same seeds for both")
+    kw = {"n_resamples": n_bootstrap, "ci": ci, "seed": seed}
+    both = [*self_preds, *other_preds]
+    self_skill = entry(_mean_skill(labels, *self_preds), bootstrap_ci(_mean_skill, labels, *self_preds, **kw))
+    other_skill = entry(
+        _mean_skill(labels, *other_preds), bootstrap_ci(_mean_skill, labels, *other_preds, **kw)
+    )
+    diff = entry(_skill_difference(labels, *both), bootstrap_ci(_skill_difference, labels, *both, **kw))
+    return {"self": self_skill, "other": other_skill, "difference": diff, "verdict": verdict(diff["ci"])}
+
+
+def cross_matrix(
+    runs: list[dict[str, Any]], names: tuple[str, str], n_bootstrap: int, ci: float, seed: int
+) -> dict[str, Any]:
+    """`runs`: one dict per checkpoint {reporter, label, condition, seed, predictions (path)}."""
+    conditions = list(dict.fromkeys(r["condition"] for r in runs))
+    preds = read_cells({_key(r): r["predictions"] for r in runs})
+    out: dict[str, Any] = {"format": MATRIX_FORMAT, "models": list(names), "rule": RULE, "conditions": {}}
+    for condition in conditions:
+        mine = [r for r in runs if r["condition"] == condition]
+        seeds = sorted({r["seed"] for r in mine})
+        table: dict[str, Any] = {"seeds": seeds, "cells": {}, "neurons": {}}
+        for reporter in names:
+            for label in names:
+                cell = [preds[_key(r)] for r in mine if r["reporter"] == reporter and r["label"] == label]
+                skills = [r2(np.asarray(p["predictions"]), np.asarray(p["labels"])) for p in cell]
+                table["cells"][f"{reporter}->{label}"] = {
+                    "reporter": reporter, "label": label, "skill_per_seed": [float(s) for s in skills],
+                }  # fmt: skip
+        for owner in names:
+            other = names[1] if owner == names[0] else names[0]
+            got = _cell_arrays(mine, preds, owner, owner), _cell_arrays(mine, preds, other, owner)
+            labels = got[0][0]
+            if not np.array_equal(labels, got[1][0]):
+                raise UserError(f"{condition}: the {other} -> {owner} cell was scored on different labels")
+            result = pair(labels, got[0][1], got[1][1], n_bootstrap, ci, seed)
+            cells = {"self_cell": f"{owner}->{owner}", "other_cell": f"{other}->{owner}"}
+            table["neurons"][owner] = {**cells, "n_texts": int(labels.size), **result}
+        out["conditions"][condition] = table
+    return out
+
+
+def _key(run: dict[str, Any]) -> str:
+    return f"{run['condition']}/{run['reporter']}->{run['label']}/seed-{run['seed']}"
+
+
+def _cell_arrays(
+    runs: list[dict[str, Any]], preds: dict[str, dict[str, Any]], reporter: str, label: str
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The labels and the predictions per seed (seed order) of one cell."""
+    cell = sorted(
+        (r for r in runs if r["reporter"] == reporter and r["label"] == label), key=lambda r: r["seed"]
+    )
+    if not cell:
+        raise UserError(f"no saved predictions for {reporter} -> {label}; rerun the experiment")
+    labels = np.asarray(preds[_key(cell[0])]["labels"], dtype=np.float64)
+    return labels, [np.asarray(preds[_key(r)]["predictions"], dtype=np.float64) for r in cell]

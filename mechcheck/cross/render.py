@@ -1,0 +1,171 @@
+"""`report.md` and its figure for a cross-prediction run, from the saved test predictions alone.
+
+`render_cross(folder)` finds every cell's checkpoint under `train/`, recomputes the matrix
+(`mechcheck.cross.matrix`) from their predictions.json, writes `results.json`, the figure
+`figures/cross_skills.png` (self vs other skill with CIs, per neuron and condition) and `report.md`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from mechcheck.cross.matrix import cross_matrix
+from mechcheck.errors import UserError
+from mechcheck.outputs import write_json
+
+FIGURE = "figures/cross_skills.png"
+
+
+def collect_runs(folder: Path) -> list[dict[str, Any]]:
+    """Every finished cell under `folder/train/<reporter>/<condition>/<label>/seed-<k>/`."""
+    runs = []
+    for run_file in sorted(Path(folder).glob("train/*/*/*/seed-*/run.json")):
+        run = json.loads(run_file.read_text())
+        cross = run.get("cross") or {}
+        runs.append({
+            "reporter": cross.get("reporter"), "label": cross.get("label"), "condition": run["condition"],
+            "seed": int(run["seed"]), "predictions": run_file.parent / "predictions.json", "run": run,
+        })  # fmt: skip
+    if not runs:
+        raise UserError(f"{folder} holds no cross-prediction checkpoints under train/")
+    return runs
+
+
+def render_cross(folder: str | Path) -> Path:
+    """Recompute results.json from the predictions, draw the figure, write report.md; returns its path."""
+    folder = Path(folder)
+    config = json.loads((folder / "experiment.json").read_text())["config"]
+    names = tuple(m["name"] for m in config["models"])
+    runs = collect_runs(folder)
+    c = config["cross"]
+    matrix = cross_matrix(runs, names, c["n_bootstrap"], c["ci"], config["seed"])
+    matrix["experiment"] = config
+    write_json(folder / "results.json", matrix)
+    skills_figure(matrix, folder / FIGURE)
+    path = folder / "report.md"
+    tmp = path.with_name("report.md.tmp")
+    tmp.write_text(markdown(matrix, runs))
+    os.replace(tmp, path)
+    return path
+
+
+def fmt(value: float) -> str:
+    return f"{value:.3f}"
+
+
+def fmt_ci(m: dict[str, Any]) -> str:
+    return f"{fmt(m['value'])} [{fmt(m['ci'][0])}, {fmt(m['ci'][1])}]"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def markdown(matrix: dict[str, Any], runs: list[dict[str, Any]]) -> str:
+    config = matrix["experiment"]
+    models = {m["name"]: m for m in config["models"]}
+    ci = round(100 * config["cross"]["ci"])
+    first = runs[0]["run"]
+    parts = [
+        f"# Cross-prediction: {' vs '.join(models)}",
+        "Each model is trained to report its own neuron (self) and the other model's neuron (other) on "
+        "the same texts; a report counts as self-report only where the model beats the other model at "
+        "reporting its own neuron.",
+        _table(
+            ["model", "spec", "neuron (layer/index)", "reporter frozen up to layer"],
+            [
+                [n, f"`{m['model']}`", f"{m['layer']}/{m['index']}", str(m["layer"])]
+                for n, m in models.items()
+            ],
+        ),
+        f"Labels: each neuron at its own model's `{config['position']}` position, fixed (original model); "
+        "reporters read the final normed residual at their own last token. Corpus: "
+        f"`{config['corpus']['source']}`, {_split_sizes(first)}. Skill = 1 − MSE / Var(label) on the "
+        f"test split, averaged over seeds; {ci} % CIs: percentile bootstrap over test texts "
+        f"({config['cross']['n_bootstrap']} resamples, paired for the difference).",
+        f"**Rule.** {matrix['rule']}.",
+    ]
+    for condition, table in matrix["conditions"].items():
+        parts.append(f"## `{condition}` (seeds {', '.join(map(str, table['seeds']))})")
+        parts.append(_neuron_table(table, models))
+        parts.append(_cells_table(table, list(models)))
+    parts.append(f"![self vs other skill]({FIGURE})")
+    parts.append(
+        "---\n*Rendered by `mechcheck report` from the cells' saved test predictions "
+        "(`train/<reporter>/<condition>/<label>/seed-<k>/predictions.json`); every number above is "
+        "computed from those files.*"
+    )
+    return "\n\n".join(parts) + "\n"
+
+
+def _split_sizes(run: dict[str, Any]) -> str:
+    splits = ((run.get("target") or {}).get("card") or {}).get("splits") or {}
+    sizes = [f"{splits[s]['texts']} {s}" for s in ("train", "val", "test") if s in splits]
+    return " / ".join(sizes) + " texts" if sizes else "split sizes not recorded"
+
+
+def _neuron_table(table: dict[str, Any], models: dict[str, Any]) -> str:
+    """Per neuron: self and other skill with CIs, the paired difference and the verdict."""
+    rows = []
+    for owner, n in table["neurons"].items():
+        m = models[owner]
+        rows.append([
+            f"{owner} L{m['layer']}/{m['index']}", str(n["n_texts"]),
+            f"{n['self_cell']}: {fmt_ci(n['self'])}", f"{n['other_cell']}: {fmt_ci(n['other'])}",
+            fmt_ci(n["difference"]), f"**{n['verdict']}**",
+        ])  # fmt: skip
+    header = [
+        "neuron of",
+        "test texts",
+        "self skill [CI]",
+        "other skill [CI]",
+        "self − other [CI]",
+        "verdict",
+    ]
+    return _table(header, rows)
+
+
+def _cells_table(table: dict[str, Any], names: list[str]) -> str:
+    """The 2×2 matrix: rows reporter, columns whose neuron; skill per seed."""
+    rows = []
+    for reporter in names:
+        row = [f"{reporter} reports"]
+        for label in names:
+            skills = table["cells"][f"{reporter}->{label}"]["skill_per_seed"]
+            row.append(", ".join(fmt(s) for s in skills))
+        rows.append(row)
+    return "Skill per seed (rows: reporter; columns: whose neuron):\n\n" + _table(
+        ["", *(f"{n}'s neuron" for n in names)], rows
+    )
+
+
+def skills_figure(matrix: dict[str, Any], path: Path) -> Path:
+    """One panel per condition: per neuron, self and other skill with their CIs side by side."""
+    conditions = matrix["conditions"]
+    fig = Figure(figsize=(4.2 * len(conditions), 3.4), layout="constrained")
+    FigureCanvasAgg(fig)
+    for k, (condition, table) in enumerate(conditions.items()):
+        ax = fig.add_subplot(1, len(conditions), k + 1)
+        owners = list(table["neurons"])
+        x = np.arange(len(owners))
+        for shift, role, color in ((-0.18, "self", "tab:blue"), (0.18, "other", "tab:orange")):
+            got = [table["neurons"][o][role] for o in owners]
+            values = np.array([g["value"] for g in got])
+            err = np.abs(np.array([g["ci"] for g in got]).T - values)
+            ax.bar(x + shift, values, 0.36, yerr=err, capsize=4, color=color, label=role)
+        ax.set_xticks(x, [f"{o}'s neuron\n({table['neurons'][o]['verdict']})" for o in owners], fontsize=8)
+        ax.axhline(0, color="black", linewidth=0.6)
+        ax.set_ylabel("test skill (1 − MSE/Var)")
+        ax.set_title(condition, fontsize=9)
+        ax.legend(fontsize=7)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, metadata={"Software": None})
+    return path
