@@ -18,7 +18,7 @@ index = 1234
 
 [corpus]                      # the experiment's [corpus] table, shared by both models
 [train]                       # the experiment's [train] table; conditions frozen / after_target only
-[cross]                       # n_bootstrap, ci
+[cross]                       # n_bootstrap, ci, min_advantage
 ```
 
 A file is a cross-prediction experiment when it has a `models` array; `mechcheck run` dispatches on it.
@@ -55,6 +55,7 @@ class CrossConfig:
 
     n_bootstrap: int = 2000
     ci: float = 0.95
+    min_advantage: float = 0.02  # skill margin a self-report needs besides its CI above 0 (see matrix.py)
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,8 @@ def check_cross(e: CrossExperiment) -> None:
     _check_train(e.train)
     if not 0 < e.cross.ci < 1 or e.cross.n_bootstrap < 100:
         raise UserError("cross.ci must lie in (0, 1) and cross.n_bootstrap be at least 100")
+    if e.cross.min_advantage < 0:
+        raise UserError(f"cross.min_advantage must be at least 0, got {e.cross.min_advantage}")
 
 
 def _check_train(t: TrainConfig) -> None:

@@ -7,9 +7,13 @@ same labels (O's neuron), so the difference self − other is paired text by tex
 test texts (`mechcheck.battery.stats.bootstrap_ci`, seeded), resampling the same texts for every seed
 and both cells of a pair.
 
-Verdict per neuron and condition: **self-report** when the CI of self − other lies above 0 (the
-owner reports its neuron better than a model that only sees the same texts); **other better** when it
-lies below 0; **no advantage** otherwise.
+Verdict per neuron and condition: **self-report** when the CI of self − other lies above 0 and the
+difference is at least `min_advantage` (default 0.02 of the label variance: the owner reports its
+neuron better than a model that only sees the same texts, by a margin that matters); **other better**
+in the mirror case; **no advantage** otherwise. The margin is there because a CI can exclude 0 for a
+negligible gap: on the planted shared-feature pair (`tests/planted_cross.py`) the owner wins by
+0.0007 with CI [0.0005, 0.0011], from the shape of its own norm, not from access to its neuron.
+Set `cross.min_advantage = 0` for the bare "CI above 0" rule.
 """
 
 from __future__ import annotations
@@ -24,10 +28,14 @@ from mechcheck.battery.stats import bootstrap_ci, r2
 from mechcheck.errors import UserError
 
 MATRIX_FORMAT = "mechcheck-cross/1"
-RULE = (
-    "self-report when the paired bootstrap CI of skill(self) − skill(other) on the same test texts lies "
-    "above 0; other better when it lies below 0; no advantage otherwise"
-)
+
+
+def rule(min_advantage: float) -> str:
+    return (
+        "self-report when the paired bootstrap CI of skill(self) − skill(other) on the same test texts "
+        f"lies above 0 and the difference is at least {min_advantage:g}; other better when the CI lies "
+        f"below 0 and the difference is at most −{min_advantage:g}; no advantage otherwise"
+    )
 
 
 def _mean_skill(y: np.ndarray, *preds: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -44,10 +52,11 @@ def entry(value: float, ci: tuple[float, float]) -> dict[str, Any]:
     return {"value": float(value), "ci": [float(ci[0]), float(ci[1])]}
 
 
-def verdict(ci: list[float]) -> str:
-    if ci[0] > 0:
+def verdict(difference: dict[str, Any], min_advantage: float) -> str:
+    value, (lo, hi) = difference["value"], difference["ci"]
+    if lo > 0 and value >= min_advantage:
         return "self-report"
-    if ci[1] < 0:
+    if hi < 0 and value <= -min_advantage:
         return "other better"
     return "no advantage"
 
@@ -68,7 +77,7 @@ def read_cells(cells: dict[str, Path]) -> dict[str, dict[str, Any]]:
 
 def pair(
     labels: np.ndarray, self_preds: list[np.ndarray], other_preds: list[np.ndarray], n_bootstrap: int,
-    ci: float, seed: int,
+    ci: float, seed: int, min_advantage: float,
 ) -> dict[str, Any]:  # fmt: skip
     """Self and other skill with CIs and the paired difference with its CI (seeds averaged)."""
     if len(self_preds) != len(other_preds):
@@ -80,16 +89,27 @@ def pair(
         _mean_skill(labels, *other_preds), bootstrap_ci(_mean_skill, labels, *other_preds, **kw)
     )
     diff = entry(_skill_difference(labels, *both), bootstrap_ci(_skill_difference, labels, *both, **kw))
-    return {"self": self_skill, "other": other_skill, "difference": diff, "verdict": verdict(diff["ci"])}
+    return {
+        "self": self_skill,
+        "other": other_skill,
+        "difference": diff,
+        "verdict": verdict(diff, min_advantage),
+    }
 
 
 def cross_matrix(
-    runs: list[dict[str, Any]], names: tuple[str, str], n_bootstrap: int, ci: float, seed: int
-) -> dict[str, Any]:
+    runs: list[dict[str, Any]], names: tuple[str, str], n_bootstrap: int, ci: float, seed: int,
+    min_advantage: float,
+) -> dict[str, Any]:  # fmt: skip
     """`runs`: one dict per checkpoint {reporter, label, condition, seed, predictions (path)}."""
     conditions = list(dict.fromkeys(r["condition"] for r in runs))
     preds = read_cells({_key(r): r["predictions"] for r in runs})
-    out: dict[str, Any] = {"format": MATRIX_FORMAT, "models": list(names), "rule": RULE, "conditions": {}}
+    out: dict[str, Any] = {
+        "format": MATRIX_FORMAT,
+        "models": list(names),
+        "rule": rule(min_advantage),
+        "conditions": {},
+    }
     for condition in conditions:
         mine = [r for r in runs if r["condition"] == condition]
         seeds = sorted({r["seed"] for r in mine})
@@ -107,7 +127,7 @@ def cross_matrix(
             labels = got[0][0]
             if not np.array_equal(labels, got[1][0]):
                 raise UserError(f"{condition}: the {other} -> {owner} cell was scored on different labels")
-            result = pair(labels, got[0][1], got[1][1], n_bootstrap, ci, seed)
+            result = pair(labels, got[0][1], got[1][1], n_bootstrap, ci, seed, min_advantage)
             cells = {"self_cell": f"{owner}->{owner}", "other_cell": f"{other}->{owner}"}
             table["neurons"][owner] = {**cells, "n_texts": int(labels.size), **result}
         out["conditions"][condition] = table

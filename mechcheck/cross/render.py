@@ -43,9 +43,12 @@ def render_cross(folder: str | Path) -> Path:
     folder = Path(folder)
     config = json.loads((folder / "experiment.json").read_text())["config"]
     names = tuple(m["name"] for m in config["models"])
-    runs = collect_runs(folder)
+    order = list(config["train"]["conditions"])
+    runs = sorted(
+        collect_runs(folder), key=lambda r: order.index(r["condition"]) if r["condition"] in order else 99
+    )
     c = config["cross"]
-    matrix = cross_matrix(runs, names, c["n_bootstrap"], c["ci"], config["seed"])
+    matrix = cross_matrix(runs, names, c["n_bootstrap"], c["ci"], config["seed"], c["min_advantage"])
     matrix["experiment"] = config
     write_json(folder / "results.json", matrix)
     skills_figure(matrix, folder / FIGURE)
@@ -80,7 +83,7 @@ def markdown(matrix: dict[str, Any], runs: list[dict[str, Any]]) -> str:
         "the same texts; a report counts as self-report only where the model beats the other model at "
         "reporting its own neuron.",
         _table(
-            ["model", "spec", "neuron (layer/index)", "reporter frozen up to layer"],
+            ["model", "spec", "neuron (layer/index)", "after_target trains the layers after"],
             [
                 [n, f"`{m['model']}`", f"{m['layer']}/{m['index']}", str(m["layer"])]
                 for n, m in models.items()

@@ -1,0 +1,227 @@
+"""Cross-prediction (`mechcheck run` on a two-model experiment) on planted tiny models of two families.
+
+Model A (Llama) has a neuron only its own residual carries; model B (GPT-2) a neuron driven by a token
+feature both models carry (`tests/planted_cross.py`). The control must call A's neuron a self-report
+and B's not; every number in the report must recompute from the saved predictions.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import numpy as np
+import pytest
+from planted_cross import NEURON, save_planted_pair
+from scipy import stats
+
+from mechcheck.cli import main
+from mechcheck.subject import load_subject
+from mechcheck.targets import compute_labels
+from mechcheck.testing import random_texts
+
+TOML = """
+name = "tiny_cross"
+position = "last"
+
+[[models]]
+name = "llama"
+model = "{a}"
+layer = {layer}
+index = 5
+
+[[models]]
+name = "gpt2"
+model = "{b}"
+layer = 0
+index = 5
+
+[corpus]
+source = "{corpus}"
+max_texts = 600
+max_tokens = 64
+
+[train]
+{train}
+epochs = 1
+max_steps = 2
+batch_size = 16
+eval_every = 2
+drift_texts = 4
+eval_train_texts = 16
+seeds = [0]
+
+[[train.override]]
+condition = "frozen"
+max_steps = 20
+eval_every = 10
+
+[cross]
+n_bootstrap = 500
+"""
+CONDITIONS = 'conditions = ["frozen", "after_target"]'
+
+
+def write_toml(
+    folder: Path, data: Path, b: Path | str | None = None, train: str = CONDITIONS, layer=0
+) -> Path:
+    text = TOML.format(a=data / "A", b=b or data / "B", corpus=data / "corpus.txt", train=train, layer=layer)
+    path = folder / "cross.toml"
+    path.write_text(text)
+    return path
+
+
+def run_cli(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = main(list(argv))
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def cross_run(tmp_path_factory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("cross")
+    save_planted_pair(folder)
+    (folder / "corpus.txt").write_text("\n".join(random_texts(600, seed=1, min_words=5, max_words=12)) + "\n")
+    experiment = write_toml(folder, folder)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MECHCHECK_CACHE", str(folder / "cache"))
+        code, out, err = run_cli("run", str(experiment), "--out", str(folder / "run"), "-q")
+    assert code == 0, err
+    return folder, folder / "run"
+
+
+def predictions(run: Path, reporter: str, condition: str, label: str) -> dict:
+    return json.loads(
+        (run / "train" / reporter / condition / label / "seed-0" / "predictions.json").read_text()
+    )
+
+
+def test_labels_of_the_other_model_are_that_models_own_labels(cross_run):
+    folder, run = cross_run
+    for owner, other in (("llama", "gpt2"), ("gpt2", "llama")):
+        own, crossed = predictions(run, owner, "frozen", owner), predictions(run, other, "frozen", owner)
+        assert crossed["texts"] == own["texts"] and crossed["labels"] == own["labels"]
+        subject = load_subject(str(folder / ("A" if owner == "llama" else "B")))
+        direct, _ = compute_labels(subject, own["texts"], NEURON, "last", 64)
+        assert np.allclose(crossed["labels"], direct.numpy(), atol=1e-5)
+        cell = json.loads((run / "train" / other / "frozen" / owner / "seed-0" / "run.json").read_text())
+        assert cell["label_model"] == subject.spec and cell["base_model"] != subject.spec
+        assert cell["cross"] == {"reporter": other, "label": owner, "self": False}
+
+
+def test_planted_private_neuron_is_a_self_report_and_shared_one_is_not(cross_run):
+    _, run = cross_run
+    results = json.loads((run / "results.json").read_text())
+    frozen = results["conditions"]["frozen"]["neurons"]
+    a, b = frozen["llama"], frozen["gpt2"]
+    assert a["verdict"] == "self-report"
+    assert a["self"]["value"] > 0.95 and a["other"]["value"] < 0.5 and a["difference"]["ci"][0] > 0.4
+    assert b["verdict"] != "self-report"
+    assert b["self"]["value"] > 0.95 and b["other"]["value"] > 0.95
+    assert abs(b["difference"]["value"]) < 0.01  # a real but negligible gap: below min_advantage
+    print({k: (v["self"]["value"], v["other"]["value"], v["difference"]["ci"]) for k, v in frozen.items()})
+
+
+def _skill(p: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+    return 1 - ((p - y) ** 2).mean(axis) / y.var(axis)
+
+
+def _ci(statistic, data: tuple, n: int, level: float, seed: int):
+    """scipy's paired percentile bootstrap over test texts, seeded as the report's."""
+    res = stats.bootstrap(
+        data, statistic, n_resamples=n, confidence_level=level, method="percentile", paired=True,
+        vectorized=True, rng=np.random.default_rng(seed),
+    )  # fmt: skip
+    return res.confidence_interval
+
+
+def test_every_number_in_the_report_recomputes_from_the_saved_predictions(cross_run):
+    _, run = cross_run
+    config = json.loads((run / "experiment.json").read_text())["config"]
+    boot = {"n": config["cross"]["n_bootstrap"], "level": config["cross"]["ci"], "seed": config["seed"]}
+    skill = lambda y, p, axis=-1: _skill(p, y, axis)
+    difference = lambda y, a, b, axis=-1: _skill(a, y, axis) - _skill(b, y, axis)
+    expected = set()
+    for condition in ("frozen", "after_target"):
+        for owner, other in (("llama", "gpt2"), ("gpt2", "llama")):
+            own, crossed = (
+                predictions(run, owner, condition, owner),
+                predictions(run, other, condition, owner),
+            )
+            y, p_self = np.asarray(own["labels"], np.float64), np.asarray(own["predictions"], np.float64)
+            p_other = np.asarray(crossed["predictions"], np.float64)
+            values = [_skill(p_self, y), _skill(p_other, y), _skill(p_self, y) - _skill(p_other, y)]
+            values += [*_ci(skill, (y, p_self), **boot), *_ci(skill, (y, p_other), **boot)]
+            values += [*_ci(difference, (y, p_self, p_other), **boot)]
+            expected |= {f"{v:.3f}" for v in values}
+    report = (run / "report.md").read_text()
+    found = set(re.findall(r"-?\d+\.\d{3}", report))
+    assert found and found <= expected, found - expected
+    assert (run / "figures" / "cross_skills.png").stat().st_size > 0
+
+
+def test_rerun_is_up_to_date_and_report_rerenders_identically(cross_run, tmp_path, monkeypatch):
+    folder, run = cross_run
+    before = {p: p.read_text() for p in run.rglob("stage.json")}
+    report = (run / "report.md").read_text()
+    monkeypatch.setenv("MECHCHECK_CACHE", str(folder / "cache"))
+    assert run_cli("run", str(folder / "cross.toml"), "--out", str(run), "-q")[0] == 0
+    assert {p: p.read_text() for p in run.rglob("stage.json")} == before
+    assert run_cli("report", str(run))[0] == 0
+    assert (run / "report.md").read_text() == report
+
+
+def test_frozen_cells_of_one_reporter_share_the_cached_features(cross_run):
+    _, run = cross_run
+    for reporter in ("llama", "gpt2"):
+        fits = [
+            json.loads((run / "train" / reporter / "frozen" / label / "seed-0" / "run.json").read_text())
+            for label in ("llama", "gpt2")
+        ]
+        keys = {f["frozen_fit"]["features"]["key"] for f in fits}
+        assert len(keys) == 1 and Path(fits[0]["frozen_fit"]["features"]["file"]).is_file()
+
+
+def test_after_target_trains_the_reporters_layers_after_its_own_neuron(cross_run):
+    _, run = cross_run
+    cell = json.loads((run / "train" / "gpt2" / "after_target" / "llama" / "seed-0" / "run.json").read_text())
+    assert cell["reporter_layer"] == 0 and cell["parameters"]["trainable"] > 0
+    assert (run / "train" / "gpt2" / "after_target" / "llama" / "seed-0" / "model").is_dir()
+
+
+def test_battery_refuses_a_cross_checkpoint(cross_run, tmp_path):
+    _, run = cross_run
+    code, _, err = run_cli(
+        "test", str(run / "train" / "gpt2" / "frozen" / "llama" / "seed-0"), "--out", str(tmp_path / "t")
+    )
+    assert code == 2 and err.count("\n") == 1 and "cross-prediction" in err
+    assert not (tmp_path / "t").exists()
+
+
+@pytest.mark.parametrize(
+    "case, expect",
+    [
+        ("same", "two different models"),
+        ("unknown", "cannot load model"),
+        ("live", "fixed labels only"),
+        ("unfrozen", "cannot be cross-predicted"),
+        ("layer", "out of range"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(cross_run, tmp_path, case, expect):
+    folder, _ = cross_run
+    b = {"same": folder / "A", "unknown": tmp_path / "no-such-model"}.get(case)
+    train = {
+        "live": CONDITIONS + '\ntarget_modes = ["live"]',
+        "unfrozen": 'conditions = ["frozen", "unfrozen"]',
+    }
+    path = write_toml(
+        tmp_path, folder, b=b, train=train.get(case, CONDITIONS), layer=7 if case == "layer" else 0
+    )
+    code, _, err = run_cli("run", str(path), "--out", str(tmp_path / "out"))
+    assert code == 2 and err.count("\n") == 1 and expect in err, err
+    assert not (tmp_path / "out").exists()
