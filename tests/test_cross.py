@@ -225,3 +225,14 @@ def test_bad_input_is_one_line_and_exit_2(cross_run, tmp_path, case, expect):
     code, _, err = run_cli("run", str(path), "--out", str(tmp_path / "out"))
     assert code == 2 and err.count("\n") == 1 and expect in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_shipped_experiment_parses():
+    from mechcheck.cross.experiment import load_cross
+
+    e = load_cross(Path(__file__).parent.parent / "experiments" / "cross_prediction.toml")
+    assert [(m.model, m.layer, m.index) for m in e.models] == [
+        ("smollm2-135m", 8, 1188),
+        ("gemma3-270m", 5, 511),
+    ]
+    assert e.train.conditions == ("frozen", "after_target") and e.corpus.source == "default"
