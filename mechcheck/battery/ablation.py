@@ -4,8 +4,8 @@ Three ablations, because they are not interchangeable: `zero`, `mean` (the neuro
 every real token of the evaluation texts) and `resample` (each text gets the neuron's activations
 from another text, a random derangement, position by position; a shorter donor repeats its last
 value). The effect is mean |Δreport| in units of the label's std, and the change of skill
-(R² against the fixed labels). The null: the same ablation of random neurons of the same layer,
-measured on the null subset of texts.
+(R² against the fixed labels). The null: the same ablation of (up to NULL_NEURONS) random
+neurons of the same layer, measured on the null subset of texts.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from mechcheck.battery.edits import neuron_edit, sattolo, set_neuron
 from mechcheck.battery.stats import mean_metric, null_control, skill_change_metric
 
 MODES = ("zero", "mean", "resample")
+NULL_NEURONS = 10  # the first of the context's random neurons: three modes × one null pass each
 
 
 def resample_values(ctx: Context, b: int, column: int, donors: np.ndarray) -> torch.Tensor:
@@ -39,7 +40,7 @@ class _Ablator:
         self.ctx = ctx
         self.means = ctx.token_values().mean(0)
         self.donors = sattolo(len(ctx.eval.texts), ctx.rng)
-        self.indices = [ctx.neuron.index, *ctx.random_neurons.tolist()]
+        self.indices = [ctx.neuron.index, *ctx.random_neurons[:NULL_NEURONS].tolist()]
 
     def edits(self, mode: str, column: int, b: int):
         if mode == "zero":

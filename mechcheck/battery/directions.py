@@ -5,11 +5,12 @@ replaced by its mean over every real evaluation token, so the edit removes the i
 direction carries without pushing the residual off its distribution (zero-projection would also
 remove the residual's large constant components, and then a random direction's null is dominated
 by that off-distribution shift rather than by what the report reads):
-- `in_free`: the `W_in` direction(s) (folded; for gated MLPs `gate`, `up` and their span — the
-  unsuffixed key) in the residual the neuron reads (`mlp_in` at L, edited in place, so the edit
+- `in_free`: the `W_in` direction(s) (folded; for gated MLPs the span of `gate` and `up`) in the
+  residual the neuron reads (`mlp_in` at L, edited in place, so the edit
   persists in the stream);
 - `in_pinned`: the same, with the neuron held at its clean activations — what is left is the
-  report reading the `W_in` direction itself, not through the neuron (H2-in);
+  report reading the `W_in` direction itself, not through the neuron (H2-in); for gated MLPs also
+  `in_pinned.gate` and `in_pinned.up`, each direction alone;
 - `out`: the unit `W_out` direction in `resid_post` at L *and at every later layer*, so nothing
   downstream can write it back (H2-out).
 Effects are mean |Δreport| / SD(label). Nulls (on the null subset of texts): `n_random` random
@@ -82,7 +83,8 @@ class DirectionAblation(Probe):
         bases = in_bases(ctx)
         for name, basis in bases.items():
             suffix = f".{name}" if name else ""
-            for pin, key in ((False, "in_free"), (True, "in_pinned")):
+            pins = ((False, "in_free"), (True, "in_pinned")) if not name else ((True, "in_pinned"),)
+            for pin, key in pins:
                 per_example = _effect(ctx, _in_edits(ctx, basis, pin))
                 result.metrics[key + suffix] = mean_metric(per_example, seed=ctx.seed(), **stat)
         out_basis = orthonormal([out_direction(ctx.trained, ctx.neuron)])

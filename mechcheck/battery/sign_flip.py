@@ -17,6 +17,8 @@ from mechcheck.battery.context import Context
 from mechcheck.battery.edits import neuron_edit
 from mechcheck.battery.stats import mean_metric, null_control
 
+NULL_NEURONS = 10  # random neurons of the layer flipped for the null (one pass each on the null texts)
+
 
 def flip(index: int):
     """mlp_post edit: neuron `index` := −neuron `index`, at every position."""
@@ -47,7 +49,7 @@ class SignFlip(Probe):
         null = [
             float(np.mean(np.abs(ctx.reports(lambda b, k=k: neuron_edit(ctx, flip(int(k))), ctx.null_batches)
                                  - ctx.clean_report[rows])) / sd)
-            for k in ctx.random_neurons
+            for k in ctx.random_neurons[:NULL_NEURONS]
         ]  # fmt: skip
         result.controls["mean_abs_delta.random_neurons"] = null_control(
             result.metrics["mean_abs_delta"]["value"], null, "mean_abs_delta", opts.ci
