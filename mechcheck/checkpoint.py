@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from mechcheck.errors import UserError
-from mechcheck.readout import READOUTS, Neuron, Readout
+from mechcheck.readout import READOUTS, Neuron, Readout, neuron_key
 from mechcheck.subject import POSITIONS, Subject, load_subject, weights_digest
 
 FORMAT = "mechcheck-checkpoint/1"
-REQUIRED = ("format", "base_model", "neuron", "position", "condition", "target_mode", "readout")
+REQUIRED = ("format", "base_model", "position", "condition", "target_mode", "readout")  # + neuron(s)
 
 
 @dataclass
@@ -31,6 +32,16 @@ class Checkpoint:
     neuron: Neuron
     position: str
     readout: Readout
+    neurons: tuple[Neuron, ...] = ()  # every targeted neuron (run.json `neurons`); one: (neuron,)
+
+    def __post_init__(self) -> None:
+        self.neurons = tuple(self.neurons) or (self.neuron,)
+
+    def views(self) -> list[tuple[Neuron, Readout]]:
+        """(neuron i, its own single-output readout) for each targeted neuron."""
+        if len(self.neurons) == 1:
+            return [(self.neuron, self.readout)]
+        return [(n, self.readout.row(i)) for i, n in enumerate(self.neurons)]
 
     @property
     def model_dir(self) -> Path | None:
@@ -76,19 +87,28 @@ def neuron_weights(subject: Subject, neuron: Neuron) -> dict[str, torch.Tensor]:
     return weights
 
 
+def base_weights_sha256(subject: Subject, neurons: Sequence[Neuron]) -> dict[str, Any]:
+    """run.json's `weights_sha256`: `{name: sha256}` for one neuron; for several, that table per
+    neuron under its key (`L8N1188`)."""
+    if len(neurons) == 1:
+        return weights_digest(neuron_weights(subject, neurons[0]))
+    return {neuron_key(n): weights_digest(neuron_weights(subject, n)) for n in neurons}
+
+
 def verify_base(checkpoint: Checkpoint, base: Subject) -> None:
-    """Refuse a base model whose `W_in`/`W_out` for the neuron differ from those in run.json."""
+    """Refuse a base model whose `W_in`/`W_out` for the neuron(s) differ from those in run.json."""
     expected = checkpoint.run.get("weights_sha256")
     if not expected:
         return
-    got = weights_digest(neuron_weights(base, checkpoint.neuron))
-    for name, digest in expected.items():
-        if got.get(name) != digest:
-            raise UserError(
-                f"{checkpoint.path}: base model {checkpoint.base_model!r} has a different {name} for neuron "
-                f"{checkpoint.neuron.layer}/{checkpoint.neuron.index} than the one this checkpoint "
-                "was trained on"
-            )
+    several = len(checkpoint.neurons) > 1
+    for neuron in checkpoint.neurons:
+        got = weights_digest(neuron_weights(base, neuron))
+        for name, digest in (expected.get(neuron_key(neuron), {}) if several else expected).items():
+            if got.get(name) != digest:
+                raise UserError(
+                    f"{checkpoint.path}: base model {checkpoint.base_model!r} has a different {name} for "
+                    f"neuron {neuron.layer}/{neuron.index} than the one this checkpoint was trained on"
+                )
 
 
 def read_checkpoint(path: str | Path) -> Checkpoint:
@@ -108,15 +128,23 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     missing = [k for k in REQUIRED if k not in run]
     if missing:
         raise UserError(f"{run_file}: missing required field {missing[0]!r}")
+    if ("neuron" in run) == ("neurons" in run):
+        raise UserError(f"{run_file}: needs exactly one of 'neuron' (one neuron) and 'neurons' (several)")
     try:
-        neuron = Neuron(int(run["neuron"]["layer"]), int(run["neuron"]["index"]))
+        listed = run["neurons"] if "neurons" in run else [run["neuron"]]
+        neurons = tuple(Neuron(int(n["layer"]), int(n["index"])) for n in listed)
         kind = run["readout"]["kind"]
     except (KeyError, TypeError, ValueError) as err:
         raise UserError(f"{run_file}: malformed neuron or readout field: {err}") from err
+    if not neurons or len(set(neurons)) != len(neurons):
+        raise UserError(f"{run_file}: 'neurons' must list distinct neurons")
     if run["position"] not in POSITIONS:
         raise UserError(f"{run_file}: unknown position {run['position']!r}")
     readout = _read_readout(path / "readout.safetensors", READOUTS.get(kind), run["readout"])
-    return Checkpoint(path, run, neuron, run["position"], readout)
+    outputs = getattr(readout, "n_outputs", 1)
+    if outputs != len(neurons):
+        raise UserError(f"{run_file}: the readout has {outputs} outputs for {len(neurons)} neurons")
+    return Checkpoint(path, run, neurons[0], run["position"], readout, neurons)
 
 
 def _read_readout(file: Path, cls: type[Readout], meta: dict[str, Any]) -> Readout:

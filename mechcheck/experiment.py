@@ -24,9 +24,18 @@ class CorpusConfig:
 
 
 @dataclass(frozen=True)
+class NeuronRef:
+    """One entry of `neuron.neurons`: `{layer = 8, index = 1188}`."""
+
+    layer: int
+    index: int
+
+
+@dataclass(frozen=True)
 class NeuronConfig:
     layer: int | None = None  # set layer and index to fix the neuron; otherwise it is selected
     index: int | None = None
+    neurons: tuple[NeuronRef, ...] = ()  # several fixed neurons (any layers) instead of layer/index
     layers: tuple[int, ...] = ()  # candidate layers for selection (empty: the middle layer)
     criterion: str = "std"  # std | quantile_span | range | study | bimodality
     position: str = "last"  # last | max | mean | all

@@ -7,6 +7,10 @@ are stored in text order; `text_index` maps each row back to its text).
 
 Labels are standardised with train-split statistics only; the mean and std travel with the
 target set (and into run.json) so every metric is computed after de-standardising.
+
+A target set may hold several neurons (any layers): its labels are then `[n_rows, k]`, read in
+one forward pass per batch (stopped after the deepest neuron's layer), and each neuron is
+standardised with its own train-split mean and std (`mean`, `std` are then `[k]` tensors).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from mechcheck.errors import UserError
-from mechcheck.readout import Neuron, neuron_values
+from mechcheck.readout import Neuron, neuron_matrix, neuron_values
 from mechcheck.subject import POSITIONS, Subject
 
 SPLITS = ("train", "val", "test")
@@ -89,19 +93,26 @@ def text_index(chunks: Sequence[Chunk]) -> torch.Tensor:
 def compute_labels(
     subject: Subject,
     texts: Sequence[str],
-    neuron: Neuron,
+    neuron: Neuron | Sequence[Neuron],
     position: str,
     max_tokens: int,
     batch_size: int = LABEL_BATCH,
     progress: bool = False,
     desc: str = "labels",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The neuron's activation per label row (text order) and each row's text index."""
-    subject.anatomy.check_neuron(neuron.layer, neuron.index)
+    """The neuron's activation per label row (text order) and each row's text index; for a sequence
+    of neurons `[n_rows, k]`, all of them read in one pass per batch."""
+    several = not isinstance(neuron, Neuron)
+    for n in neuron if several else [neuron]:
+        subject.anatomy.check_neuron(n.layer, n.index)
     chunks = make_chunks(subject, texts, batch_size, max_tokens, position)
-    labels = torch.empty(n_rows(chunks), dtype=torch.float32)
+    labels = torch.empty(n_rows(chunks), *([len(neuron)] if several else []), dtype=torch.float32)
     for chunk in tqdm(chunks, desc=desc, disable=not progress, leave=False):
-        labels[chunk.rows] = neuron_values(subject, chunk.enc, neuron, position).float().cpu()
+        if several:
+            values = neuron_matrix(subject, chunk.enc, neuron, position)
+        else:
+            values = neuron_values(subject, chunk.enc, neuron, position)
+        labels[chunk.rows] = values.float().cpu()
     return labels, text_index(chunks)
 
 
@@ -137,9 +148,28 @@ class TargetSet:
     train_index: torch.Tensor  # [n_rows] text index of each label row
     val_index: torch.Tensor
     test_index: torch.Tensor
-    mean: float
-    std: float
+    mean: float | torch.Tensor  # [k] for several neurons
+    std: float | torch.Tensor
     card: dict[str, Any]
+    neurons: tuple[Neuron, ...] = ()  # every targeted neuron, in label-column order (one: `neuron`)
+
+    def __post_init__(self) -> None:
+        self.neurons = tuple(self.neurons) or (self.neuron,)
+
+    @property
+    def k(self) -> int:
+        """How many neurons; labels are `[n_rows]` for one, `[n_rows, k]` for several."""
+        return len(self.neurons)
+
+    @property
+    def layer(self) -> int:
+        """The deepest targeted layer: every layer up to it must stay frozen to keep labels exact."""
+        return max(n.layer for n in self.neurons)
+
+    @property
+    def neuron_spec(self) -> Neuron | tuple[Neuron, ...]:
+        """What `compute_labels` takes to reproduce these labels: the neuron, or all of them."""
+        return self.neuron if self.k == 1 else self.neurons
 
     def texts(self, split: str) -> tuple[str, ...]:
         return getattr(self, f"{_split(split)}_texts")
@@ -166,38 +196,60 @@ def _split(name: str) -> str:
 def build_targets(
     subject: Subject,
     splits: dict[str, Sequence[str]] | Any,
-    neuron: Neuron,
+    neuron: Neuron | Sequence[Neuron],
     position: str = "last",
     max_tokens: int = 128,
     batch_size: int = LABEL_BATCH,
     progress: bool = False,
 ) -> TargetSet:
     """Labels for each split from `subject` (the original model); `splits` is a corpus `Splits`
-    or a dict with keys train/val/test."""
+    or a dict with keys train/val/test. Several neurons give `[n_rows, k]` labels."""
     get = splits.__getitem__ if isinstance(splits, dict) else lambda name: getattr(splits, name)
     texts = {name: tuple(get(name)) for name in SPLITS}
     for name, items in texts.items():
         if not items:
             raise UserError(f"the {name} split is empty: the target set needs texts in train, val and test")
+    neurons = (neuron,) if isinstance(neuron, Neuron) else tuple(neuron)
+    if len(set(neurons)) != len(neurons):
+        raise UserError("the same neuron is listed twice in neuron.neurons")
+    which = neurons[0] if len(neurons) == 1 else neurons
     labels, index = {}, {}
     for name in SPLITS:
         labels[name], index[name] = compute_labels(
-            subject, texts[name], neuron, position, max_tokens, batch_size, progress, desc=f"labels {name}"
+            subject, texts[name], which, position, max_tokens, batch_size, progress, desc=f"labels {name}"
         )
-    mean, std = float(labels["train"].double().mean()), float(labels["train"].double().std(correction=0))
-    if not std > 1e-8:
-        raise UserError(
-            f"neuron {neuron.layer}/{neuron.index} is constant on the train split (std {std:.3g}): "
-            "nothing to predict"
-        )
+    train = labels["train"].double().reshape(len(labels["train"]), -1)
+    means, stds = train.mean(0), train.std(0, correction=0)
+    for n, std in zip(neurons, stds.tolist(), strict=True):
+        if not std > 1e-8:
+            raise UserError(
+                f"neuron {n.layer}/{n.index} is constant on the train split (std {std:.3g}): "
+                "nothing to predict"
+            )
+    one = len(neurons) == 1
+    mean = float(means[0]) if one else means.float()
+    std = float(stds[0]) if one else stds.float()
     card = {
-        "neuron": neuron.as_dict(),
+        "neuron": neurons[0].as_dict() if one else None,
         "position": position,
         "max_tokens": max_tokens,
         "label_batch_size": batch_size,
-        "standardisation": {"mean": mean, "std": std, "from": "train split"},
-        "splits": {name: {"texts": len(texts[name]), **label_stats(labels[name])} for name in SPLITS},
-    }
+        "standardisation": {"mean": mean if one else means.tolist(), "std": std if one else stds.tolist(),
+                            "from": "train split"},
+        "splits": {name: {"texts": len(texts[name]), **_split_stats(labels[name], one)} for name in SPLITS},
+    }  # fmt: skip
+    if not one:
+        card |= {"neurons": [n.as_dict() for n in neurons], "standardisation_per": "neuron"}
+        del card["neuron"]
     return TargetSet(
-        neuron, position, max_tokens, *texts.values(), *labels.values(), *index.values(), mean, std, card
-    )
+        neurons[0], position, max_tokens, *texts.values(), *labels.values(), *index.values(), mean, std, card,
+        neurons,
+    )  # fmt: skip
+
+
+def _split_stats(labels: torch.Tensor, one: bool) -> dict[str, Any]:
+    """label_stats of the split's labels; for several neurons one entry per neuron (`per_neuron`)."""
+    if one:
+        return label_stats(labels)
+    per_neuron = [label_stats(labels[:, i]) for i in range(labels.shape[1])]
+    return {"n": int(labels.shape[0]), "per_neuron": per_neuron}

@@ -18,9 +18,9 @@ from typing import Any
 
 import torch
 
-from mechcheck.checkpoint import neuron_weights
+from mechcheck.checkpoint import base_weights_sha256
 from mechcheck.readout import Readout
-from mechcheck.subject import Site, Subject, weights_digest
+from mechcheck.subject import Site, Subject
 from mechcheck.targets import SPLITS, TargetSet, make_chunks
 from mechcheck.train.frozen_fit import cached_features
 from mechcheck.train.monitors import Drift
@@ -53,7 +53,7 @@ class Bench:
             s: make_chunks(subject, self.texts[s], batch_size, self.max_tokens, t.position) for s in SPLITS
         }
         self.original = {k: v.detach().clone() for k, v in subject.model.state_dict().items()}
-        self.base_weights_sha256 = weights_digest(neuron_weights(subject, targets.neuron))
+        self.base_weights_sha256 = base_weights_sha256(subject, targets.neurons)
         texts = targets.val_texts[:drift_texts]
         self.drift = Drift(subject, texts, targets.max_tokens, batch_size) if texts else None
         self._features: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None
@@ -69,11 +69,11 @@ class Bench:
         return self._features
 
     def resid(self) -> dict[str, list[torch.Tensor]]:
-        """The original model's residual leaving the neuron's layer, per chunk of each split."""
+        """The original model's residual leaving the (deepest) neuron's layer, per chunk of each split."""
         if self._resid is None:
             self.restore()
             start = time.perf_counter()
-            site = Site("resid_post", self.targets.neuron.layer)
+            site = Site("resid_post", self.targets.layer)
             position = self.targets.position
             self._resid = {
                 s: cache_sites(self.subject, self.chunks[s], site, position, self.progress, f"resid {s}")

@@ -27,7 +27,7 @@ from threadpoolctl import threadpool_limits
 from mechcheck.readout import LinearReadout
 from mechcheck.subject import Subject
 from mechcheck.targets import SPLITS, TargetSet
-from mechcheck.train.monitors import regression_metrics
+from mechcheck.train.monitors import fit_metrics
 from mechcheck.train.sources import Chunks, final_norm_features
 
 CACHE_VERSION = "mechcheck-features/1"
@@ -130,17 +130,19 @@ def _ridge_path(
 
 
 def _fold(model: Ridge, scaler: StandardScaler) -> LinearReadout:
-    """w·((x - mu)/s) + b  ==  (w/s)·x + (b - Σ w·mu/s)."""
-    weight = model.coef_ / scaler.scale_
-    bias = float(model.intercept_) - float(np.dot(model.coef_, scaler.mean_ / scaler.scale_))
-    readout = LinearReadout(len(weight))
+    """w·((x - mu)/s) + b  ==  (w/s)·x + (b - Σ w·mu/s), per output (one per neuron)."""
+    coef, intercept = np.atleast_2d(model.coef_), np.atleast_1d(model.intercept_)
+    weight = coef / scaler.scale_
+    shift = scaler.mean_ / scaler.scale_
+    bias = [float(b) - float(np.dot(c, shift)) for c, b in zip(coef, intercept, strict=True)]
+    readout = LinearReadout(weight.shape[1], weight.shape[0])
     with torch.no_grad():
-        readout.weight.copy_(torch.from_numpy(weight).float()[None])
-        readout.bias.fill_(bias)
+        readout.weight.copy_(torch.from_numpy(weight).float())
+        readout.bias.copy_(torch.tensor(bias, dtype=torch.float32))
     return readout
 
 
 def _metrics(readout: LinearReadout, features: dict, targets: TargetSet, split: str) -> dict:
     with torch.no_grad():
         pred = targets.destandardise(readout(features[split]))
-    return regression_metrics(pred, targets.labels(split))
+    return fit_metrics(pred, targets.labels(split))

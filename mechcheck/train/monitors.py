@@ -39,6 +39,27 @@ def regression_metrics(predictions: Any, labels: Any) -> dict[str, float | int |
     }
 
 
+def fit_metrics(predictions: Any, labels: Any) -> dict[str, Any]:
+    """`regression_metrics` for one neuron `[n]`; for several `[n, k]` its means over neurons, with
+    `mse` the mean of MSE/Var(label) (unitless: the standardised training objective), `skill` =
+    1 − that, and each neuron's own metrics (in its units) under `per_neuron`."""
+    p, y = np.asarray(predictions, dtype=np.float32), np.asarray(labels, dtype=np.float32)
+    if y.ndim == 1:
+        return regression_metrics(p, y)
+    per = [regression_metrics(p[:, i], y[:, i]) for i in range(y.shape[1])]
+    skills = [m["skill"] for m in per]
+    ok = all(s is not None for s in skills)
+    ratios = [m["pred_sd_ratio"] for m in per]
+    return {
+        "n": int(y.shape[0]),
+        "mse": float(np.mean([1 - s for s in skills])) if ok else None,
+        "skill": float(np.mean(skills)) if ok else None,
+        "r": float(np.mean([m["r"] for m in per])) if all(m["r"] is not None for m in per) else None,
+        "pred_sd_ratio": min(ratios) if all(r is not None for r in ratios) else None,
+        "per_neuron": per,
+    }
+
+
 def value_stats(values: Any) -> dict[str, float]:
     x = np.asarray(values, dtype=np.float32).astype(np.float64)
     return {"mean": float(x.mean()), "std": float(x.std()), "min": float(x.min()), "max": float(x.max())}
@@ -166,11 +187,16 @@ class Evaluator:
             *args, "train", self.train_chunk_ids, standardised=self.standardised
         )
         val, val_rows = predict_split(*args, "val", standardised=self.standardised)
+        per_neuron: list[dict[str, Any]] = []
         for name, got, rows in (("train", train, train_rows), ("val", val, val_rows)):
-            m = regression_metrics(got.predictions, self.target(name, got, rows))
+            m = fit_metrics(got.predictions, self.target(name, got, rows))
             row[f"{name}_mse"], row[f"{name}_skill"] = m["mse"], m["skill"]
             if name == "val":
                 row["val_r"], row["val_pred_sd_ratio"] = m["r"], m["pred_sd_ratio"]
+            for i, one in enumerate(m.get("per_neuron", [])):
+                if len(per_neuron) <= i:
+                    per_neuron.append({})
+                per_neuron[i] |= {f"{name}_{k}": one[k] for k in ("mse", "skill", "r", "pred_sd_ratio")}
         if val.digits is not None:
             classes = self.readout.classes(self.targets.labels("val")[val_rows])
             d = digit_metrics(val.digits, val.argmax, classes)
@@ -180,11 +206,17 @@ class Evaluator:
         neuron = val.live if val.live is not None else self.targets.labels("val")[val_rows]
         if val.live is None and self.live_neuron is not None:
             neuron = self.live_neuron()[val_rows]
-        row["neuron_mean"] = float(neuron.double().mean())
-        row["neuron_std"] = float(neuron.double().std(correction=0))
+        if per_neuron:  # several neurons: the neuron's spread per neuron, beside its metrics
+            for i, one in enumerate(per_neuron):
+                one["neuron_mean"] = float(neuron[:, i].double().mean())
+                one["neuron_std"] = float(neuron[:, i].double().std(correction=0))
+            row["per_neuron"] = per_neuron
+        else:
+            row["neuron_mean"] = float(neuron.double().mean())
+            row["neuron_std"] = float(neuron.double().std(correction=0))
         if val.live is not None:
             fixed = self.targets.labels("val")[val_rows]
-            row["val_mse_vs_fixed"] = regression_metrics(val.predictions, fixed)["mse"]
+            row["val_mse_vs_fixed"] = fit_metrics(val.predictions, fixed)["mse"]
         if self.drift is None:
             row["lm_loss"], row["kl"] = None, None
         elif self.subject is None:

@@ -35,16 +35,20 @@ def config_hash(experiment: Experiment, condition: str, target_mode: str, seed: 
 
 
 def fold_readout(readout: LinearReadout, targets: TargetSet) -> LinearReadout:
-    """A readout in the neuron's own units: std·(w·x + b) + mean."""
-    folded = LinearReadout(readout.weight.shape[-1]).to(readout.weight.device)
+    """A readout in the neuron's own units: std·(w·x + b) + mean (per output for several neurons)."""
+    folded = LinearReadout(readout.weight.shape[-1], readout.n_outputs).to(readout.weight.device)
+    std, mean = targets.std, targets.mean
+    if isinstance(std, torch.Tensor):
+        std, mean = std.to(readout.weight.device), mean.to(readout.weight.device)
     with torch.no_grad():
-        folded.weight.copy_(readout.weight * targets.std)
-        folded.bias.copy_(readout.bias * targets.std + targets.mean)
+        folded.weight.copy_(readout.weight * (std[:, None] if isinstance(std, torch.Tensor) else std))
+        folded.bias.copy_(readout.bias * std + mean)
     return folded
 
 
-def _floats(values: torch.Tensor | None) -> list[float] | None:
-    return None if values is None else [float(v) for v in values.float()]
+def _floats(values: torch.Tensor | None) -> list[float] | list[list[float]] | None:
+    """Plain floats: a list for one neuron, rows of k values for several."""
+    return None if values is None else values.float().tolist()
 
 
 def predictions_json(
@@ -59,6 +63,8 @@ def predictions_json(
     readouts add the expected class index (`predictions_digit`), the arg-max class and the true
     class of each label (`labels_digit`, from the fitted edges)."""
     out: dict[str, Any] = {"split": "test", "texts": list(targets.test_texts), "target": target_key}
+    if targets.k > 1:
+        out["neurons"] = [n.as_dict() for n in targets.neurons]  # column order of every [n, k] array
     if targets.position == "all":
         out["text_index"] = [int(i) for i in targets.test_index]
     out["labels"] = _floats(targets.test_labels)
@@ -77,6 +83,8 @@ def predictions_json(
 def metrics_from_predictions(predictions: dict[str, Any], moves_neuron: bool) -> dict[str, Any]:
     """The metrics recomputed from predictions.json alone (the test checks exactly this)."""
     p = predictions
+    if "neurons" in p:
+        return per_neuron_metrics(p, moves_neuron)
     target = p[p["target"]]
     test = regression_metrics(p["predictions"], target)
     metrics: dict[str, Any] = {
@@ -99,3 +107,38 @@ def metrics_from_predictions(predictions: dict[str, Any], moves_neuron: bool) ->
     else:
         metrics["neuron_unchanged_maxdiff"] = float(np.abs(diff).max())
     return metrics
+
+
+COLUMNS = ("labels", "live_labels", "predictions", "predictions_before")
+
+
+def column(predictions: dict[str, Any], i: int) -> dict[str, Any]:
+    """Neuron i's own predictions.json (as a one-neuron run writes it) from a several-neuron one."""
+    p = predictions
+    out = {k: v for k, v in p.items() if k not in (*COLUMNS, "neurons")}
+    out |= {k: [row[i] for row in p[k]] for k in COLUMNS if p.get(k) is not None}
+    return out | {"neuron": p["neurons"][i]}
+
+
+def per_neuron_metrics(predictions: dict[str, Any], moves_neuron: bool) -> dict[str, Any]:
+    """Several neurons: each neuron's metrics as a one-neuron run reports them, plus its test skill's
+    bootstrap CI over texts (seeded, as the report computes it), and a summary over neurons."""
+    from mechcheck.report.stats import fit
+
+    per = []
+    for i, neuron in enumerate(predictions["neurons"]):
+        p = column(predictions, i)
+        m = metrics_from_predictions(p, moves_neuron)
+        index = np.asarray(p.get("text_index", range(len(p["labels"]))))
+        got = fit(np.asarray(p[p["target"]], np.float64), np.asarray(p["predictions"], np.float64), index)
+        m["test_skill_ci"] = None if got is None or got.ci is None else [float(c) for c in got.ci]
+        per.append({"neuron": neuron, **m})
+    out: dict[str, Any] = {"target": predictions["target"], "neurons": predictions["neurons"]}
+    out["mean_test_skill"] = float(np.mean([m["test"]["skill"] for m in per]))
+    out["mean_test_skill_before"] = float(np.mean([m["test_before"]["skill"] for m in per]))
+    out["collapsed"] = any(m["collapsed"] for m in per)
+    if moves_neuron:
+        out["stale_labels"] = {"max_abs_diff": max(m["stale_labels"]["max_abs_diff"] for m in per)}
+    else:
+        out["neuron_unchanged_maxdiff"] = max(m["neuron_unchanged_maxdiff"] for m in per)
+    return out | {"per_neuron": per}

@@ -31,7 +31,7 @@ from mechcheck.train.bench import Bench
 from mechcheck.train.conditions import CONDITIONS, Condition, check_pair
 from mechcheck.train.frozen_fit import fit_ridge
 from mechcheck.train.loop import LoopResult, Task, train_loop
-from mechcheck.train.monitors import Evaluator, SplitPredictions, predict_split, regression_metrics
+from mechcheck.train.monitors import Evaluator, SplitPredictions, fit_metrics, predict_split
 from mechcheck.train.readouts import fit_token_readout, is_token, readout_record
 from mechcheck.train.record import (
     UNCHANGED_TOLERANCE,
@@ -63,11 +63,11 @@ class Setup:
         return isinstance(self.readout, LinearReadout)
 
 
-def init_readout(d_model: int, seed: int, frozen: bool) -> LinearReadout:
+def init_readout(d_model: int, seed: int, frozen: bool, n_outputs: int = 1) -> LinearReadout:
     gen = torch.Generator().manual_seed(seed)
-    readout = LinearReadout(d_model)
+    readout = LinearReadout(d_model, n_outputs)
     with torch.no_grad():
-        readout.weight.copy_(torch.randn(1, d_model, generator=gen) * READOUT_INIT_STD)
+        readout.weight.copy_(torch.randn(n_outputs, d_model, generator=gen) * READOUT_INIT_STD)
         readout.bias.zero_()
     readout.requires_grad_(not frozen)
     return readout
@@ -89,8 +89,10 @@ def make_source(bench: Bench, condition: Condition, readout: Readout) -> Source:
     if condition.source == "features":
         return FeatureSource(bench.chunks, bench.features()[0])
     if condition.source == "resume":
-        return ResumeSource(bench.subject, t.neuron.layer, t.position, bench.chunks, bench.resid(), site)
-    return FullSource(bench.subject, t.neuron, t.position, bench.chunks, site, read_neuron=not bench.prompted)
+        return ResumeSource(bench.subject, t.layer, t.position, bench.chunks, bench.resid(), site)
+    return FullSource(
+        bench.subject, t.neuron_spec, t.position, bench.chunks, site, read_neuron=not bench.prompted
+    )
 
 
 def make_readout(bench: Bench, cfg: TrainConfig, seed: int) -> Readout:
@@ -98,7 +100,8 @@ def make_readout(bench: Bench, cfg: TrainConfig, seed: int) -> Readout:
         if not bench.prompted:
             raise ValueError(f"readout {cfg.readout!r} needs a bench built with its prompt")
         return fit_token_readout(cfg.readout, bench.subject, bench.targets)
-    return init_readout(bench.subject.d_model, seed, cfg.readout_frozen).to(bench.subject.device)
+    k = bench.targets.k
+    return init_readout(bench.subject.d_model, seed, cfg.readout_frozen, k).to(bench.subject.device)
 
 
 def train_eval_chunks(n_chunks: int, batch_size: int, texts: int) -> list[int]:
@@ -112,7 +115,7 @@ def build_task(bench: Bench, condition: Condition, mode: str, seed: int, cfg: Tr
     check_pair(condition, mode)
     subject, targets = bench.subject, bench.targets
     bench.restore()
-    trainable = condition.trainable(subject, targets.neuron.layer)
+    trainable = condition.trainable(subject, targets.layer)  # the deepest neuron's layer
     if cfg.readout_frozen and not trainable:
         raise UserError(f"condition {condition.name!r} with readout_frozen = true would train nothing")
     readout = make_readout(bench, cfg, seed)
@@ -175,7 +178,7 @@ def choose_frozen_readout(setup: Setup, bench: Bench, cfg: TrainConfig, result: 
 def _split_metrics(readout: LinearReadout, features: dict, targets, split: str) -> dict[str, Any]:
     with torch.no_grad():
         pred = targets.destandardise(readout(features[split]))
-    return regression_metrics(pred, targets.labels(split))
+    return fit_metrics(pred, targets.labels(split))
 
 
 def train_run(
@@ -258,7 +261,7 @@ def measure(
     after = predict_split(setup.source, readout, targets, "test", standardised=False)[0]
     batch = targets.card["label_batch_size"]
     live, _ = compute_labels(
-        subject, targets.test_texts, targets.neuron, targets.position, targets.max_tokens, batch
+        subject, targets.test_texts, targets.neuron_spec, targets.position, targets.max_tokens, batch
     )
     _check_frozen(setup, subject)
     target_key = "labels" if mode == "fixed" else "live_labels"

@@ -51,6 +51,7 @@ def check_experiment(experiment: Experiment, seeds: Sequence[int]) -> list[tuple
         raise UserError(f"neuron.position {experiment.neuron.position!r}: choose one of {choices}")
     if (experiment.neuron.layer is None) != (experiment.neuron.index is None):
         raise UserError("set both neuron.layer and neuron.index to fix the neuron, or neither to select one")
+    check_neurons(experiment)
     if not seeds:
         raise UserError("no seeds to train: give --seeds or train.seeds")
     for name in ("batch_size", "eval_every", "patience", "epochs"):
@@ -59,11 +60,33 @@ def check_experiment(experiment: Experiment, seeds: Sequence[int]) -> list[tuple
     return pairs
 
 
+def check_neurons(experiment: Experiment) -> None:
+    """`neuron.neurons` (several fixed neurons): not with layer/index, distinct, linear readout only."""
+    n = experiment.neuron
+    if not n.neurons:
+        return
+    if n.layer is not None or n.index is not None:
+        raise UserError("set either neuron.layer/neuron.index or neuron.neurons, not both")
+    pairs = [(ref.layer, ref.index) for ref in n.neurons]
+    if len(set(pairs)) != len(pairs):
+        raise UserError(f"neuron.neurons lists a neuron twice: {pairs}")
+    if len(pairs) > 1 and experiment.train.readout != "linear":
+        raise UserError(
+            f"train.readout {experiment.train.readout!r} reports one neuron; several neurons "
+            "(neuron.neurons) need the linear (vector) readout"
+        )
+
+
 def choose_neuron(
     experiment: Experiment, subject: Subject, train_texts: Sequence[str], progress: bool
-) -> tuple[Neuron, dict[str, Any]]:
-    """The experiment's fixed neuron, or one selected on train-split texts (recorded)."""
+) -> tuple[Neuron | tuple[Neuron, ...], dict[str, Any]]:
+    """The experiment's fixed neuron(s), or one selected on train-split texts (recorded)."""
     n = experiment.neuron
+    if n.neurons:
+        for ref in n.neurons:
+            subject.anatomy.check_neuron(ref.layer, ref.index)
+        chosen = tuple(Neuron(ref.layer, ref.index) for ref in n.neurons)
+        return (chosen[0] if len(chosen) == 1 else chosen), {"selected": False}
     if n.layer is not None:
         subject.anatomy.check_neuron(n.layer, n.index)
         return Neuron(n.layer, n.index), {"selected": False}
@@ -97,13 +120,24 @@ def prepare(
     return targets, {"spec": to_dict(c), "card": splits.card}, selection
 
 
+def neuron_record(targets: TargetSet) -> dict[str, Any]:
+    """run.json / target.json: `neuron` for one neuron (as always), `neurons` for several."""
+    if targets.k == 1:
+        return {"neuron": targets.neuron.as_dict()}
+    return {"neurons": [n.as_dict() for n in targets.neurons]}
+
+
 def _write_target(out: Path, targets: TargetSet, corpus: dict, selection: dict, resume: bool) -> None:
     file = out / "target.json"
-    record = {"neuron": targets.neuron.as_dict(), "position": targets.position, "selection": selection}
+    record = {**neuron_record(targets), "position": targets.position, "selection": selection}
     record |= {"target": targets.card, "corpus": corpus}
     if resume and file.is_file():
         old = json.loads(file.read_text())
-        if old.get("neuron") != record["neuron"] or old.get("target") != json.loads(json.dumps(targets.card)):
+        if (
+            old.get("neuron") != record.get("neuron")
+            or old.get("neurons") != record.get("neurons")
+            or old.get("target") != json.loads(json.dumps(targets.card))
+        ):
             raise UserError(f"{file}: --resume with a different neuron or target set; use --overwrite")
     write_json(file, record)
 
@@ -154,7 +188,7 @@ def train_experiment(
     bench = Bench(subject, targets, cfg.batch_size, cfg.drift_texts, cache_dir, progress, prompt)
     bench.seconds["prepare"] = time.perf_counter() - start
     provenance = {
-        "base_model": experiment.subject.model, "neuron": targets.neuron.as_dict(),
+        "base_model": experiment.subject.model, **neuron_record(targets),
         "position": targets.position, "experiment": to_dict(experiment), "corpus": corpus,
         "neuron_selection": selection, "versions": versions(),
         "target": {"card": targets.card, "mean": targets.mean, "std": targets.std},
@@ -187,6 +221,8 @@ def train_experiment(
 
 def summary_line(run: dict[str, Any]) -> str:
     m = run["metrics"]
+    if "per_neuron" in m:
+        return _several_summary(run)
     b, a = m["test_before"], m["test"]
     nb, na = m["neuron_before"], m["neuron_after"]
     kl = "-" if m.get("kl_after") is None else f"{m['kl_after']:.3g}"
@@ -198,6 +234,21 @@ def summary_line(run: dict[str, Any]) -> str:
         f"LM loss {lm}, KL {kl}, "
         f"{run['timing']['run']:.0f} s{' [collapsed]' if m['collapsed'] else ''}"
     ) + _digit_summary(m)
+
+
+def _several_summary(run: dict[str, Any]) -> str:
+    """One line for a several-neuron run: per neuron, test skill before -> after and the neuron's std."""
+    parts = []
+    for m in run["metrics"]["per_neuron"]:
+        n, b, a = m["neuron"], m["test_before"], m["test"]
+        std = f"{m['neuron_before']['std']:.3g} -> {m['neuron_after']['std']:.3g}"
+        parts.append(f"L{n['layer']}/{n['index']} skill {b['skill']:.3f} -> {a['skill']:.3f} (std {std})")
+    kl = run["metrics"].get("kl_after")
+    return (
+        f"{run['condition']}-{run['target_mode']} seed {run['seed']}: "
+        + "; ".join(parts)
+        + f", KL {'-' if kl is None else f'{kl:.3g}'}, {run['timing']['run']:.0f} s"
+    )
 
 
 def _digit_summary(metrics: dict[str, Any]) -> str:

@@ -81,12 +81,13 @@ class ResumeSource(Source):
 
 
 class FullSource(Source):
-    """A full forward pass of the current model, reading the neuron on the way (`unfrozen`)."""
+    """A full forward pass of the current model, reading the neuron on the way (`unfrozen`); with
+    several neurons (a sequence) the live values are `[N, k]`."""
 
     def __init__(
         self,
         subject: Subject,
-        neuron: Neuron,
+        neuron: Neuron | Sequence[Neuron],
         position: str,
         chunks: Chunks,
         site: Site = FINAL_NORM,
@@ -94,21 +95,22 @@ class FullSource(Source):
     ):
         super().__init__(chunks)
         self.subject, self.neuron, self.position = subject, neuron, position
-        self.neuron_site = Site("mlp_post", neuron.layer)
+        self.neurons = [neuron] if isinstance(neuron, Neuron) else list(neuron)
+        self.neuron_sites = list(dict.fromkeys(Site("mlp_post", n.layer) for n in self.neurons))
         self.site, self.read_neuron = site, read_neuron
 
     def forward(self, split: str, i: int, grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         chunk = self.chunks[split][i]
         reads = [read_site(self.site)]
         got = self.subject.run(
-            chunk.enc, reads=[self.neuron_site, *reads] if self.read_neuron else reads, grad=grad
+            chunk.enc, reads=[*self.neuron_sites, *reads] if self.read_neuron else reads, grad=grad
         )
         x = self._site_rows(self.subject, got, chunk, self.site)
         if not self.read_neuron:
             return x, None
-        acts = got[self.neuron_site][..., self.neuron.index : self.neuron.index + 1]  # [batch, pos, 1]
-        live = gather_position(acts, chunk.enc["attention_mask"], self.position)[:, 0]
-        return x, live
+        columns = [got[Site("mlp_post", n.layer)][..., n.index] for n in self.neurons]
+        live = gather_position(torch.stack(columns, -1), chunk.enc["attention_mask"], self.position)
+        return x, live[:, 0] if isinstance(self.neuron, Neuron) else live
 
 
 def read_site(site: Site) -> Site:
