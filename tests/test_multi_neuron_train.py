@@ -18,7 +18,8 @@ from mechcheck.testing import random_texts, save_tiny, tiny_subject
 from mechcheck.train.record import metrics_from_predictions
 from mechcheck.train.runner import train_experiment
 
-NEURONS = 'neurons = [{layer = 0, index = 3}, {layer = 2, index = 9}, {layer = 1, index = 5}]\nposition = "mean"'
+NEURONS = "neurons = [{layer = 0, index = 3}, {layer = 2, index = 9}, {layer = 1, index = 5}]"
+NEURONS += '\nposition = "mean"'
 
 
 @pytest.fixture(autouse=True)
@@ -81,7 +82,8 @@ def test_frozen_vector_readout_reads_two_planted_neurons(tmp_path, corpus_file):
 def test_every_condition_trains_a_vector_readout(tmp_path, tiny_dir, corpus_file):  # noqa: F811
     toml = write_toml(
         tmp_path, tiny_dir, corpus_file, NEURONS,
-        'conditions = ["frozen", "unfrozen", "after_target"]\ntarget_modes = ["fixed", "live"]\nmax_steps = 6',
+        'conditions = ["frozen", "unfrozen", "after_target"]\ntarget_modes = ["fixed", "live"]\n'
+        "max_steps = 6",
     )  # fmt: skip
     out = tmp_path / "out"
     assert main(["train", str(toml), "--out", str(out), "-q"]) == 0
@@ -102,7 +104,7 @@ def test_every_condition_trains_a_vector_readout(tmp_path, tiny_dir, corpus_file
         with torch.no_grad():
             again = report(trained, enc, ck.readout, "mean")
         torch.testing.assert_close(again, torch.tensor(p["predictions"]), atol=1e-4, rtol=1e-4)
-        for i, (neuron, row) in enumerate(ck.views()):
+        for i, (_, row) in enumerate(ck.views()):
             with torch.no_grad():
                 torch.testing.assert_close(report(trained, enc, row, "mean"), again[:, i])
         assert "per_neuron" in ck.run["curves"][0] and len(ck.run["curves"][0]["per_neuron"]) == 3
