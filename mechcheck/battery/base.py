@@ -19,8 +19,8 @@ if TYPE_CHECKING:
     from mechcheck.battery.context import Context
 
 HYPOTHESES = ("H1", "H2_in", "H2_out", "H3")
-NEEDS = ("base_model", "trained_model", "labels", "linear_readout")
-FIGURE_KINDS = ("line", "bar", "hist", "scatter")
+NEEDS = ("base_model", "trained_model", "labels", "linear_readout", "several_neurons")
+FIGURE_KINDS = ("line", "bar", "hist", "scatter", "heatmap")
 
 
 @dataclass(frozen=True)
@@ -116,3 +116,11 @@ def hist_figure(
 ) -> dict[str, Any]:
     return {"kind": "hist", "title": title, "x": xlabel, "y": "count", "series": series, "marks": marks,
             "xlabel": xlabel}  # fmt: skip
+
+
+def heatmap_figure(
+    title: str, values: list[list[float]], rows: list[str], columns: list[str], xlabel: str, ylabel: str
+) -> dict[str, Any]:
+    """A matrix `values[i][j]`, rows and columns named."""
+    return {"kind": "heatmap", "title": title, "x": columns, "y": rows, "series": {title: values},
+            "xlabel": xlabel, "ylabel": ylabel}  # fmt: skip

@@ -172,6 +172,10 @@ class Context:
     probe: str = ""
     audit: bool = False  # record every edit and check its value is present in the activations
     interventions: list[dict[str, Any]] = field(default_factory=list)
+    targets: tuple[Neuron, ...] = ()  # every neuron the checkpoint reports (one: (neuron,)); see cross_talk
+
+    def __post_init__(self) -> None:
+        self.targets = tuple(self.targets) or (self.neuron,)
 
     # --- bookkeeping -------------------------------------------------------------------------
     def start_probe(self, name: str) -> None:
@@ -347,8 +351,10 @@ def build_context(
     source: str,
     run: dict[str, Any] | None = None,
     progress: bool = False,
+    targets: Sequence[Neuron] = (),
 ) -> Context:
-    """Encode the texts, run the clean passes (base and trained) and fix the random choices."""
+    """Encode the texts, run the clean passes (base and trained) and fix the random choices.
+    `targets`: every neuron of a several-neuron checkpoint (`neuron` is the one this view reports)."""
     if position == "all" and is_prompted(readout):
         raise UserError(
             "position 'all' with a prompted (token-space) readout: the battery cannot line up "
@@ -371,5 +377,5 @@ def build_context(
     null_batches = _pick_null_batches(batches, options.n_null_texts, rng)
     return Context(
         trained, base, readout, neuron, position, eval_set, options, clean, base_clean, random_neurons,
-        null_batches, run=dict(run or {}),
+        null_batches, run=dict(run or {}), targets=tuple(targets),
     )  # fmt: skip

@@ -26,11 +26,13 @@ from tqdm import tqdm
 import mechcheck.battery as package
 from mechcheck.battery.base import PROBES, BatteryOptions, Probe, ProbeResult
 from mechcheck.battery.context import Context, build_context
+from mechcheck.battery.cross_talk import matrix as cross_talk_matrix
 from mechcheck.battery.evaluation import eval_texts
 from mechcheck.battery.stats import aggregate_controls, aggregate_metrics, bh_adjust
 from mechcheck.checkpoint import Checkpoint, read_checkpoint, verify_base
 from mechcheck.errors import UserError
 from mechcheck.outputs import claim_dir, versions, write_json
+from mechcheck.readout import neuron_key
 from mechcheck.verdict import verdicts
 
 FORMAT = "mechcheck-results/1"
@@ -61,6 +63,8 @@ def unmet_need(probe: type[Probe], ctx: Context) -> str | None:
             return "the labels are constant on the evaluation texts"
         if need == "linear_readout" and not hasattr(ctx.readout, "direction"):
             return f"the readout {ctx.readout.kind!r} is not linear"
+        if need == "several_neurons" and len(ctx.targets) < 2:
+            return "the checkpoint reports one neuron (cross-talk needs several)"
     return None
 
 
@@ -82,7 +86,7 @@ def _load(paths: Sequence[str | Path]) -> list[Checkpoint]:
             )
     first = checkpoints[0]
     for ck in checkpoints[1:]:
-        for field in ("base_model", "neuron", "position", "condition", "target_mode"):
+        for field in ("base_model", "neuron", "neurons", "position", "condition", "target_mode"):
             if ck.run.get(field) != first.run.get(field):
                 raise UserError(
                     f"{ck.path} and {first.path} differ in {field}: only seeds of one run can be "
@@ -110,27 +114,35 @@ def run_checkpoint(
     names: list[str],
     options: BatteryOptions,
     progress: bool,
-) -> SeedRun:
-    """Every probe on one checkpoint (probes whose needs are unmet are skipped, with the reason)."""
+) -> list[SeedRun]:
+    """Every probe on one checkpoint, once per reported neuron (a several-neuron checkpoint is tested
+    as k single-neuron views: neuron i with row i of the readout). Probes whose needs are unmet are
+    skipped, with the reason."""
     trained = ck.load_subject(base)
     options = replace(options, max_tokens=_max_tokens(ck, options))
-    start = time.perf_counter()
-    ctx = build_context(
-        trained, base, ck.readout, ck.neuron, ck.position, texts, options, str(source), ck.run, progress
-    )
-    timing = {"clean_passes": time.perf_counter() - start}
-    results, skipped = {}, {}
-    for name in tqdm(names, desc=f"probes ({ck.path.name})", disable=not progress, leave=False):
-        probe = PROBES.get(name)
-        reason = unmet_need(probe, ctx)
-        if reason:
-            skipped[name] = reason
-            continue
-        ctx.start_probe(name)
+    runs = []
+    for neuron, readout in ck.views():
         start = time.perf_counter()
-        results[name] = ctx.results[name] = probe().run(ctx).check(name)
-        timing[name] = time.perf_counter() - start
-    return SeedRun(results, skipped, timing, bare_forward_seconds(ctx), ctx.eval.n)
+        ctx = build_context(
+            trained, base, readout, neuron, ck.position, texts, options, str(source), ck.run, progress,
+            targets=ck.neurons,
+        )  # fmt: skip
+        timing = {"clean_passes": time.perf_counter() - start}
+        results, skipped = {}, {}
+        desc = f"probes ({ck.path.name}, {neuron_key(neuron)})"
+        for name in tqdm(names, desc=desc, disable=not progress, leave=False):
+            probe = PROBES.get(name)
+            reason = unmet_need(probe, ctx)
+            if reason:
+                skipped[name] = reason
+                continue
+            ctx.start_probe(name)
+            start = time.perf_counter()
+            results[name] = ctx.results[name] = probe().run(ctx).check(name)
+            timing[name] = time.perf_counter() - start
+        bare = bare_forward_seconds(ctx) if not runs else 0.0  # the same batches for every view
+        runs.append(SeedRun(results, skipped, timing, bare, ctx.eval.n))
+    return runs
 
 
 def bare_forward_seconds(ctx: Context) -> float:
@@ -213,13 +225,19 @@ def run_battery(
         for ck, (texts, source) in zip(cks, evals, strict=True)
     ]
     timing: dict[str, float] = {}
-    for run in runs:
-        skipped.update(run.skipped)
-        for k, v in run.timing.items():
-            timing[k] = timing.get(k, 0.0) + v
-    bare = sum(run.bare_forward_s for run in runs)
-    aggregated = aggregate([run.results for run in runs], names, options.ci)
-    results = _results(cks, evals, aggregated, skipped, options, runs[0].n_labels)
+    for views in runs:
+        for run in views:
+            for k, v in run.timing.items():
+                timing[k] = timing.get(k, 0.0) + v
+    bare = sum(run.bare_forward_s for views in runs for run in views)
+    per_neuron = []
+    for i, neuron in enumerate(cks[0].neurons):
+        views = [v[i] for v in runs]
+        probes_i = aggregate([v.results for v in views], names, options.ci)
+        skipped_i = {name: reason for v in views for name, reason in v.skipped.items()}
+        per_neuron.append({"neuron": neuron.as_dict(), "probes": probes_i, "skipped": skipped_i,
+                           "verdicts": verdicts(probes_i), "n_labels": views[0].n_labels})  # fmt: skip
+    results = _results(cks, evals, per_neuron, skipped, options)
     results["timing"] = {
         "total_s": time.perf_counter() - start - bare,  # the bare-forward measurement is not the battery
         "per_probe_s": timing,
@@ -231,30 +249,41 @@ def run_battery(
     return results
 
 
-def _results(cks, evals, probes, skipped, options, n_labels: int) -> dict[str, Any]:
+def _results(cks, evals, per_neuron: list[dict[str, Any]], skipped, options) -> dict[str, Any]:
+    """One neuron: `neuron`, `probes`, `verdicts`, `skipped` at the top (the DESIGN.md contract).
+    Several: `neurons`, one such entry per neuron under `per_neuron` (each with its own verdicts), and
+    the `cross_talk` matrix assembled from every neuron's row."""
     first = cks[0]
     texts, source = evals[0]
-    skipped = dict(skipped)
+    skipped = {**skipped, **(per_neuron[0]["skipped"] if len(per_neuron) == 1 else {})}
     if first.predictions() is None:
         skipped["predictions"] = (
             "the checkpoint has no predictions.json: the report shows no saved predictions"
         )
-    return {
+    n_labels = per_neuron[0]["n_labels"]
+    results: dict[str, Any] = {
         "format": FORMAT,
         "checkpoints": [str(ck.path) for ck in cks],
         "run": first.run,
         "runs": [{k: v for k, v in ck.run.items() if k != "curves"} for ck in cks],
-        "neuron": first.neuron.as_dict(),
+    }
+    if len(per_neuron) == 1:
+        one = per_neuron[0]
+        results["neuron"] = first.neuron.as_dict()
+    else:
+        results["neurons"] = [n.as_dict() for n in first.neurons]
+    results |= {
         "position": first.position,
         "condition": first.run.get("condition"),
         "target_mode": first.run.get("target_mode"),
         "eval": {"source": source, "n_texts": len(texts), "n_labels": n_labels},
-        "probes": probes,
-        "skipped": skipped,
-        "verdicts": verdicts(probes),
-        "config": options.as_dict(),
-        "versions": versions(),
     }
+    if len(per_neuron) == 1:
+        results |= {"probes": one["probes"], "skipped": skipped, "verdicts": one["verdicts"]}
+    else:
+        results |= {"per_neuron": per_neuron, "skipped": skipped}
+        results["cross_talk"] = cross_talk_matrix(results["neurons"], per_neuron)
+    return results | {"config": options.as_dict(), "versions": versions()}
 
 
 def _finite(value: Any) -> Any:
@@ -303,8 +332,11 @@ def test_command(args: argparse.Namespace) -> int:
         args.checkpoints, corpus=args.corpus, probes=args.probes, options=options, out=args.out,
         overwrite=args.overwrite, progress=not args.quiet,
     )  # fmt: skip
-    for name, v in results["verdicts"].items():
-        sys.stdout.write(f"{name}: {v['verdict']}\n")
+    for entry in results.get("per_neuron") or [results]:
+        n = entry["neuron"]
+        prefix = f"L{n['layer']}/{n['index']} " if "per_neuron" in results else ""
+        for name, v in entry["verdicts"].items():
+            sys.stdout.write(f"{prefix}{name}: {v['verdict']}\n")
     t = results["timing"]
     ratio = t.get("ratio_to_bare_forward")
     sys.stdout.write(f"results: {Path(args.out) / 'results.json'} ({t['total_s']:.1f} s"

@@ -122,7 +122,7 @@ def summary_table(c: ConditionView) -> str:
 
 def battery_section(c: ConditionView, figs: Figures) -> str:
     probes = c.results.get("probes")
-    out = [f"## Battery: {c.condition} ({c.target_mode})", ""]
+    out = [f"## Battery: {c.title}", ""]
     if not isinstance(probes, dict) or not probes:
         return "\n".join([*out, "*(no probe results in results.json)*"])
     out += [summary_table(c)]

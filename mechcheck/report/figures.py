@@ -169,7 +169,7 @@ def _numbers(values: Any) -> list[float]:
 
 
 def probe_figure(spec: dict[str, Any], path: Path, title: str = "") -> Path | None:
-    """A battery figure drawn from its data alone, by `kind` (line, bar, hist, scatter)."""
+    """A battery figure drawn from its data alone, by `kind` (line, bar, hist, scatter, heatmap)."""
     draw = _DRAWERS.get(str(spec.get("kind")))
     series = _series(spec)
     if draw is None or not series:
@@ -280,4 +280,18 @@ def _scatter(ax: Axes, spec: dict[str, Any], series: dict[str, Any]) -> None:
         ax.scatter(xs, ys, s=8, alpha=0.6, label=name)
 
 
-_DRAWERS = {"line": _line, "bar": _bar, "hist": _hist, "scatter": _scatter}
+def _heatmap(ax: Axes, spec: dict[str, Any], series: dict[str, Any]) -> None:
+    """The first series as a matrix (rows `y`, columns `x`), each cell annotated with its value."""
+    values = np.asarray(next(iter(series.values())), dtype=float)
+    image = ax.imshow(values, cmap="viridis", aspect="auto")
+    ax.figure.colorbar(image, ax=ax, shrink=0.8)
+    rows = spec.get("y") if isinstance(spec.get("y"), list) else list(range(values.shape[0]))
+    columns = spec.get("x") if isinstance(spec.get("x"), list) else list(range(values.shape[1]))
+    ax.set_yticks(range(values.shape[0]), [str(r) for r in rows], fontsize=8)
+    ax.set_xticks(range(values.shape[1]), [str(c) for c in columns], fontsize=8, rotation=30, ha="right")
+    middle = np.nanmean(values) if np.isfinite(values).any() else 0.0
+    for (i, j), v in np.ndenumerate(values):
+        ax.text(j, i, f"{v:.2g}", ha="center", va="center", fontsize=8, color="w" if v < middle else "k")
+
+
+_DRAWERS = {"line": _line, "bar": _bar, "hist": _hist, "scatter": _scatter, "heatmap": _heatmap}

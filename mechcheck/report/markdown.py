@@ -70,6 +70,8 @@ def _corpus_text(card: Any) -> str:
 
 
 def _neuron_text(neuron: Any) -> str:
+    if isinstance(neuron, list) and neuron:  # several neurons
+        return "; ".join(_neuron_text(n) for n in neuron)
     if not isinstance(neuron, dict):
         return MISSING
     return f"layer {neuron.get('layer')}, index {neuron.get('index')}"
@@ -231,7 +233,7 @@ def curve_table(c: ConditionView) -> str:
 
 def condition_section(c: ConditionView, figs: Figures) -> str:
     readout = "frozen at its seeded random initialisation" if c.readout_frozen else "trained"
-    title = f"{c.condition} ({c.target_mode})"
+    title = c.title
     out = [
         f"## Condition: {title}",
         "",
@@ -282,7 +284,7 @@ def threats_section(view: RunView) -> str:
     out = ["## Threats to validity", ""]
     for c in view.conditions:
         found = threats(c)
-        out.append(f"**{c.condition} ({c.target_mode})**" + ("" if found else ": none found."))
+        out.append(f"**{c.title}**" + ("" if found else ": none found."))
         out += [f"- {line}" for line in found]
         out.append("")
     out.append("Thresholds: " + "; ".join(f"{k} {fmt(v)}" for k, v in THRESHOLDS.items()) + ".")

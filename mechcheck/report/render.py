@@ -14,6 +14,7 @@ from pathlib import Path
 from mechcheck.errors import UserError
 from mechcheck.outputs import claim_file
 from mechcheck.report.battery_md import battery_section
+from mechcheck.report.cross_talk_md import cross_talk_sections
 from mechcheck.report.markdown import Figures, condition_section, header_section, threats_section
 from mechcheck.report.reference import reference_section
 from mechcheck.report.stats import pooled_fit, std_ratio
@@ -39,6 +40,7 @@ def render_markdown(view: RunView, figs: Figures) -> str:
     parts = [header_section(view), verdict_section(view)]
     parts += [condition_section(c, figs) for c in view.conditions]
     parts += [battery_section(c, figs) for c in view.conditions]
+    parts.append(cross_talk_sections(view, figs))
     if view.reference == "study":
         parts.append(reference_section(view))
     parts.append(threats_section(view))

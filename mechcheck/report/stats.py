@@ -36,6 +36,18 @@ def array(pred: dict[str, Any], name: str) -> np.ndarray | None:
     return out if out.ndim == 1 else None
 
 
+COLUMNS = ("labels", "live_labels", "predictions", "predictions_before")
+
+
+def column(predictions: dict[str, Any], i: int) -> dict[str, Any]:
+    """Neuron i's own predictions.json (as a one-neuron run writes it) from a several-neuron one,
+    whose arrays are rows of k values in the order of its `neurons`."""
+    p = predictions
+    out = {k: v for k, v in p.items() if k not in (*COLUMNS, "neurons")}
+    out |= {k: [row[i] for row in p[k]] for k in COLUMNS if isinstance(p.get(k), list)}
+    return out | {"neuron": p["neurons"][i]}
+
+
 def _groups(pred: dict[str, Any], n: int) -> np.ndarray:
     index = pred.get("text_index")
     if isinstance(index, list) and len(index) == n:

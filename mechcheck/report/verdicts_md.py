@@ -96,14 +96,14 @@ def condition_verdicts(c: ConditionView) -> str:
 def verdict_section(view: RunView) -> str:
     rows = [
         [
-            f"{c.condition} ({c.target_mode})",
+            c.title,
             *(verdict_cell(get(c.results, "verdicts", h)) for h in HYPOTHESES),
         ]
         for c in view.conditions
     ]
     out = ["## Verdicts", "", md_table(["condition (labels)", *HYPOTHESES.values()], rows)]
     for c in view.conditions:
-        out += ["", f"**{c.condition} ({c.target_mode})**", "", condition_verdicts(c)]
+        out += ["", f"**{c.title}**", "", condition_verdicts(c)]
     found = rules(view)
     if found:
         out += ["", "Decision rules (pre-registered, from results.json):", "", *found]

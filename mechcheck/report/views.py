@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mechcheck.errors import UserError
+from mechcheck.report.stats import column
 from mechcheck.report.tables import get
 
 RESULTS_FORMAT = "mechcheck-results/1"
@@ -33,6 +34,11 @@ class ConditionView:
     results: dict[str, Any]
     predictions: dict[int, dict[str, Any]] = field(default_factory=dict)
     curves: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    tag: str = ""  # the neuron, when this is one neuron's view of a several-neuron run
+
+    @property
+    def title(self) -> str:
+        return f"{self.condition} ({self.target_mode})" + (f", neuron {self.tag}" if self.tag else "")
 
     @property
     def run(self) -> dict[str, Any]:
@@ -80,6 +86,40 @@ class RunView:
     stages: dict[str, Any] = field(default_factory=dict)
 
 
+def _merge_neuron(entry: Any, i: int) -> Any:
+    """A run.json / curve row / metrics table with neuron i's `per_neuron` entry lifted to the top."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("per_neuron"), list):
+        return entry
+    return {**{k: v for k, v in entry.items() if k != "per_neuron"}, **entry["per_neuron"][i]}
+
+
+def _neuron_run(run: dict[str, Any], i: int, neuron: Any) -> dict[str, Any]:
+    return {**run, "neuron": neuron, "metrics": _merge_neuron(run.get("metrics"), i)}
+
+
+def neuron_views(view: ConditionView) -> list[ConditionView]:
+    """A several-neuron condition as one single-neuron view per neuron (results.json `per_neuron`,
+    predictions' columns, curves' and metrics' `per_neuron` entries); the first keeps `cross_talk`."""
+    per = view.results.get("per_neuron")
+    if not isinstance(per, list) or not per:
+        return [view]
+    out = []
+    for i, entry in enumerate(per):
+        n = entry.get("neuron") or {}
+        tag = f"L{n.get('layer')}N{n.get('index')}"
+        results = {k: v for k, v in view.results.items() if k not in ("per_neuron", "neurons", "cross_talk")}
+        if i == 0 and "cross_talk" in view.results:
+            results["cross_talk"] = view.results["cross_talk"]
+        results |= {"neuron": n, "probes": entry.get("probes"), "verdicts": entry.get("verdicts")}
+        results["skipped"] = {**(view.results.get("skipped") or {}), **(entry.get("skipped") or {})}
+        results["run"] = _neuron_run(view.run, i, n)
+        results["runs"] = [_neuron_run(r, i, n) for r in view.runs]
+        preds = {seed: column(p, i) for seed, p in view.predictions.items() if "neurons" in p}
+        curves = {seed: [_merge_neuron(r, i) for r in rows] for seed, rows in view.curves.items()}
+        out.append(ConditionView(f"{view.key}-{tag}", results, preds, curves, tag))
+    return out
+
+
 def read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
@@ -125,7 +165,7 @@ def header_from(results: dict[str, Any]) -> dict[str, Any]:
     run = results.get("run") or {}
     return {
         "model": run.get("base_model"),
-        "neuron": results.get("neuron") or run.get("neuron"),
+        "neuron": results.get("neuron") or run.get("neuron") or results.get("neurons") or run.get("neurons"),
         "position": results.get("position") or run.get("position"),
         "corpus": get(run, "corpus", "card") or run.get("corpus"),
         "versions": results.get("versions") or run.get("versions"),
@@ -141,7 +181,7 @@ def _battery_view(folder: Path, results: dict[str, Any]) -> RunView:
         _curves_from_results(results),
     )
     reference = get(results, "run", "experiment", "reference")
-    return RunView(folder, folder.name, header_from(results), [view], reference)
+    return RunView(folder, folder.name, header_from(results), neuron_views(view), reference)
 
 
 def _run_view(folder: Path, data: dict[str, Any]) -> RunView:
@@ -150,7 +190,7 @@ def _run_view(folder: Path, data: dict[str, Any]) -> RunView:
         results = entry.get("results") or {}
         sub = folder / entry.get("dir", f"test/{entry.get('key', '')}")
         curves = _int_keys(entry.get("curves")) or _curves_from_results(results)
-        conditions.append(
+        conditions += neuron_views(
             ConditionView(
                 entry.get("key") or condition_key(results),
                 results,

@@ -12,6 +12,7 @@ import torch
 from mechcheck.config import to_dict
 from mechcheck.experiment import Experiment
 from mechcheck.readout import LinearReadout
+from mechcheck.report.stats import column, fit
 from mechcheck.targets import TargetSet
 from mechcheck.train.monitors import COLLAPSE_RATIO, SplitPredictions, regression_metrics, value_stats
 from mechcheck.train.readouts import digit_metrics
@@ -109,22 +110,9 @@ def metrics_from_predictions(predictions: dict[str, Any], moves_neuron: bool) ->
     return metrics
 
 
-COLUMNS = ("labels", "live_labels", "predictions", "predictions_before")
-
-
-def column(predictions: dict[str, Any], i: int) -> dict[str, Any]:
-    """Neuron i's own predictions.json (as a one-neuron run writes it) from a several-neuron one."""
-    p = predictions
-    out = {k: v for k, v in p.items() if k not in (*COLUMNS, "neurons")}
-    out |= {k: [row[i] for row in p[k]] for k in COLUMNS if p.get(k) is not None}
-    return out | {"neuron": p["neurons"][i]}
-
-
 def per_neuron_metrics(predictions: dict[str, Any], moves_neuron: bool) -> dict[str, Any]:
     """Several neurons: each neuron's metrics as a one-neuron run reports them, plus its test skill's
     bootstrap CI over texts (seeded, as the report computes it), and a summary over neurons."""
-    from mechcheck.report.stats import fit
-
     per = []
     for i, neuron in enumerate(predictions["neurons"]):
         p = column(predictions, i)
