@@ -37,7 +37,7 @@ def matrix_section(c: ConditionView, matrix: dict[str, Any], figs: Figures) -> s
         title, matrix.get("value") or [], [f"report {k}" for k in keys], [f"ablate {k}" for k in keys],
         "mean-ablated neuron", "report",
     )  # fmt: skip
-    shown = figs.show(f"{c.key}-cross-talk", fig.probe_figure, spec, title, caption="cross-talk matrix")
+    shown = figs.show(f"{c.run_key}-cross-talk", fig.probe_figure, spec, title, caption="cross-talk matrix")
     return "\n".join(
         [
             f"## Cross-talk: {c.condition} ({c.target_mode})",

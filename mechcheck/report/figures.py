@@ -230,7 +230,7 @@ def _line(ax: Axes, spec: dict[str, Any], series: dict[str, Any]) -> None:
 def _bar(ax: Axes, spec: dict[str, Any], series: dict[str, Any]) -> None:
     if all(isinstance(v, int | float) or (isinstance(v, dict) and "value" in v) for v in series.values()):
         names = list(series)
-        values = [float(v["value"]) if isinstance(v, dict) else float(v) for v in series.values()]
+        values = [_float(v["value"] if isinstance(v, dict) else v) for v in series.values()]
         cis = [v.get("ci") if isinstance(v, dict) else None for v in series.values()]
         ax.bar(range(len(names)), values, yerr=_errors(values, cis), capsize=3)
         _ticks(ax, names)
@@ -245,11 +245,17 @@ def _bar(ax: Axes, spec: dict[str, Any], series: dict[str, Any]) -> None:
     _ticks(ax, [str(x) for x in xs], offset=0.4 - width / 2)
 
 
+def _float(value: Any) -> float:
+    """A number, NaN for a value results.json stores as null (an empty null sample)."""
+    return float(value) if isinstance(value, int | float) else float("nan")
+
+
 def _errors(values: Sequence[float], cis: Sequence[Any]) -> np.ndarray | None:
     if not any(isinstance(c, list | tuple) and len(c) == 2 for c in cis):
         return None
-    lo = [v - c[0] if isinstance(c, list | tuple) else 0.0 for v, c in zip(values, cis, strict=True)]
-    hi = [c[1] - v if isinstance(c, list | tuple) else 0.0 for v, c in zip(values, cis, strict=True)]
+    pairs = [(v, c if isinstance(c, list | tuple) else (v, v)) for v, c in zip(values, cis, strict=True)]
+    lo = [v - _float(c[0]) for v, c in pairs]
+    hi = [_float(c[1]) - v for v, c in pairs]
     return np.clip(np.asarray([lo, hi], float), 0, None)
 
 

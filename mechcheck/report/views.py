@@ -37,6 +37,11 @@ class ConditionView:
     tag: str = ""  # the neuron, when this is one neuron's view of a several-neuron run
 
     @property
+    def run_key(self) -> str:
+        """The condition's key without the neuron (shared by every neuron's view of one run)."""
+        return self.key.removesuffix(f"-{self.tag}") if self.tag else self.key
+
+    @property
     def title(self) -> str:
         return f"{self.condition} ({self.target_mode})" + (f", neuron {self.tag}" if self.tag else "")
 
