@@ -125,12 +125,11 @@ class Pipeline:
 
     def _select(self, stage: Stage, previous: dict[str, Any]) -> None:
         n = self.experiment.neuron
-        if n.layer is not None and n.index is not None:
-            record = {
-                "fixed": True,
-                "neurons": [{"layer": n.layer, "index": n.index}],
-                "position": n.position,
-            }
+        if n.neurons or (n.layer is not None and n.index is not None):
+            fixed = [{"layer": r.layer, "index": r.index} for r in n.neurons] or [
+                {"layer": n.layer, "index": n.index}
+            ]
+            record = {"fixed": True, "neurons": fixed, "position": n.position}
             write_json(stage.folder / "neurons.json", record)
             return
         from mechcheck.scan import neuron_histogram_png, select_neuron
@@ -174,7 +173,10 @@ class Pipeline:
 
     # train -------------------------------------------------------------------------------
     def train_experiment(self) -> Experiment:
-        """The experiment the trainer sees: the neuron fixed to the one the select stage chose."""
+        """The experiment the trainer sees: the neuron fixed to the one the select stage chose (several
+        neurons are always fixed by the experiment itself)."""
+        if self.experiment.neuron.neurons:
+            return self.experiment
         n = self.neuron()
         return replace(
             self.experiment, neuron=replace(self.experiment.neuron, layer=n["layer"], index=n["index"])

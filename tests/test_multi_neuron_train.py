@@ -128,3 +128,34 @@ def test_bad_neuron_lists_are_one_line_errors(tmp_path, tiny_dir, corpus_file, c
     assert main(["train", str(toml), "--out", str(tmp_path / "out"), "-q"]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_pipeline_runs_and_reports_several_neurons(tmp_path, tiny_dir):
+    corpus = tmp_path / "corpus.txt"  # enough test texts for the battery's CIs
+    corpus.write_text("\n".join(random_texts(300, seed=1, min_words=5, max_words=12)) + "\n")
+    toml = tmp_path / "multi.toml"
+    toml.write_text(
+        f'name = "multi"\n[subject]\nmodel = "{tiny_dir}"\n'
+        f'[corpus]\nsource = "{corpus}"\nmax_tokens = 32\n'
+        "[neuron]\nneurons = [{layer = 1, index = 3}, {layer = 2, index = 9}]\n"
+        '[train]\nconditions = ["frozen", "after_target"]\nmax_steps = 4\nbatch_size = 8\neval_every = 2\n'
+        "drift_texts = 4\neval_train_texts = 8\n"
+        '[battery]\nprobes = ["cross_talk", "variance"]\nn_random = 4\nn_bootstrap = 50\n'
+    )
+    out = tmp_path / "run"
+    assert main(["run", str(toml), "--out", str(out), "-q"]) == 0
+    selected = json.loads((out / "select/neurons.json").read_text())
+    assert selected["fixed"] and len(selected["neurons"]) == 2
+    results = json.loads((out / "results.json").read_text())
+    keys = [c["key"] for c in results["conditions"]]
+    assert keys == ["after_target-fixed", "frozen-fixed"]
+    for condition in results["conditions"]:
+        matrix = condition["results"]["cross_talk"]
+        assert len(matrix["value"]) == 2 and all(len(row) == 2 for row in matrix["value"])
+    text = (out / "report.md").read_text()
+    for title in ("frozen (fixed), neuron L1N3", "after_target (fixed), neuron L2N9"):
+        assert f"## Condition: {title}" in text and f"## Battery: {title}" in text
+    assert text.count("## Cross-talk:") == 2
+    first = text
+    assert main(["report", str(out)]) == 0
+    assert (out / "report.md").read_text() == first  # a view of the files alone
