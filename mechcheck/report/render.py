@@ -80,7 +80,7 @@ def compare_rows(view: RunView) -> list[list[str]]:
     for c in view.conditions:
         pooled = pooled_fit(c.predictions)
         ratios = [r for p in c.predictions.values() if (r := std_ratio(p)) is not None]
-        neuron = view.header.get("neuron") or {}
+        neuron = c.results.get("neuron") or view.header.get("neuron") or {}
         verdicts = [VERDICT_SHORT.get(get(c.results, "verdicts", h, "verdict"), MISSING) for h in HYPOTHESES]
         rows.append(
             [
