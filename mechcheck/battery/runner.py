@@ -253,22 +253,20 @@ def _results(cks, evals, per_neuron: list[dict[str, Any]], skipped, options) -> 
     """One neuron: `neuron`, `probes`, `verdicts`, `skipped` at the top (the DESIGN.md contract).
     Several: `neurons`, one such entry per neuron under `per_neuron` (each with its own verdicts), and
     the `cross_talk` matrix assembled from every neuron's row."""
-    first = cks[0]
+    first, one = cks[0], per_neuron[0] if len(per_neuron) == 1 else None
     texts, source = evals[0]
-    skipped = {**skipped, **(per_neuron[0]["skipped"] if len(per_neuron) == 1 else {})}
+    skipped = {**skipped, **(one["skipped"] if one else {})}
     if first.predictions() is None:
         skipped["predictions"] = (
             "the checkpoint has no predictions.json: the report shows no saved predictions"
         )
-    n_labels = per_neuron[0]["n_labels"]
     results: dict[str, Any] = {
         "format": FORMAT,
         "checkpoints": [str(ck.path) for ck in cks],
         "run": first.run,
         "runs": [{k: v for k, v in ck.run.items() if k != "curves"} for ck in cks],
     }
-    if len(per_neuron) == 1:
-        one = per_neuron[0]
+    if one:
         results["neuron"] = first.neuron.as_dict()
     else:
         results["neurons"] = [n.as_dict() for n in first.neurons]
@@ -276,9 +274,9 @@ def _results(cks, evals, per_neuron: list[dict[str, Any]], skipped, options) -> 
         "position": first.position,
         "condition": first.run.get("condition"),
         "target_mode": first.run.get("target_mode"),
-        "eval": {"source": source, "n_texts": len(texts), "n_labels": n_labels},
+        "eval": {"source": source, "n_texts": len(texts), "n_labels": per_neuron[0]["n_labels"]},
     }
-    if len(per_neuron) == 1:
+    if one:
         results |= {"probes": one["probes"], "skipped": skipped, "verdicts": one["verdicts"]}
     else:
         results |= {"per_neuron": per_neuron, "skipped": skipped}
