@@ -180,11 +180,19 @@ class TargetSet:
     def text_index(self, split: str) -> torch.Tensor:
         return getattr(self, f"{_split(split)}_index")
 
+    def _moments(self, values: torch.Tensor) -> tuple[float | torch.Tensor, float | torch.Tensor]:
+        """Mean and std where `values` live (per-neuron tensors follow them onto their device)."""
+        if isinstance(self.mean, torch.Tensor):
+            return self.mean.to(values.device), self.std.to(values.device)
+        return self.mean, self.std
+
     def standardise(self, values: torch.Tensor) -> torch.Tensor:
-        return (values - self.mean) / self.std
+        mean, std = self._moments(values)
+        return (values - mean) / std
 
     def destandardise(self, values: torch.Tensor) -> torch.Tensor:
-        return values * self.std + self.mean
+        mean, std = self._moments(values)
+        return values * std + mean
 
 
 def _split(name: str) -> str:
