@@ -6,6 +6,7 @@ import importlib.util
 
 import pytest
 import torch
+from threadpoolctl import threadpool_limits
 
 from mechcheck.subject import Subject
 from mechcheck.testing import FAMILIES, _randomise_norms, tiny_subject, tiny_tokenizer
@@ -32,6 +33,17 @@ def build_tiny_subject(family: str, seed: int = 0) -> Subject:
     model = AutoModelForCausalLM.from_config(config).to(torch.float32).eval()
     _randomise_norms(model, seed)
     return Subject(model, tok, spec=f"tiny-{family}")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models on a shared 2-core machine run far faster single-threaded (torch and BLAS).
+    Use it with `pytestmark = pytest.mark.usefixtures("one_thread")` or on single tests."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(1):
+        yield
+    torch.set_num_threads(old)
 
 
 @pytest.fixture(params=ALL_FAMILIES)

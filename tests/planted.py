@@ -21,9 +21,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import torch
-from threadpoolctl import threadpool_limits
 
 from mechcheck.battery.base import BatteryOptions
 from mechcheck.checkpoint import neuron_weights, write_checkpoint
@@ -135,13 +133,3 @@ def write_planted(root: str | Path, case: str, seed: int, n_eval: int = 64) -> P
 
 # Frugal battery settings for tests (the defaults are for real models).
 TEST_OPTIONS = BatteryOptions(n_random=8, n_null_texts=32, n_bootstrap=500)
-
-
-@pytest.fixture(scope="module", autouse=False)
-def one_thread():
-    """Tiny models on a shared 2-core machine run far faster single-threaded (torch and BLAS)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(old)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from planted import one_thread, write_planted  # noqa: F401 (fixture)
+from planted import write_planted
 
 from mechcheck.checkpoint import write_checkpoint
 from mechcheck.cli import main

@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from planted import one_thread, write_planted  # noqa: F401 (fixture)
+from planted import write_planted
 
 from mechcheck.battery.base import PROBES, BatteryOptions
 from mechcheck.battery.context import build_context

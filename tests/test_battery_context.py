@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from planted import NEURON, one_thread, planted_base  # noqa: F401 (fixture)
+from planted import NEURON, planted_base
 
 from mechcheck.battery.base import BatteryOptions
 from mechcheck.battery.context import build_context

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from planted import TEST_OPTIONS, _basis, one_thread, planted_base  # noqa: F401 (fixture)
+from planted import TEST_OPTIONS, _basis, planted_base
 
 from mechcheck.battery.runner import run_battery
 from mechcheck.checkpoint import base_weights_sha256, write_checkpoint

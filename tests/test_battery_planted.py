@@ -7,7 +7,7 @@ library entry `run_battery`; H3 and the null case are in tests/test_verdict.py.
 from __future__ import annotations
 
 import pytest
-from planted import TEST_OPTIONS, one_thread, write_planted  # noqa: F401 (fixture)
+from planted import TEST_OPTIONS, write_planted
 
 from mechcheck.battery.runner import run_battery
 

@@ -6,7 +6,7 @@ import json
 import shutil
 
 import pytest
-from planted import TEST_OPTIONS, one_thread, write_planted  # noqa: F401 (fixture)
+from planted import TEST_OPTIONS, write_planted
 
 from mechcheck.battery.base import PROBES, Probe, ProbeResult
 from mechcheck.battery.runner import load_probes, run_battery, select_probes

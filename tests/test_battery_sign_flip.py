@@ -9,7 +9,7 @@ nothing else touched.
 from __future__ import annotations
 
 import pytest
-from planted import TEST_OPTIONS, one_thread, write_planted  # noqa: F401 (fixture)
+from planted import TEST_OPTIONS, write_planted
 
 from mechcheck.battery.runner import run_battery
 

@@ -23,6 +23,8 @@ from mechcheck.subject import load_subject
 from mechcheck.targets import compute_labels
 from mechcheck.testing import random_texts
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TOML = """
 name = "tiny_cross"
 position = "last"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train_runner import _planted_linear_neuron, corpus_file, one_thread, write_toml  # noqa: F401
+from test_train_runner import _planted_linear_neuron, corpus_file, write_toml  # noqa: F401
 
 from mechcheck.checkpoint import read_checkpoint, verify_base
 from mechcheck.cli import main
@@ -17,6 +17,8 @@ from mechcheck.targets import build_targets, compute_labels
 from mechcheck.testing import random_texts, save_tiny, tiny_subject
 from mechcheck.train.record import metrics_from_predictions
 from mechcheck.train.runner import train_experiment
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 NEURONS = "neurons = [{layer = 0, index = 3}, {layer = 2, index = 9}, {layer = 1, index = 5}]"
 NEURONS += '\nposition = "mean"'

@@ -10,14 +10,7 @@ from mechcheck.readout import Neuron, neuron_values
 from mechcheck.targets import build_targets, compute_labels, label_stats, make_chunks, text_index
 from mechcheck.testing import random_texts, tiny_subject
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matmuls on a shared 2-core machine: one thread is ~10x faster than two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

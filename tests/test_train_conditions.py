@@ -19,13 +19,7 @@ LAYER, INDEX = 1, 5
 CFG = TrainConfig(lr=1e-2, readout_lr=1e-2, warmup_steps=1, eval_train_texts=16)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matmuls on a shared 2-core machine: one thread is ~10x faster than two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

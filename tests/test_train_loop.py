@@ -22,12 +22,7 @@ from mechcheck.train.runner import run_dir, train_experiment
 VOLATILE = ("timing", "seconds", "resumed_from_step", "cached")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

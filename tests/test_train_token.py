@@ -34,12 +34,7 @@ LM_HEAD_SCALE = 25.0
 CFG = TrainConfig(readout="digit", lr=1e-2, warmup_steps=1, eval_train_texts=16, batch_size=8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from planted import TEST_OPTIONS, one_thread, write_planted  # noqa: F401 (fixture)
+from planted import TEST_OPTIONS, write_planted
 
 from mechcheck import verdict
 from mechcheck.battery.runner import run_battery
