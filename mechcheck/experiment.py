@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
-from mechcheck.config import build, read_toml
+from mechcheck.config import build, read_toml, to_dict
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ class NeuronRef:
 class NeuronConfig:
     layer: int | None = None  # set layer and index to fix the neuron; otherwise it is selected
     index: int | None = None
-    neurons: tuple[NeuronRef, ...] = ()  # several fixed neurons (any layers) instead of layer/index
+    neurons: tuple[NeuronRef, ...] | None = None  # several fixed neurons (any layers) instead of layer/index
     layers: tuple[int, ...] = ()  # candidate layers for selection (empty: the middle layer)
     criterion: str = "std"  # std | quantile_span | range | study | bimodality
     position: str = "last"  # last | max | mean | all
@@ -110,3 +111,12 @@ class Experiment:
 
 def load_experiment(path: str | Path) -> Experiment:
     return build(Experiment, read_toml(path), str(path))
+
+
+def config_dict(experiment: Experiment) -> dict[str, Any]:
+    """`to_dict` for hashing: `neuron.neurons` left out when unset, so a one-neuron experiment hashes as
+    it did before several neurons existed (its runs still resume)."""
+    config = to_dict(experiment)
+    if config["neuron"]["neurons"] is None:
+        del config["neuron"]["neurons"]
+    return config

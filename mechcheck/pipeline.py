@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from mechcheck.config import to_dict
 from mechcheck.errors import UserError
-from mechcheck.experiment import Experiment, load_experiment
+from mechcheck.experiment import Experiment, config_dict, load_experiment
 from mechcheck.outputs import write_json
 from mechcheck.stages import Stage, digest, run_stage
 
@@ -119,7 +119,7 @@ class Pipeline:
     # select ------------------------------------------------------------------------------
     def select(self, corpus: Stage) -> Stage:
         e = self.experiment
-        inputs = {"model": e.subject.model, "neuron": to_dict(e.neuron), "corpus": corpus.hash}
+        inputs = {"model": e.subject.model, "neuron": config_dict(e)["neuron"], "corpus": corpus.hash}
         inputs |= {"max_tokens": e.corpus.max_tokens, "seed": e.seed}
         return self.stage("select", inputs, ("neurons.json",), self._select)
 

@@ -11,11 +11,11 @@ from test_train_runner import _planted_linear_neuron, corpus_file, write_toml  #
 
 from mechcheck.checkpoint import read_checkpoint, verify_base
 from mechcheck.cli import main
-from mechcheck.experiment import load_experiment
+from mechcheck.experiment import Experiment, NeuronConfig, NeuronRef, load_experiment
 from mechcheck.readout import Neuron, report
 from mechcheck.targets import build_targets, compute_labels
 from mechcheck.testing import random_texts, save_tiny, tiny_subject
-from mechcheck.train.record import metrics_from_predictions
+from mechcheck.train.record import metrics_from_predictions, training_config
 from mechcheck.train.runner import train_experiment
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -123,6 +123,7 @@ def test_every_condition_trains_a_vector_readout(tmp_path, tiny_dir, corpus_file
         ("neurons = [{layer = 0, index = 1, sign = 1}]", "unknown key 'sign'"),
         ("neurons = [{layer = 0}]", "index"),
         ("neurons = [{layer = 9, index = 1}, {layer = 0, index = 1}]", "layer"),
+        ("neurons = []", "neuron.neurons is empty"),
     ],
 )
 def test_bad_neuron_lists_are_one_line_errors(tmp_path, tiny_dir, corpus_file, capsys, neuron, message):  # noqa: F811
@@ -130,6 +131,16 @@ def test_bad_neuron_lists_are_one_line_errors(tmp_path, tiny_dir, corpus_file, c
     assert main(["train", str(toml), "--out", str(tmp_path / "out"), "-q"]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_one_neuron_configuration_hashes_as_before_several_neurons_existed():
+    """An unset neuron.neurons stays out of the hashed configuration, so one-neuron runs trained before
+    it existed still resume (`train --resume`, `mechcheck run`) instead of being refused or retrained."""
+    one = Experiment(neuron=NeuronConfig(layer=1, index=3))
+    assert "neurons" not in training_config(one)["neuron"]
+    several = Experiment(neuron=NeuronConfig(neurons=(NeuronRef(1, 3), NeuronRef(2, 9))))
+    listed = training_config(several)["neuron"]["neurons"]
+    assert list(listed) == [{"layer": 1, "index": 3}, {"layer": 2, "index": 9}]
 
 
 def test_pipeline_runs_and_reports_several_neurons(tmp_path, tiny_dir):

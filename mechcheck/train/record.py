@@ -9,8 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mechcheck.config import to_dict
-from mechcheck.experiment import Experiment
+from mechcheck.experiment import Experiment, config_dict
 from mechcheck.readout import LinearReadout
 from mechcheck.report.stats import column, fit
 from mechcheck.targets import TargetSet
@@ -22,7 +21,7 @@ UNCHANGED_TOLERANCE = 1e-4  # max |label diff| allowed for conditions that keep 
 
 def training_config(experiment: Experiment) -> dict[str, Any]:
     """The parts of the experiment that determine a training run (not the seed list or the battery)."""
-    config = to_dict(experiment)
+    config = config_dict(experiment)
     config["train"].pop("seeds", None)
     for key in ("battery", "name", "reference"):
         config.pop(key, None)

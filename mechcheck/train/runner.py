@@ -63,8 +63,10 @@ def check_experiment(experiment: Experiment, seeds: Sequence[int]) -> list[tuple
 def check_neurons(experiment: Experiment) -> None:
     """`neuron.neurons` (several fixed neurons): not with layer/index, distinct, linear readout only."""
     n = experiment.neuron
-    if not n.neurons:
+    if n.neurons is None:
         return
+    if not n.neurons:
+        raise UserError("neuron.neurons is empty: list the neurons, or leave it out to use layer/index")
     if n.layer is not None or n.index is not None:
         raise UserError("set either neuron.layer/neuron.index or neuron.neurons, not both")
     pairs = [(ref.layer, ref.index) for ref in n.neurons]
