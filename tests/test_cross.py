@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import shutil
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
@@ -238,3 +239,39 @@ def test_shipped_experiment_parses():
         ("gemma3-270m", 5, 511),
     ]
     assert e.train.conditions == ("frozen", "after_target") and e.corpus.source == "default"
+
+
+CELL = "train/gpt2/frozen/llama/seed-0"
+
+
+def _edit_json(path: Path, change) -> None:
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+CORRUPT = {
+    "truncated run.json": lambda d: (d / CELL / "run.json").write_text("{"),
+    "run.json without seed": lambda d: _edit_json(d / CELL / "run.json", lambda r: r.pop("seed")),
+    "missing predictions": lambda d: (d / CELL / "predictions.json").unlink(),
+    "truncated predictions": lambda d: (d / CELL / "predictions.json").write_text("[1,"),
+    "predictions without labels": lambda d: _edit_json(
+        d / CELL / "predictions.json", lambda p: p.pop("labels")
+    ),
+    "one prediction short": lambda d: _edit_json(
+        d / CELL / "predictions.json", lambda p: p.__setitem__("predictions", p["predictions"][:-1])
+    ),
+    "experiment.json without tables": lambda d: (d / "experiment.json").write_text(
+        json.dumps({"config": {"models": [{"name": "llama"}, {"name": "gpt2"}], "seed": 0}})
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CORRUPT))
+def test_report_of_a_corrupt_cross_run_is_one_line_and_exit_2(cross_run, tmp_path, case):
+    _, run = cross_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    CORRUPT[case](copy)
+    code, _, err = run_cli("report", str(copy))
+    assert code == 2 and err.count("\n") == 1 and err.startswith("mechcheck: error:"), err

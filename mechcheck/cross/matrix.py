@@ -18,7 +18,6 @@ Set `cross.min_advantage = 0` for the bare "CI above 0" rule.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ import numpy as np
 
 from mechcheck.battery.stats import bootstrap_ci, r2
 from mechcheck.errors import UserError
+from mechcheck.report.views import read_json
 
 MATRIX_FORMAT = "mechcheck-cross/1"
 
@@ -63,9 +63,10 @@ def verdict(difference: dict[str, Any], min_advantage: float) -> str:
 
 def read_cells(cells: dict[str, Path]) -> dict[str, dict[str, Any]]:
     """`cells[key] = predictions.json path` → the loaded predictions, checked to share test texts."""
-    loaded = {key: json.loads(Path(path).read_text()) for key, path in cells.items()}
+    loaded = {key: read_json(Path(path)) for key, path in cells.items()}
     texts = None
     for key, pred in loaded.items():
+        _check_predictions(cells[key], pred)
         if texts is None:
             texts = pred["texts"]
         elif pred["texts"] != texts:
@@ -73,6 +74,13 @@ def read_cells(cells: dict[str, Path]) -> dict[str, dict[str, Any]]:
                 f"{cells[key]}: its test texts differ from the other cells'; rerun the experiment"
             )
     return loaded
+
+
+def _check_predictions(path: Path, pred: Any) -> None:
+    """A cell's predictions.json: texts, labels and predictions, lists of one length."""
+    arrays = [pred.get(k) if isinstance(pred, dict) else None for k in ("texts", "labels", "predictions")]
+    if not all(isinstance(a, list) for a in arrays) or len({len(a) for a in arrays}) != 1:
+        raise UserError(f"{path}: needs texts, labels and predictions, lists of one length; rerun the cell")
 
 
 def pair(

@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from matplotlib.figure import Figure
 from mechcheck.cross.matrix import cross_matrix
 from mechcheck.errors import UserError
 from mechcheck.outputs import write_json
+from mechcheck.report.views import read_json
 
 FIGURE = "figures/cross_skills.png"
 
@@ -27,11 +27,15 @@ def collect_runs(folder: Path) -> list[dict[str, Any]]:
     """Every finished cell under `folder/train/<reporter>/<condition>/<label>/seed-<k>/`."""
     runs = []
     for run_file in sorted(Path(folder).glob("train/*/*/*/seed-*/run.json")):
-        run = json.loads(run_file.read_text())
-        cross = run.get("cross") or {}
+        run = read_json(run_file)
+        try:
+            cross = run.get("cross") or {}
+            condition, seed = str(run["condition"]), int(run["seed"])
+        except (AttributeError, KeyError, TypeError, ValueError) as err:
+            raise UserError(f"{run_file}: not a cross-prediction checkpoint's run.json ({err!r})") from err
         runs.append({
-            "reporter": cross.get("reporter"), "label": cross.get("label"), "condition": run["condition"],
-            "seed": int(run["seed"]), "predictions": run_file.parent / "predictions.json", "run": run,
+            "reporter": cross.get("reporter"), "label": cross.get("label"), "condition": condition,
+            "seed": seed, "predictions": run_file.parent / "predictions.json", "run": run,
         })  # fmt: skip
     if not runs:
         raise UserError(f"{folder} holds no cross-prediction checkpoints under train/")
@@ -41,13 +45,10 @@ def collect_runs(folder: Path) -> list[dict[str, Any]]:
 def render_cross(folder: str | Path) -> Path:
     """Recompute results.json from the predictions, draw the figure, write report.md; returns its path."""
     folder = Path(folder)
-    config = json.loads((folder / "experiment.json").read_text())["config"]
-    names = tuple(m["name"] for m in config["models"])
-    order = list(config["train"]["conditions"])
+    config, names, order, c = _config(folder / "experiment.json")
     runs = sorted(
         collect_runs(folder), key=lambda r: order.index(r["condition"]) if r["condition"] in order else 99
     )
-    c = config["cross"]
     matrix = cross_matrix(runs, names, c["n_bootstrap"], c["ci"], config["seed"], c["min_advantage"])
     matrix["experiment"] = config
     write_json(folder / "results.json", matrix)
@@ -57,6 +58,20 @@ def render_cross(folder: str | Path) -> Path:
     tmp.write_text(markdown(matrix, runs))
     os.replace(tmp, path)
     return path
+
+
+def _config(path: Path) -> tuple[dict[str, Any], tuple[str, ...], list[str], dict[str, Any]]:
+    """experiment.json's config: it, the model names, the condition order and the [cross] table."""
+    try:
+        config = read_json(path)["config"]
+        names = tuple(str(m["name"]) for m in config["models"])
+        order, c = list(config["train"]["conditions"]), config["cross"]
+        _ = config["seed"], c["n_bootstrap"], c["ci"], c["min_advantage"]
+    except (KeyError, TypeError) as err:
+        raise UserError(f"{path}: not a cross-prediction run's experiment record ({err!r})") from err
+    if len(names) != 2:
+        raise UserError(f"{path}: a cross-prediction run names two models, this one {len(names)}")
+    return config, names, order, c
 
 
 def fmt(value: float) -> str:
