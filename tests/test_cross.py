@@ -275,3 +275,29 @@ def test_report_of_a_corrupt_cross_run_is_one_line_and_exit_2(cross_run, tmp_pat
     CORRUPT[case](copy)
     code, _, err = run_cli("report", str(copy))
     assert code == 2 and err.count("\n") == 1 and err.startswith("mechcheck: error:"), err
+
+
+def test_report_reads_only_the_experiments_cells_in_seed_order(cross_run, tmp_path):
+    """A rerun with other seeds or fewer conditions leaves the old cells on disk: the report must use
+    the experiment's own cells only, and list each cell's skills in the order of its seeds."""
+    _, run = cross_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    for cell in copy.glob("train/*/*/*/seed-0"):  # seed 2 = seed 0's predictions; seed 10 exact
+        for seed in (2, 10):
+            shutil.copytree(cell, cell.with_name(f"seed-{seed}"))
+            _edit_json(cell.with_name(f"seed-{seed}") / "run.json", lambda r, s=seed: r.update(seed=s))
+        exact = cell.with_name("seed-10") / "predictions.json"
+        _edit_json(exact, lambda p: p.update(predictions=p["labels"]))
+
+    def planned(e: dict) -> None:
+        e["config"]["train"] |= {"seeds": [2, 10], "conditions": ["frozen"]}
+
+    _edit_json(copy / "experiment.json", planned)
+    assert run_cli("report", str(copy))[0] == 0
+    results = json.loads((copy / "results.json").read_text())
+    assert list(results["conditions"]) == ["frozen"]
+    table = results["conditions"]["frozen"]
+    assert table["seeds"] == [2, 10]
+    for cell in table["cells"].values():
+        assert cell["skill_per_seed"][1] == 1.0 and cell["skill_per_seed"][0] < 1.0

@@ -119,8 +119,8 @@ def cross_matrix(
         "conditions": {},
     }
     for condition in conditions:
-        mine = [r for r in runs if r["condition"] == condition]
-        seeds = sorted({r["seed"] for r in mine})
+        mine = sorted((r for r in runs if r["condition"] == condition), key=lambda r: r["seed"])
+        seeds = sorted({r["seed"] for r in mine})  # skill_per_seed lists follow this order
         table: dict[str, Any] = {"seeds": seeds, "cells": {}, "neurons": {}}
         for reporter in names:
             for label in names:

@@ -46,9 +46,15 @@ def render_cross(folder: str | Path) -> Path:
     """Recompute results.json from the predictions, draw the figure, write report.md; returns its path."""
     folder = Path(folder)
     config, names, order, c = _config(folder / "experiment.json")
-    runs = sorted(
-        collect_runs(folder), key=lambda r: order.index(r["condition"]) if r["condition"] in order else 99
-    )
+    seeds = config["train"]["seeds"]
+    # only the experiment's own cells (a rerun with fewer seeds or conditions leaves the others on disk)
+    runs = [
+        r for r in collect_runs(folder)
+        if r["condition"] in order and r["seed"] in seeds and r["reporter"] in names and r["label"] in names
+    ]  # fmt: skip
+    if not runs:
+        raise UserError(f"{folder} holds no checkpoints of the experiment's cells under train/")
+    runs.sort(key=lambda r: (order.index(r["condition"]), r["seed"]))
     matrix = cross_matrix(runs, names, c["n_bootstrap"], c["ci"], config["seed"], c["min_advantage"])
     matrix["experiment"] = config
     write_json(folder / "results.json", matrix)
@@ -66,7 +72,7 @@ def _config(path: Path) -> tuple[dict[str, Any], tuple[str, ...], list[str], dic
         config = read_json(path)["config"]
         names = tuple(str(m["name"]) for m in config["models"])
         order, c = list(config["train"]["conditions"]), config["cross"]
-        _ = config["seed"], c["n_bootstrap"], c["ci"], c["min_advantage"]
+        _ = config["seed"], list(config["train"]["seeds"]), c["n_bootstrap"], c["ci"], c["min_advantage"]
     except (KeyError, TypeError) as err:
         raise UserError(f"{path}: not a cross-prediction run's experiment record ({err!r})") from err
     if len(names) != 2:
