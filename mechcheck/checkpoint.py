@@ -96,7 +96,13 @@ def base_weights_sha256(subject: Subject, neurons: Sequence[Neuron]) -> dict[str
 
 
 def verify_base(checkpoint: Checkpoint, base: Subject) -> None:
-    """Refuse a base model whose `W_in`/`W_out` for the neuron(s) differ from those in run.json."""
+    """Refuse a base model that lacks the neuron(s) or whose `W_in`/`W_out` for them differ from those
+    in run.json."""
+    for neuron in checkpoint.neurons:
+        try:
+            base.anatomy.check_neuron(neuron.layer, neuron.index)
+        except UserError as err:
+            raise UserError(f"{checkpoint.path}: {err}") from err
     expected = checkpoint.run.get("weights_sha256")
     if not expected:
         return

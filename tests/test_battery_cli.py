@@ -135,3 +135,20 @@ def test_no_texts_without_predictions_or_corpus(bare, tmp_path, capsys):
 
 def test_checkpoints_of_different_runs_are_refused(planted, bare, tmp_path, capsys):
     fails(capsys, str(planted), str(bare), "--out", str(tmp_path / "out"), match="only seeds of one run")
+
+
+@pytest.mark.parametrize(
+    "neurons", [{"layer": 1, "index": 999}, [{"layer": 1, "index": 2}, {"layer": 0, "index": 999}]]
+)
+def test_a_neuron_index_outside_the_base_model_is_refused(bare, tmp_path, capsys, neurons):
+    """A hand-written run.json naming a neuron its layer does not have (one neuron or one of several)."""
+    several = isinstance(neurons, list)
+    readout = LinearReadout(32, 2 if several else 1)
+    run = json.loads((bare / "run.json").read_text())
+    run.pop("neuron")
+    run |= {"neurons": neurons} if several else {"neuron": neurons}
+    ck = write_checkpoint(tmp_path / "ck", run, readout)
+    corpus = corpus_file(tmp_path / "texts.txt", 400)
+    out = str(tmp_path / "out")
+    fails(capsys, str(ck), "--corpus", corpus, "--out", out, match="index 999 is out of range")
+    assert not (tmp_path / "out").exists()
