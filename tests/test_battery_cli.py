@@ -10,6 +10,7 @@ import pytest
 import torch
 from planted import write_planted
 
+from mechcheck.battery.ablation import NULL_NEURONS
 from mechcheck.checkpoint import write_checkpoint
 from mechcheck.cli import main
 from mechcheck.readout import LinearReadout
@@ -60,7 +61,7 @@ def test_cli_runs_the_battery_and_writes_a_self_contained_directory(planted, tmp
     assert "curves" not in results["runs"][0]
     probe = results["probes"]["ablation"]
     assert probe["hypotheses"] == ["H1", "H2_out"] and len(probe["per_seed"]) == 1
-    assert len(probe["controls"]["mean.random_neurons"]["null"]) == 15  # every other neuron of the layer
+    assert len(probe["controls"]["mean.random_neurons"]["null"]) == NULL_NEURONS  # 10 of the 15 others
     assert (out / "predictions" / "seed-0.json").is_file() and (out / "report.md").is_file()
     # a second run into the same directory is refused, and the first results are kept
     before = (out / "results.json").read_text()
