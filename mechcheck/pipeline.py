@@ -126,7 +126,7 @@ class Pipeline:
     def _select(self, stage: Stage, previous: dict[str, Any]) -> None:
         n = self.experiment.neuron
         if n.neurons or (n.layer is not None and n.index is not None):
-            fixed = [{"layer": r.layer, "index": r.index} for r in n.neurons] or [
+            fixed = [{"layer": r.layer, "index": r.index} for r in n.neurons or ()] or [
                 {"layer": n.layer, "index": n.index}
             ]
             record = {"fixed": True, "neurons": fixed, "position": n.position}
