@@ -181,6 +181,19 @@ def test_battery_change_reruns_only_the_battery(first_run, tmp_path: Path) -> No
         assert after[name]["hash"] != before[name]["hash"], name
 
 
+def test_a_fixed_neuron_skips_the_scan_and_is_the_one_trained(first_run, tmp_path: Path) -> None:
+    folder, _, _ = first_run
+    experiment = write_experiment(tmp_path, folder, name="fixed")
+    text = experiment.read_text().replace('layers = [1]\ncriterion = "std"', "layer = 2\nindex = 7")
+    experiment.write_text(text.replace('conditions = ["frozen", "after_target"]', 'conditions = ["frozen"]'))
+    out = tmp_path / "runs" / "fixed"
+    assert run(experiment, out) == 0
+    chosen = json.loads((out / "select/neurons.json").read_text())
+    assert chosen["fixed"] and chosen["neurons"] == [{"layer": 2, "index": 7}]
+    run_json = json.loads((out / "train/frozen-fixed/seed-0/run.json").read_text())
+    assert run_json["neuron"] == {"layer": 2, "index": 7}
+
+
 def test_refuses_another_experiments_dir(first_run, tmp_path: Path, capsys) -> None:
     folder, out = copy_run(first_run, tmp_path)
     other = write_experiment(tmp_path, folder, name="other")
