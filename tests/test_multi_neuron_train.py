@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train_runner import _planted_linear_neuron, corpus_file, write_toml  # noqa: F401
+from test_train_runner import _planted_linear_neuron, corpus_file, reload_and_report, write_toml  # noqa: F401
 
-from mechcheck.checkpoint import read_checkpoint, verify_base
+from mechcheck.checkpoint import read_checkpoint
 from mechcheck.cli import main
 from mechcheck.experiment import Experiment, NeuronConfig, NeuronRef, load_experiment
 from mechcheck.readout import Neuron, report
@@ -99,12 +99,7 @@ def test_every_condition_trains_a_vector_readout(tmp_path, tiny_dir, corpus_file
         assert len(p["labels"][0]) == 3 and p["neurons"] == ck.run["neurons"]
         recomputed = metrics_from_predictions(p, moves_neuron=name.startswith("unfrozen"))
         assert {k: ck.run["metrics"][k] for k in recomputed} == json.loads(json.dumps(recomputed))
-        base = ck.load_base()
-        verify_base(ck, base)
-        trained = ck.load_subject(base)
-        enc = trained.encode(p["texts"], max_length=32)
-        with torch.no_grad():
-            again = report(trained, enc, ck.readout, "mean")
+        again, trained, enc = reload_and_report(ck, p, "mean")
         torch.testing.assert_close(again, torch.tensor(p["predictions"]), atol=1e-4, rtol=1e-4)
         for i, (_, row) in enumerate(ck.views()):
             with torch.no_grad():

@@ -61,6 +61,17 @@ def write_toml(folder: Path, model: Path, corpus: Path, neuron: str, train: str)
     return file
 
 
+def reload_and_report(ckpt, predictions: dict, position: str):
+    """Reload the checkpoint's trained model from its files (base weights verified) and recompute
+    the report on its saved test texts: (reports, trained subject, encoding)."""
+    base = ckpt.load_base()
+    verify_base(ckpt, base)
+    trained = ckpt.load_subject(base)
+    enc = trained.encode(predictions["texts"], max_length=32)
+    with torch.no_grad():
+        return report(trained, enc, ckpt.readout, position), trained, enc
+
+
 def test_checkpoints_carry_provenance_and_recomputable_metrics(tmp_path, tiny_dir, corpus_file):
     toml = write_toml(
         tmp_path, tiny_dir, corpus_file, 'layer = 0\nindex = 3\nposition = "mean"',
@@ -102,12 +113,7 @@ def test_checkpoints_carry_provenance_and_recomputable_metrics(tmp_path, tiny_di
         assert {k: run["metrics"][k] for k in recomputed} == recomputed
         labels = predictions[predictions["target"]]
         assert run["metrics"]["test"]["mse"] == regression_metrics(predictions["predictions"], labels)["mse"]
-        base = ckpt.load_base()
-        verify_base(ckpt, base)
-        trained = ckpt.load_subject(base)
-        enc = trained.encode(predictions["texts"], max_length=32)
-        with torch.no_grad():
-            again = report(trained, enc, ckpt.readout, "last")
+        again, _, _ = reload_and_report(ckpt, predictions, "last")
         torch.testing.assert_close(again, torch.tensor(predictions["predictions"]), atol=1e-4, rtol=1e-4)
     frozen = json.loads((out / "frozen-fixed/seed-0/run.json").read_text())
     fit = frozen["frozen_fit"]
