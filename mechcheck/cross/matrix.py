@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from mechcheck.battery.stats import bootstrap_ci, r2
+from mechcheck.battery.stats import bootstrap_ci, metric, r2
 from mechcheck.errors import UserError
 from mechcheck.report.views import read_json
 
@@ -46,10 +46,6 @@ def _skill_difference(y: np.ndarray, *preds: np.ndarray, axis: int = -1) -> np.n
     """Mean skill of the first half of `preds` (self seeds) minus that of the second half (other)."""
     half = len(preds) // 2
     return _mean_skill(y, *preds[:half], axis=axis) - _mean_skill(y, *preds[half:], axis=axis)
-
-
-def entry(value: float, ci: tuple[float, float]) -> dict[str, Any]:
-    return {"value": float(value), "ci": [float(ci[0]), float(ci[1])]}
 
 
 def verdict(difference: dict[str, Any], min_advantage: float) -> str:
@@ -92,11 +88,13 @@ def pair(
         raise UserError("self and other cells have different numbers of seeds; train the same seeds for both")
     kw = {"n_resamples": n_bootstrap, "ci": ci, "seed": seed}
     both = [*self_preds, *other_preds]
-    self_skill = entry(_mean_skill(labels, *self_preds), bootstrap_ci(_mean_skill, labels, *self_preds, **kw))
-    other_skill = entry(
+    self_skill = metric(
+        _mean_skill(labels, *self_preds), bootstrap_ci(_mean_skill, labels, *self_preds, **kw)
+    )
+    other_skill = metric(
         _mean_skill(labels, *other_preds), bootstrap_ci(_mean_skill, labels, *other_preds, **kw)
     )
-    diff = entry(_skill_difference(labels, *both), bootstrap_ci(_skill_difference, labels, *both, **kw))
+    diff = metric(_skill_difference(labels, *both), bootstrap_ci(_skill_difference, labels, *both, **kw))
     return {
         "self": self_skill,
         "other": other_skill,
