@@ -28,15 +28,15 @@ import torch
 from mechcheck.checkpoint import write_checkpoint
 from mechcheck.config import to_dict
 from mechcheck.experiment import TrainConfig
-from mechcheck.readout import LinearReadout
 from mechcheck.subject import Site, Subject
 from mechcheck.targets import SPLITS, TargetSet, make_chunks
+from mechcheck.train.bench import restore_weights
 from mechcheck.train.conditions import CONDITIONS
-from mechcheck.train.frozen_fit import cached_features, fit_ridge
-from mechcheck.train.loop import LoopResult, Task, train_loop
+from mechcheck.train.frozen_fit import cached_features
+from mechcheck.train.loop import Task, train_loop
 from mechcheck.train.monitors import Drift, Evaluator, predict_split, regression_metrics
 from mechcheck.train.record import fold_readout
-from mechcheck.train.run import init_readout, params_digest, train_eval_chunks
+from mechcheck.train.run import init_readout, params_digest, ridge_or_sgd, train_eval_chunks
 from mechcheck.train.sources import FINAL_NORM, FeatureSource, ResumeSource, Source, cache_sites
 from mechcheck.train.state import StateStore
 
@@ -97,15 +97,7 @@ class Reporter:
         return ResumeSource(self.subject, self.layer, self.position, self.chunks, self.resid(), FINAL_NORM)
 
     def restore(self) -> None:
-        """The original weights back (exactly), every parameter trainable again."""
-        model = self.subject.model
-        current = model.state_dict()
-        if any(not torch.equal(current[k], v) for k, v in self.original.items()):
-            model.load_state_dict(self.original)
-        for p in model.parameters():
-            p.requires_grad_(True)
-        model.zero_grad(set_to_none=True)
-        model.eval()
+        restore_weights(self.subject.model, self.original)
 
 
 def train_cell(
@@ -149,7 +141,9 @@ def train_cell(
     before = predict_split(source, readout, targets, "test")[0]
     store = StateStore(out.with_name(out.name + ".state"))
     result = train_loop(task, cfg, seed, store, config_hash, progress, resume=True)
-    frozen_fit = _ridge_or_sgd(readout, reporter, targets, cfg, result) if not trainable else None
+    frozen_fit = None
+    if not trainable:  # frozen: ridge on the cached features replaces the SGD head when better on val
+        frozen_fit = ridge_or_sgd(readout, *reporter.features(targets), targets, cfg, result)
     folded = fold_readout(readout, targets)
     after = predict_split(source, folded, targets, "test", standardised=False)[0]
     if params_digest(subject.model, frozen) != frozen_digest:
@@ -181,21 +175,6 @@ def train_cell(
     store.remove()
     reporter.restore()
     return run
-
-
-def _ridge_or_sgd(
-    readout: LinearReadout, reporter: Reporter, targets: TargetSet, cfg: TrainConfig, result: LoopResult
-) -> dict[str, Any]:
-    """`frozen`: closed-form ridge on the cached features replaces the SGD head when better on val."""
-    features, cache_info = reporter.features(targets)
-    with torch.no_grad():
-        val = targets.destandardise(readout(features["val"]))
-    sgd = {"val": regression_metrics(val, targets.labels("val")), "best_step": result.best_step}
-    ridge, ridge_info = fit_ridge(features, targets, cfg.ridge_alpha)
-    chosen = "ridge" if ridge_info["val"]["mse"] < sgd["val"]["mse"] else "sgd"
-    if chosen == "ridge":
-        readout.load_state_dict(ridge.state_dict())
-    return {"ridge": ridge_info, "sgd": sgd, "chosen": chosen, "chosen_by": "val mse", "features": cache_info}
 
 
 def _drift(drift: Drift | None, subject: Subject | None) -> dict[str, Any]:

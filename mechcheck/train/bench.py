@@ -83,13 +83,15 @@ class Bench:
         return self._resid
 
     def restore(self) -> None:
-        """Put the original weights back (exactly) and make every parameter trainable again."""
-        model = self.subject.model
-        current = model.state_dict()
-        changed = any(not torch.equal(current[k], v) for k, v in self.original.items())
-        if changed:
-            model.load_state_dict(self.original)
-        for p in model.parameters():
-            p.requires_grad_(True)
-        model.zero_grad(set_to_none=True)
-        model.eval()
+        restore_weights(self.subject.model, self.original)
+
+
+def restore_weights(model: torch.nn.Module, original: dict[str, torch.Tensor]) -> None:
+    """Put the original weights back (exactly) and make every parameter trainable again."""
+    current = model.state_dict()
+    if any(not torch.equal(current[k], v) for k, v in original.items()):
+        model.load_state_dict(original)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    model.zero_grad(set_to_none=True)
+    model.eval()

@@ -26,7 +26,7 @@ from mechcheck.config import to_dict
 from mechcheck.errors import UserError
 from mechcheck.experiment import TrainConfig
 from mechcheck.readout import LinearReadout, Readout
-from mechcheck.targets import SPLITS, compute_labels
+from mechcheck.targets import SPLITS, TargetSet, compute_labels
 from mechcheck.train.bench import Bench
 from mechcheck.train.conditions import CONDITIONS, Condition, check_pair
 from mechcheck.train.frozen_fit import fit_ridge
@@ -163,15 +163,18 @@ def _raw_live_neuron(bench: Bench):
     return live
 
 
-def choose_frozen_readout(setup: Setup, bench: Bench, cfg: TrainConfig, result: LoopResult) -> dict[str, Any]:
-    """Fit closed-form ridge on the cached features; keep it when it beats the SGD readout on val."""
-    features, cache_info = bench.features()
-    sgd = {split: _split_metrics(setup.readout, features, bench.targets, split) for split in SPLITS}
+def ridge_or_sgd(
+    readout: LinearReadout, features: dict[str, torch.Tensor], cache_info: dict[str, Any],
+    targets: TargetSet, cfg: TrainConfig, result: LoopResult,
+) -> dict[str, Any]:  # fmt: skip
+    """Fit closed-form ridge on the cached features; it replaces the SGD-trained `readout` (in place)
+    when it beats it on val. Returns the record of both fits."""
+    sgd = {split: _split_metrics(readout, features, targets, split) for split in SPLITS}
     sgd |= {"best_step": result.best_step, "steps": result.steps, "seconds": result.seconds}
-    ridge, ridge_info = fit_ridge(features, bench.targets, cfg.ridge_alpha)
+    ridge, ridge_info = fit_ridge(features, targets, cfg.ridge_alpha)
     chosen = "ridge" if ridge_info["val"]["mse"] < sgd["val"]["mse"] else "sgd"
     if chosen == "ridge":
-        setup.readout.load_state_dict(ridge.state_dict())
+        readout.load_state_dict(ridge.state_dict())
     return {"ridge": ridge_info, "sgd": sgd, "chosen": chosen, "chosen_by": "val mse", "features": cache_info}
 
 
@@ -203,7 +206,9 @@ def train_run(
     )[0]
     store = StateStore(out.with_name(out.name + ".state"))
     result = train_loop(setup.task, cfg, seed, store, config_hash, progress, on_step, resume)
-    frozen_fit = choose_frozen_readout(setup, bench, cfg, result) if condition.source == "features" else None
+    frozen_fit = None
+    if condition.source == "features":
+        frozen_fit = ridge_or_sgd(setup.readout, *bench.features(), bench.targets, cfg, result)
     readout, predictions, metrics = measure(bench, setup, condition, mode, before)
     metrics |= {"best_step": result.best_step, "steps": result.steps, "stopped_early": result.stopped_early}
     sizes = {n: p.numel() for n, p in bench.subject.model.named_parameters()}
