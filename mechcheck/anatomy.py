@@ -122,6 +122,16 @@ class Anatomy(ABC):
         post = self.post_mlp_norm(layer)
         return raw * self.norm_gain(post) if folded and post is not None else raw
 
+    def neuron_from_input(self, layer: int, index: int, x: torch.Tensor) -> torch.Tensor:
+        """The neuron's activation recomputed from layer L's MLP input `x` ([..., d_model], before the
+        pre-MLP norm), without running the MLP: what the neuron would be given this input. [...]"""
+        normed = self.pre_mlp_norm(layer)(x)
+        return self._activation(layer, index, normed)
+
+    @abstractmethod
+    def _activation(self, layer: int, index: int, normed: torch.Tensor) -> torch.Tensor:
+        """The neuron's activation from the normed MLP input."""
+
     def post_mlp_norm(self, layer: int) -> nn.Module | None:
         """A norm between the MLP output and the residual add, if the architecture has one."""
         return None
@@ -150,6 +160,10 @@ class GPT2Anatomy(Anatomy):
         c_fc = self.module(f"{self.mlp_path(layer)}.c_fc").weight.detach()  # [d_model, d_mlp]
         return {"in": c_fc[:, index].clone()}
 
+    def _activation(self, layer: int, index: int, normed: torch.Tensor) -> torch.Tensor:
+        mlp = self.module(self.mlp_path(layer))
+        return mlp.act(normed @ mlp.c_fc.weight[:, index] + mlp.c_fc.bias[index])
+
 
 @register_anatomy
 class GatedAnatomy(Anatomy):
@@ -167,6 +181,14 @@ class GatedAnatomy(Anatomy):
             "gate": self.module(f"{mlp}.gate_proj").weight.detach()[index].clone(),
             "up": self.module(f"{mlp}.up_proj").weight.detach()[index].clone(),
         }
+
+    def _activation(self, layer: int, index: int, normed: torch.Tensor) -> torch.Tensor:
+        mlp = self.module(self.mlp_path(layer))
+        gate = normed @ mlp.gate_proj.weight[index]
+        up = normed @ mlp.up_proj.weight[index]
+        if mlp.gate_proj.bias is not None:
+            gate, up = gate + mlp.gate_proj.bias[index], up + mlp.up_proj.bias[index]
+        return mlp.act_fn(gate) * up
 
     def norm_gain(self, norm: nn.Module) -> torch.Tensor:
         # Gemma's RMSNorm multiplies by (1 + weight); the others by weight.
@@ -204,3 +226,7 @@ class GPTNeoXAnatomy(Anatomy):
     def W_in_raw(self, layer: int, index: int) -> dict[str, torch.Tensor]:
         w = self.module(f"{self.mlp_path(layer)}.dense_h_to_4h").weight.detach()  # [d_mlp, d_model]
         return {"in": w[index].clone()}
+
+    def _activation(self, layer: int, index: int, normed: torch.Tensor) -> torch.Tensor:
+        mlp = self.module(self.mlp_path(layer))
+        return mlp.act(normed @ mlp.dense_h_to_4h.weight[index] + mlp.dense_h_to_4h.bias[index])

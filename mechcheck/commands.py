@@ -18,9 +18,38 @@ def train(args: argparse.Namespace) -> int:
 
 
 def test(args: argparse.Namespace) -> int:
-    from mechcheck.battery.runner import test_command
+    """`mechcheck test CKPT [CKPT…] [--corpus FILE] [--probes a,b] --out DIR`: the battery writes
+    results.json, then the report is rendered from it."""
+    import sys
+    from pathlib import Path
 
-    return test_command(args)
+    from mechcheck.battery.base import BatteryOptions
+    from mechcheck.battery.runner import run_battery
+    from mechcheck.report import render_report
+
+    options = BatteryOptions(seed=0 if args.seed is None else args.seed)
+    if args.quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    results = run_battery(
+        args.checkpoints, corpus=args.corpus, probes=args.probes, options=options, out=args.out,
+        overwrite=args.overwrite, progress=not args.quiet,
+    )  # fmt: skip
+    render_report(args.out)
+    for entry in results.get("per_neuron") or [results]:
+        n = entry["neuron"]
+        prefix = f"L{n['layer']}/{n['index']} " if "per_neuron" in results else ""
+        for name, v in entry["verdicts"].items():
+            fragile = " (fragile)" if v.get("fragile") else ""
+            sys.stdout.write(f"{prefix}{name}: {v['verdict']}{fragile}\n")
+    t = results["timing"]
+    ratio = t.get("ratio_to_bare_forward")
+    sys.stdout.write(
+        f"results: {Path(args.out) / 'results.json'} ({t['total_s']:.1f} s"
+        + (f", {ratio:.1f}x a bare forward)\n" if ratio else ")\n")
+    )
+    return 0
 
 
 def report(args: argparse.Namespace) -> int:

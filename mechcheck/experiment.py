@@ -91,7 +91,8 @@ class TrainConfig:
 @dataclass(frozen=True)
 class BatteryConfig:
     probes: tuple[str, ...] = ()  # empty: every registered probe
-    n_random: int = 20  # random neurons / directions per null
+    n_null: int = 100  # matched null draws per primary test (the verdicts need >= 100)
+    n_null_secondary: int = 4  # null draws of the all-position edits (each a pass from layer L)
     n_bootstrap: int = 1000
     max_eval: int = 300  # test-split texts used by the battery
     ci: float = 0.95

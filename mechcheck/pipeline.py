@@ -246,7 +246,8 @@ class Pipeline:
         e = self.experiment
         b = e.battery
         options = BatteryOptions(
-            n_random=b.n_random,
+            n_null=b.n_null,
+            n_null_secondary=b.n_null_secondary,
             n_bootstrap=b.n_bootstrap,
             ci=b.ci,
             max_eval=b.max_eval,
@@ -286,6 +287,11 @@ def combined_results(out: Path, experiment: Experiment, records: dict[str, dict[
             run = json.loads(run_file.read_text())
             curves[str(run.get("seed", run_file.parent.name.split("-")[-1]))] = run.get("curves") or []
         conditions.append({"key": key, "dir": name, "results": results, "curves": curves})
+    batteries = [c["results"] for c in conditions if str(c["results"].get("format", "")).endswith("/2")]
+    if batteries:  # the primary tests of the whole experiment, BH-corrected together
+        from mechcheck.verdict import experiment_level
+
+        experiment_level(batteries)
     selection = json.loads((out / "select" / "neurons.json").read_text())
     selection["neurons"] = selection.get("neurons", [])[:10]
     stages = {n: {"hash": r.get("hash"), "seconds": r.get("seconds")} for n, r in records.items()}

@@ -212,6 +212,25 @@ class Subject:
             raise RuntimeError(f"sites never reached in the forward pass: {missing}")
         return out
 
+    def final_norm(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's final norm applied to residual vectors `[..., d_model]`."""
+        return self.anatomy.final_norm()(x)
+
+    def logits_from_normed(self, h: torch.Tensor, tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """The LM head on final-normed residuals `[..., d_model]` (with the final logit soft-cap of
+        architectures that have one), as the model's own forward computes its logits; only the
+        columns of `tokens` when given (`[..., len(tokens)]`: no full-vocabulary logits)."""
+        head = self.model.get_output_embeddings()
+        if tokens is None:
+            logits = head(h)
+        else:
+            ids = tokens.to(head.weight.device)
+            logits = h @ head.weight[ids].T
+            if getattr(head, "bias", None) is not None:
+                logits = logits + head.bias[ids]
+        cap = getattr(self.model.config.get_text_config(), "final_logit_softcapping", None)
+        return torch.tanh(logits / cap) * cap if cap else logits
+
     def mlp_post(self, enc: dict[str, torch.Tensor], layers: Sequence[int]) -> dict[int, torch.Tensor]:
         """Neuron activations `[batch, pos, d_mlp]` for each layer, stopping after the deepest."""
         got = self.run(enc, reads=[Site("mlp_post", layer) for layer in layers])

@@ -148,7 +148,8 @@ def test_pipeline_runs_and_reports_several_neurons(tmp_path, tiny_dir):
         "[neuron]\nneurons = [{layer = 1, index = 3}, {layer = 2, index = 9}]\n"
         '[train]\nconditions = ["frozen", "after_target"]\nmax_steps = 4\nbatch_size = 8\neval_every = 2\n'
         "drift_texts = 4\neval_train_texts = 8\n"
-        '[battery]\nprobes = ["cross_talk", "variance"]\nn_random = 4\nn_bootstrap = 50\n'
+        '[battery]\nprobes = ["cross_talk", "collapse"]\n'
+        "n_null = 10\nn_null_secondary = 4\nn_bootstrap = 50\n"
     )
     out = tmp_path / "run"
     assert main(["run", str(toml), "--out", str(out), "-q"]) == 0

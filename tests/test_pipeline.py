@@ -37,8 +37,7 @@ eval_train_texts = 8
 seeds = [0]
 {override}
 [battery]
-probes = ["variance"]
-n_random = 2
+probes = ["collapse"]
 n_bootstrap = 50
 max_eval = 30
 """

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from mechcheck.errors import UserError
 from mechcheck.outputs import claim_file
+from mechcheck.report import information_md
 from mechcheck.report.battery_md import battery_section
 from mechcheck.report.cross_talk_md import cross_talk_sections
 from mechcheck.report.markdown import Figures, condition_section, header_section, threats_section
@@ -36,10 +37,26 @@ def stages_section(view: RunView) -> str:
     return "## Pipeline stages\n\n" + md_table(["stage", "seconds (when it ran)", "input hash"], rows)
 
 
+WITHDRAWN = (
+    "> **Withdrawn verdicts.** The battery results below come from the first battery (results format 1), "
+    "which judged how far an edit *pushed* the report instead of what information it removed, against "
+    "unmatched nulls (see the project's BATTERY_AUDIT). Its verdicts are not evidence; re-run `mechcheck "
+    "test` to get the rebuilt battery's."
+)
+
+
 def render_markdown(view: RunView, figs: Figures) -> str:
-    parts = [header_section(view), verdict_section(view)]
+    old = [c for c in view.conditions if not information_md.is_v2(c)]
+    parts = [header_section(view)]
+    if old:
+        parts += [WITHDRAWN, verdict_section(view)]
+    else:
+        parts.append(information_md.verdict_section(view))
     parts += [condition_section(c, figs) for c in view.conditions]
-    parts += [battery_section(c, figs) for c in view.conditions]
+    parts += [
+        information_md.battery_section(c, figs) if information_md.is_v2(c) else battery_section(c, figs)
+        for c in view.conditions
+    ]
     parts.append(cross_talk_sections(view, figs))
     if view.reference == "study":
         parts.append(reference_section(view))

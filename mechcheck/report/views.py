@@ -3,7 +3,8 @@
 Two layouts are understood:
 
 - a battery directory (`mechcheck test --out DIR`): `results.json` with
-  `format = "mechcheck-results/1"` and `predictions/seed-<k>.json` — one condition;
+  `format = "mechcheck-results/2"` (or `/1`, the first battery's) and `predictions/seed-<k>.json`
+  — one condition;
 - a pipeline run (`mechcheck run --out runs/NAME`): `results.json` with
   `format = "mechcheck-run/1"` embedding each condition's battery results and curves, and the
   predictions under each condition's battery directory.
@@ -22,7 +23,9 @@ from mechcheck.report.stats import column
 from mechcheck.report.tables import get
 
 RESULTS_FORMAT = "mechcheck-results/1"
+RESULTS_FORMATS = (RESULTS_FORMAT, "mechcheck-results/2")
 RUN_FORMAT = "mechcheck-run/1"
+NEURON_KEYS = ("probes", "verdicts", "twins", "shares", "twin_shares", "heads")  # per neuron in per_neuron
 _SEED_FILE = re.compile(r"seed-(\d+)\.json$")
 
 
@@ -115,7 +118,7 @@ def neuron_views(view: ConditionView) -> list[ConditionView]:
         results = {k: v for k, v in view.results.items() if k not in ("per_neuron", "neurons", "cross_talk")}
         if i == 0 and "cross_talk" in view.results:
             results["cross_talk"] = view.results["cross_talk"]
-        results |= {"neuron": n, "probes": entry.get("probes"), "verdicts": entry.get("verdicts")}
+        results |= {"neuron": n, **{k: entry.get(k) for k in NEURON_KEYS if k in entry}}
         results["skipped"] = {**(view.results.get("skipped") or {}), **(entry.get("skipped") or {})}
         results["run"] = _neuron_run(view.run, i, n)
         results["runs"] = [_neuron_run(r, i, n) for r in view.runs]
@@ -227,6 +230,8 @@ def load_view(folder: str | Path) -> RunView:
     fmt = data.get("format") if isinstance(data, dict) else None
     if fmt == RUN_FORMAT:
         return _run_view(folder, data)
-    if fmt == RESULTS_FORMAT:
+    if fmt in RESULTS_FORMATS:
         return _battery_view(folder, data)
-    raise UserError(f"{path}: unknown format {fmt!r}; expected {RESULTS_FORMAT} or {RUN_FORMAT}")
+    raise UserError(
+        f"{path}: unknown format {fmt!r}; expected one of {', '.join(RESULTS_FORMATS)} or {RUN_FORMAT}"
+    )
