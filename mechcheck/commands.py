@@ -1,8 +1,15 @@
-"""CLI subcommands: each one a thin call into the module that owns it (imported lazily)."""
+"""CLI subcommands: each one a thin call into the module that owns it (imported lazily).
+
+`test` and `report` take their output directory's lock here (`mechcheck.ownership.hold`), so the
+battery writes into a directory no other run is writing; `run` and `train` take theirs in their own
+modules, after checking the experiment and before any work.
+"""
 
 from __future__ import annotations
 
 import argparse
+
+TEST_ENTRIES = ("results.json", "predictions", "report.md", "figures")  # what `mechcheck test` writes
 
 
 def select(args: argparse.Namespace) -> int:
@@ -17,20 +24,42 @@ def train(args: argparse.Namespace) -> int:
     return train_command(args)
 
 
-def test(args: argparse.Namespace) -> int:
-    from mechcheck.battery.runner import test_command
+def _legacy_test_dir(out) -> bool:
+    """A `mechcheck test` output written before the ownership marker: its results.json says so."""
+    from mechcheck.errors import UserError
+    from mechcheck.records import STR, Obj, read_record
 
-    return test_command(args)
+    try:
+        return read_record(out / "results.json", Obj({"format": STR}, ("format",)))["format"].startswith(
+            "mechcheck-results/"
+        )
+    except UserError:
+        return False
+
+
+def test(args: argparse.Namespace) -> int:
+    """The checkpoints are read and checked (each counted once) before the output is touched; the
+    output is locked and claimed, then the battery writes into it."""
+    from mechcheck.battery.runner import test_command
+    from mechcheck.checkpoint import read_checkpoints
+    from mechcheck.ownership import hold
+
+    read_checkpoints(args.checkpoints)
+    with hold(args.out) as output:
+        output.claim("test", TEST_ENTRIES, overwrite=args.overwrite, resume=False, legacy=_legacy_test_dir)
+        return test_command(argparse.Namespace(**{**vars(args), "overwrite": True}))  # claimed above
 
 
 def report(args: argparse.Namespace) -> int:
     from mechcheck.cross.pipeline import cross_report_command, is_cross_run
+    from mechcheck.ownership import hold
 
-    if is_cross_run(args.dir):
-        return cross_report_command(args)
-    from mechcheck.report import report_command
+    with hold(args.dir, create=False):
+        if is_cross_run(args.dir):
+            return cross_report_command(args)
+        from mechcheck.report import report_command
 
-    return report_command(args)
+        return report_command(args)
 
 
 def compare(args: argparse.Namespace) -> int:
