@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import re
 
 # Faults of the machine, not of the input: the same command succeeds once they are fixed.
 ENVIRONMENT_ERRNOS = frozenset(
@@ -29,16 +30,17 @@ def classify(err: BaseException) -> UserError | EnvironmentFault | None:
     """The one-line error an exception from the file system stands for, or None (a real bug).
 
     A full disk or quota is an environment fault; an unwritable, missing or linked path is the
-    user's to fix. safetensors reports I/O failures as its own error type, with the OS error in
-    its message; those are recognised by the errno text they carry."""
+    user's to fix. safetensors reports I/O failures as its own error type with the OS error in its
+    message ("... File too large (os error 27)"); those are recognised by that errno."""
     if isinstance(err, OSError):
         cls = EnvironmentFault if err.errno in ENVIRONMENT_ERRNOS else UserError
         return cls(describe_os_error(err))
     if isinstance(err, MemoryError):
         return EnvironmentFault("out of memory")
-    text = str(err)
-    if type(err).__name__ == "SafetensorError" and ("No space left" in text or "StorageFull" in text):
-        return EnvironmentFault(f"no space left on device ({text.splitlines()[0][:200]})")
+    found = re.search(r"\(os error (\d+)\)", str(err))
+    if type(err).__name__ == "SafetensorError" and found:
+        cls = EnvironmentFault if int(found[1]) in ENVIRONMENT_ERRNOS else UserError
+        return cls(f"writing tensors failed: {str(err).splitlines()[0][:200]}")
     if isinstance(err, RecursionError):
         return UserError("an input file is nested too deeply to read (a malformed or hostile record)")
     return None

@@ -43,6 +43,7 @@ from mechcheck.outputs import (
     held,
     refuse_links_out,
     remove_path,
+    write_bytes,
     write_json,
 )  # fmt: skip
 from mechcheck.records import INDEX, STR, ListOf, Obj, check, read_json
@@ -91,6 +92,7 @@ class Output:
     state: str = ""  # after claim: fresh | resumed | replaced
     finished: bool = False  # the command's work returned
     _run_id: str = field(default="", repr=False)
+    _saved: dict[str, bytes] = field(default_factory=dict, repr=False)  # restored on refusal
 
     def results(self) -> list[str]:
         return sorted(p.name for p in self.out.iterdir() if p.name not in BOOKKEEPING)
@@ -160,13 +162,22 @@ class Output:
         if marker is None or marker["run_id"] != self._run_id:
             raise UserError(f"{self.out} was replaced by another run while this one was writing it")
 
+    def preserve(self, name: str) -> None:
+        """Keep top-level file `name` as it is now, to put back if the command is refused."""
+        path = self.out / name
+        if path.is_file() and not path.is_symlink() and name not in self._saved:
+            self._saved[name] = path.read_bytes()
+
     def undo(self) -> None:
-        """Remove what this command created (the whole directory, when it created that)."""
+        """Remove what this command created (the whole directory, when it created that) and put back
+        the files it preserved."""
         for name in self.results():
             if self.created_dir or name not in self.before:
                 remove_path(self.out / name)
         if not self.marker_existed:
             (self.out / MARKER_NAME).unlink(missing_ok=True)
+        for name, data in self._saved.items():
+            write_bytes(self.out / name, data)
 
 
 @contextlib.contextmanager
@@ -197,6 +208,7 @@ def hold(out: str | Path, create: bool = True) -> Iterator[Output]:
             refuse_links_out(out)
             names = frozenset(p.name for p in out.iterdir() if p.name not in BOOKKEEPING)
             output = Output(out, created, names, (out / MARKER_NAME).exists())
+            output.preserve(MARKER_NAME)
             yield output
             output.finished = True
             output.check_still_ours()

@@ -82,6 +82,7 @@ def claim_run_dir(output: Output, name: str, config: dict[str, Any], overwrite: 
     (a stage whose inputs did not change is kept). Anything else is refused."""
     out = output.out
     owner = output.owner("run", RUN_ENTRIES, _legacy_run)
+    output.preserve(MARKER)  # a refused run puts the experiment record back as it was
     try:
         record = read_record(out / MARKER, RUN_RECORD) if owner and (out / MARKER).exists() else None
     except UserError as err:
