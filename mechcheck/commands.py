@@ -8,6 +8,9 @@ modules, after checking the experiment and before any work.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+from collections.abc import Iterator
 
 TEST_ENTRIES = ("results.json", "predictions", "report.md", "figures")  # what `mechcheck test` writes
 
@@ -50,11 +53,28 @@ def test(args: argparse.Namespace) -> int:
         return test_command(argparse.Namespace(**{**vars(args), "overwrite": True}))  # claimed above
 
 
+@contextlib.contextmanager
+def _rendering(what: str) -> Iterator[None]:
+    """A view of files the user may have edited: a field of a type the renderer cannot use, deeper
+    than the record shapes look, is one line naming the folder (MECHCHECK_DEBUG=1: the traceback)."""
+    from mechcheck.errors import UserError
+
+    try:
+        yield
+    except (TypeError, KeyError, AttributeError, ValueError, IndexError, ArithmeticError) as err:
+        if os.environ.get("MECHCHECK_DEBUG"):
+            raise
+        raise UserError(
+            f"{what}: results.json or a saved prediction holds a field of an unexpected type or shape "
+            f"({type(err).__name__}: {err}); recreate it with mechcheck test or mechcheck run"
+        ) from err
+
+
 def report(args: argparse.Namespace) -> int:
     from mechcheck.cross.pipeline import cross_report_command, is_cross_run
     from mechcheck.ownership import hold
 
-    with hold(args.dir, create=False):
+    with hold(args.dir, create=False), _rendering(args.dir):
         if is_cross_run(args.dir):
             return cross_report_command(args)
         from mechcheck.report import report_command
@@ -65,7 +85,8 @@ def report(args: argparse.Namespace) -> int:
 def compare(args: argparse.Namespace) -> int:
     from mechcheck.report import compare_command
 
-    return compare_command(args)
+    with _rendering(", ".join(args.dirs)):
+        return compare_command(args)
 
 
 def run(args: argparse.Namespace) -> int:

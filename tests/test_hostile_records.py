@@ -17,6 +17,7 @@ from hostile_kit import checkpoint, deep_json, edit_json, fails, listing, world
 
 import mechcheck.subject
 from mechcheck.checkpoint import RUN_RECORD
+from mechcheck.cli import main
 from mechcheck.records import PREDICTIONS, fits
 from mechcheck.report.views import BATTERY_RESULTS
 
@@ -228,6 +229,40 @@ def test_a_corrupt_results_json(results_dir, capsys, kind):
 def test_a_corrupt_saved_prediction(results_dir, capsys, kind):
     (results_dir / "predictions" / "seed-1.json").write_bytes(RAW[kind])
     refused_report(capsys, results_dir, "seed-1.json")
+
+
+def _leaf_paths(data, path=()):
+    """Every key path of a JSON value (two entries of each list)."""
+    yield path
+    items = data.items() if isinstance(data, dict) else enumerate(data[:2]) if isinstance(data, list) else ()
+    for key, value in items:
+        yield from _leaf_paths(value, (*path, key))
+
+
+DEEP = [p for p in _leaf_paths(json.loads((FIXTURE / "results.json").read_text())) if len(p) >= 3]
+
+
+@pytest.mark.parametrize("index", range(4))
+def test_a_wrong_type_deep_inside_results_json_is_one_line_or_ignored(results_dir, capsys, index):
+    """Fields deeper than the record shapes look (a probe's metrics, a verdict's evidence …), picked
+    at random: the report renders, or refuses with one line."""
+    import random
+
+    path = random.Random(index).choice(DEEP)
+
+    def change(results):
+        target = results
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = [{"x": None}] if index % 2 else "text"
+
+    edit_json(results_dir / "results.json", change)
+    capsys.readouterr()
+    code = main(["report", str(results_dir)])
+    err = capsys.readouterr().err
+    assert code in (0, 2) and (
+        code == 0 or (err.count("\n") == 1 and err.startswith("mechcheck: error: "))
+    ), err
 
 
 # --- records inside a run directory -----------------------------------------------------------
