@@ -65,7 +65,8 @@ def first_difference(old: Any, new: Any, where: str = "") -> str | None:
                 return found
         return None
     if old != new:
-        return f"{where or 'the configuration'}: {json.dumps(old)} -> {json.dumps(new)}"
+        shown = [text if len(text := json.dumps(v)) <= 60 else text[:57] + "..." for v in (old, new)]
+        return f"{where or 'the configuration'}: {shown[0]} -> {shown[1]}"
     return None
 
 
