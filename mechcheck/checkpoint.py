@@ -266,7 +266,8 @@ def read_checkpoints(paths: Sequence[str | Path]) -> list[Checkpoint]:
     if not paths:
         raise UserError("no checkpoints given")
     checkpoints, seen = [], {}
-    for ck in map(read_checkpoint, paths):
+    for given in paths:
+        ck = read_checkpoint(given)
         ck.predictions()  # checked now, before any model is loaded
         keys = {"real": os.path.realpath(ck.path), "copy": _fingerprint(ck.path)}
         if "seed" in ck.run:
@@ -276,8 +277,10 @@ def read_checkpoints(paths: Sequence[str | Path]) -> list[Checkpoint]:
                 other = seen[kind, key]
                 why = {"real": "the same checkpoint", "copy": "copies of one checkpoint",
                        "seed": f"the same seed ({ck.run['seed']}) of one run"}[kind]  # fmt: skip
-                raise UserError(f"{other} and {ck.path} are {why}: each seed is counted once; give it once")
-            seen[kind, key] = ck.path
+                raise UserError(
+                    f"{other!r} and {str(given)!r} are {why}: each seed is counted once; give it once"
+                )
+            seen[kind, key] = str(given)
         checkpoints.append(ck)
     return checkpoints
 

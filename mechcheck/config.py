@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-from mechcheck.errors import UserError
+from mechcheck.errors import UserError, field_path
 
 T = TypeVar("T")
 MAX_INT = 2**63 - 1  # every integer fits an int64 (torch, numpy)
@@ -87,7 +87,7 @@ def build(cls: type[T], data: dict[str, Any], where: str) -> T:
     hints = typing.get_type_hints(cls, include_extras=True)
     values = {}
     for name, value in data.items():
-        values[name] = check_value(hints[name], value, _join(where, name))
+        values[name] = check_value(hints[name], value, field_path(where, name))
     try:
         built = cls(**values)
     except TypeError as err:  # a required key is missing
@@ -95,11 +95,6 @@ def build(cls: type[T], data: dict[str, Any], where: str) -> T:
     for problem in _problems(built):
         raise UserError(f"{where}: {problem}")
     return built
-
-
-def _join(where: str, name: str) -> str:
-    """`file.toml: train.lr` — the file, then the key's dotted path."""
-    return f"{where}.{name}" if ": " in where else f"{where}: {name}"
 
 
 def _problems(obj: Any) -> Iterator[str]:

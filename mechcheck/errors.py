@@ -19,6 +19,11 @@ class EnvironmentFault(Exception):  # noqa: N818 - a fault, not an error of the 
     """The machine failed us (full disk, quota, I/O error): one line, exit 1; rerunning resumes."""
 
 
+def field_path(where: str, key: str) -> str:
+    """`file: key.sub` — a file (or other source) named once, then the key's dotted path."""
+    return f"{where}.{key}" if ": " in where else f"{where}: {key}"
+
+
 def describe_os_error(err: OSError) -> str:
     """`path: reason` for an OSError, in one line."""
     where = " -> ".join(str(f) for f in (err.filename, err.filename2) if f is not None)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mechcheck.errors import UserError
+from mechcheck.errors import UserError, field_path
 
 MAX_DEPTH = 64  # no record mechcheck writes nests deeper than ~10
 MAX_BYTES = 2**30  # a record is JSON text, not a data set
@@ -120,7 +120,7 @@ class Obj(Shape):
             if key not in value:
                 return f"{where}: missing required field {key!r}"
         return _first(
-            shape.problem(value[key], f"{where}.{key}")
+            shape.problem(value[key], field_path(where, key))
             for key, shape in self.fields.items()
             if key in value and not (value[key] is None and key in self.nullable)
         )
@@ -148,7 +148,7 @@ class MapOf(Shape):
     def problem(self, value: Any, where: str) -> str | None:
         if not isinstance(value, dict):
             return _wrong(where, self.name, value)
-        return _first(self.value.problem(item, f"{where}.{key}") for key, item in value.items())
+        return _first(self.value.problem(item, field_path(where, str(key))) for key, item in value.items())
 
 
 @dataclass(frozen=True)
