@@ -15,14 +15,13 @@ Layout of `runs/NAME/`:
 Every stage folder has a `stage.json` with the sha256 of its inputs (its config section and the
 hashes of what it depends on); a rerun skips a stage whose hash matches and whose outputs exist,
 and a killed training run continues from its saved state. Another experiment's run, or a changed
-configuration of this one, is refused without --overwrite (`claim_run_dir`). `mechcheck report
+configuration of this one, is refused without --overwrite (`mechcheck.rundir`). `mechcheck report
 runs/NAME` re-renders the report from the files alone.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -35,87 +34,15 @@ from mechcheck.config import to_dict
 from mechcheck.errors import UserError
 from mechcheck.experiment import Experiment, config_dict, load_experiment
 from mechcheck.outputs import write_json
-from mechcheck.ownership import Output, hold
+from mechcheck.ownership import hold
 from mechcheck.records import DICT, NEURON, STR, ListOf, Obj, read_record
-from mechcheck.stages import Stage, digest, run_stage
+from mechcheck.rundir import claim_run_dir, identity, write_run_record
+from mechcheck.stages import Stage, run_stage
 
 RUN_FORMAT = "mechcheck-run/1"
-MARKER = "experiment.json"
 MIN_EVAL_TEXTS = BatteryOptions.min_labels  # the battery's minimum for a confidence interval
-# every top-level name a run directory holds (the cross-prediction run adds labels/)
-RUN_ENTRIES = (MARKER, "corpus", "select", "labels", "train", "test", "report", "results.json", "report.md",
-               "figures")  # fmt: skip
-RUN_RECORD = Obj({"identity": STR, "file": STR, "config": DICT, "hash": STR, "run_id": STR},
-                 required=("identity", "config"))  # fmt: skip
 SPLITS = Obj({k: ListOf(STR) for k in ("train", "val", "test")}, required=("train", "val", "test"))
 CHOSEN = Obj({"neurons": ListOf(NEURON, min_len=1)}, required=("neurons",))
-
-
-def identity(experiment: Experiment, file: str | Path) -> str:
-    """What makes two runs "the same experiment": its name, or the file's stem when unnamed."""
-    return experiment.name if experiment.name != "experiment" else Path(file).stem
-
-
-def first_difference(old: Any, new: Any, where: str = "") -> str | None:
-    """The first key path at which two configurations differ, as `key: old -> new`."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        for key in sorted(set(old) | set(new), key=str):
-            found = first_difference(old.get(key), new.get(key), f"{where}.{key}" if where else str(key))
-            if found:
-                return found
-        return None
-    if old != new:
-        shown = [text if len(text := json.dumps(v)) <= 60 else text[:57] + "..." for v in (old, new)]
-        return f"{where or 'the configuration'}: {shown[0]} -> {shown[1]}"
-    return None
-
-
-def _legacy_run(out: Path) -> bool:
-    """A run written before the ownership marker existed: its experiment.json hashes its own config."""
-    try:
-        record = read_record(out / MARKER, RUN_RECORD)
-    except UserError:
-        return False
-    return record.get("hash") == digest(record["config"])
-
-
-def claim_run_dir(output: Output, name: str, config: dict[str, Any], overwrite: bool) -> str:
-    """Take `output` for experiment `name` with `config`: a fresh directory; this experiment's own run
-    (resumed: finished stages are kept); with --overwrite, another experiment's run or a rerun of the
-    same configuration replaced, and a changed configuration of this experiment rerun stage by stage
-    (a stage whose inputs did not change is kept). Anything else is refused."""
-    out = output.out
-    owner = output.owner("run", RUN_ENTRIES, _legacy_run)
-    output.preserve(MARKER)  # a refused run puts the experiment record back as it was
-    try:
-        record = read_record(out / MARKER, RUN_RECORD) if owner and (out / MARKER).exists() else None
-    except UserError as err:
-        if not overwrite:
-            raise UserError(f"{err}; pass --overwrite to replace this run") from err
-        record = None
-    if record is None:
-        return output.claim("run", RUN_ENTRIES, overwrite=overwrite, resume=True, legacy=_legacy_run)
-    if record["identity"] != name:
-        if not overwrite:
-            raise UserError(
-                f"{out} holds a run of experiment {record['identity']!r}, not {name!r}; pass --overwrite to "
-                "replace it"
-            )
-        return output.claim("run", RUN_ENTRIES, overwrite=True, resume=False, legacy=_legacy_run)
-    changed = first_difference(json.loads(json.dumps(record["config"])), json.loads(json.dumps(config)))
-    if changed and not overwrite:
-        raise UserError(
-            f"{out} holds a run of experiment {name!r} with another configuration ({changed}); pass "
-            "--overwrite to rerun what it changes, or choose another --out"
-        )
-    replace_all = overwrite and not changed
-    return output.claim("run", RUN_ENTRIES, overwrite=replace_all, resume=True, legacy=_legacy_run)
-
-
-def write_run_record(out: Path, name: str, file: str | Path, config: dict[str, Any], run_id: str) -> None:
-    """experiment.json: which experiment this directory belongs to, and its configuration."""
-    record = {"identity": name, "file": str(file), "config": config, "hash": digest(config)}
-    write_json(out / MARKER, record | {"run_id": run_id})
 
 
 # --- stages --------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import pytest
 from mechcheck.cli import main
 from mechcheck.experiment import load_experiment
 from mechcheck.ownership import hold
-from mechcheck.pipeline import claim_run_dir
+from mechcheck.rundir import claim_run_dir
 from mechcheck.testing import random_texts, save_tiny
 
 EXPERIMENTS = Path(__file__).parent.parent / "experiments"

@@ -28,9 +28,10 @@ from mechcheck.cross.labels import read_labels, write_labels
 from mechcheck.errors import UserError
 from mechcheck.outputs import versions, write_json
 from mechcheck.ownership import hold
-from mechcheck.pipeline import MARKER, Pipeline, claim_run_dir, identity, write_run_record
+from mechcheck.pipeline import Pipeline
 from mechcheck.readout import Neuron
 from mechcheck.records import DICT, STR, MapOf, Obj, read_record
+from mechcheck.rundir import MARKER, claim_run_dir, identity, write_run_record
 from mechcheck.stages import Stage, digest
 from mechcheck.subject import Subject, weights_digest
 
