@@ -1,8 +1,18 @@
-"""CLI subcommands: each one a thin call into the module that owns it (imported lazily)."""
+"""CLI subcommands: each one a thin call into the module that owns it (imported lazily).
+
+`test` and `report` take their output directory's lock here (`mechcheck.ownership.hold`), so the
+battery writes into a directory no other run is writing; `run` and `train` take theirs in their own
+modules, after checking the experiment and before any work.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+from collections.abc import Iterator
+
+TEST_ENTRIES = ("results.json", "predictions", "battery", "report.md", "figures")  # `mechcheck test` writes
 
 
 def select(args: argparse.Namespace) -> int:
@@ -17,9 +27,51 @@ def train(args: argparse.Namespace) -> int:
     return train_command(args)
 
 
+def _legacy_test_dir(out) -> bool:
+    """A `mechcheck test` output written before the ownership marker: its results.json says so."""
+    from mechcheck.errors import UserError
+    from mechcheck.records import STR, Obj, read_record
+
+    try:
+        return read_record(out / "results.json", Obj({"format": STR}, ("format",)))["format"].startswith(
+            "mechcheck-results/"
+        )
+    except UserError:
+        return False
+
+
 def test(args: argparse.Namespace) -> int:
+    """The checkpoints are read and checked (each counted once) before the output is touched; the
+    output is locked and claimed, then the battery writes into it."""
+    from mechcheck.checkpoint import read_checkpoints
+    from mechcheck.ownership import hold
+
+    read_checkpoints(args.checkpoints)
+    with hold(args.out) as output:
+        output.claim("test", TEST_ENTRIES, overwrite=args.overwrite, resume=False, legacy=_legacy_test_dir)
+        return test_command(argparse.Namespace(**{**vars(args), "overwrite": True}))  # claimed above
+
+
+@contextlib.contextmanager
+def _rendering(what: str) -> Iterator[None]:
+    """A view of files the user may have edited: a field of a type the renderer cannot use, deeper
+    than the record shapes look, is one line naming the folder (MECHCHECK_DEBUG=1: the traceback)."""
+    from mechcheck.errors import UserError
+
+    try:
+        yield
+    except (TypeError, KeyError, AttributeError, ValueError, IndexError, ArithmeticError) as err:
+        if os.environ.get("MECHCHECK_DEBUG"):
+            raise
+        raise UserError(
+            f"{what}: results.json or a saved prediction holds a field of an unexpected type or shape "
+            f"({type(err).__name__}: {err}); recreate it with mechcheck test or mechcheck run"
+        ) from err
+
+
+def test_command(args: argparse.Namespace) -> int:
     """`mechcheck test CKPT [CKPT…] [--corpus FILE] [--probes a,b] --out DIR`: the battery writes
-    results.json, then the report is rendered from it."""
+    results.json and its data, then the report is rendered from them."""
     import sys
     from pathlib import Path
 
@@ -54,18 +106,21 @@ def test(args: argparse.Namespace) -> int:
 
 def report(args: argparse.Namespace) -> int:
     from mechcheck.cross.pipeline import cross_report_command, is_cross_run
+    from mechcheck.ownership import hold
 
-    if is_cross_run(args.dir):
-        return cross_report_command(args)
-    from mechcheck.report import report_command
+    with hold(args.dir, create=False), _rendering(args.dir):
+        if is_cross_run(args.dir):
+            return cross_report_command(args)
+        from mechcheck.report import report_command
 
-    return report_command(args)
+        return report_command(args)
 
 
 def compare(args: argparse.Namespace) -> int:
     from mechcheck.report import compare_command
 
-    return compare_command(args)
+    with _rendering(", ".join(args.dirs)):
+        return compare_command(args)
 
 
 def run(args: argparse.Namespace) -> int:

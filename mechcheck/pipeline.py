@@ -2,6 +2,8 @@
 
 Layout of `runs/NAME/`:
 
+    .mechcheck.json            mechcheck's marker: what it wrote here (what --overwrite may delete)
+    .mechcheck.lock            held while a command writes the directory (mechcheck.lock)
     experiment.json            which experiment this directory belongs to (and its config)
     corpus/                    card.json, splits.json (the split texts)
     select/                    neurons.json (+ the chosen neuron's histogram when it was selected)
@@ -12,14 +14,14 @@ Layout of `runs/NAME/`:
 
 Every stage folder has a `stage.json` with the sha256 of its inputs (its config section and the
 hashes of what it depends on); a rerun skips a stage whose hash matches and whose outputs exist,
-and a killed training run continues from its saved state. `mechcheck report runs/NAME`
-re-renders the report from the files alone.
+and a killed training run continues from its saved state. Another experiment's run, or a changed
+configuration of this one, is refused without --overwrite (`mechcheck.rundir`). `mechcheck report
+runs/NAME` re-renders the report from the files alone.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -27,42 +29,20 @@ from typing import Any
 
 from tqdm import tqdm
 
+from mechcheck.battery.base import BatteryOptions
 from mechcheck.config import to_dict
 from mechcheck.errors import UserError
 from mechcheck.experiment import Experiment, config_dict, load_experiment
 from mechcheck.outputs import write_json
-from mechcheck.stages import Stage, digest, run_stage
+from mechcheck.ownership import hold
+from mechcheck.records import DICT, NEURON, STR, ListOf, Obj, read_record
+from mechcheck.rundir import claim_run_dir, identity, write_run_record
+from mechcheck.stages import Stage, run_stage
 
 RUN_FORMAT = "mechcheck-run/1"
-MARKER = "experiment.json"
-
-
-def identity(experiment: Experiment, file: str | Path) -> str:
-    """What makes two runs "the same experiment": its name, or the file's stem when unnamed."""
-    return experiment.name if experiment.name != "experiment" else Path(file).stem
-
-
-def claim_run_dir(out: Path, name: str, overwrite: bool) -> None:
-    """An empty or absent dir, or this experiment's own run (resume); anything else is refused."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out} exists and is not a directory")
-    if not out.is_dir() or not any(out.iterdir()):
-        out.mkdir(parents=True, exist_ok=True)
-        return
-    marker = out / MARKER
-    if not marker.is_file():
-        raise UserError(f"{out} is not empty and holds no mechcheck run; choose another --out")
-    try:
-        old = json.loads(marker.read_text()).get("identity")
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as err:
-        raise UserError(f"{marker} is corrupt ({err}); choose another --out") from err
-    if overwrite:
-        shutil.rmtree(out)
-        out.mkdir(parents=True)
-    elif old != name:
-        raise UserError(
-            f"{out} holds a run of experiment {old!r}, not {name!r}; pass --overwrite to replace it"
-        )
+MIN_EVAL_TEXTS = BatteryOptions.min_labels  # the battery's minimum for a confidence interval
+SPLITS = Obj({k: ListOf(STR) for k in ("train", "val", "test")}, required=("train", "val", "test"))
+CHOSEN = Obj({"neurons": ListOf(NEURON, min_len=1)}, required=("neurons",))
 
 
 # --- stages --------------------------------------------------------------------------------
@@ -114,7 +94,7 @@ class Pipeline:
         write_json(stage.folder / "card.json", splits.card)
 
     def splits(self) -> dict[str, list[str]]:
-        return json.loads((self.out / "corpus" / "splits.json").read_text())
+        return read_record(self.out / "corpus" / "splits.json", SPLITS)
 
     # select ------------------------------------------------------------------------------
     def select(self, corpus: Stage) -> Stage:
@@ -168,8 +148,8 @@ class Pipeline:
         )
 
     def neuron(self) -> dict[str, int]:
-        chosen = json.loads((self.out / "select" / "neurons.json").read_text())["neurons"][0]
-        return {"layer": int(chosen["layer"]), "index": int(chosen["index"])}
+        chosen = read_record(self.out / "select" / "neurons.json", CHOSEN)["neurons"][0]
+        return {"layer": chosen["layer"], "index": chosen["index"]}
 
     # train -------------------------------------------------------------------------------
     def train_experiment(self) -> Experiment:
@@ -281,10 +261,10 @@ def combined_results(out: Path, experiment: Experiment, records: dict[str, dict[
     conditions = []
     for name in sorted(n for n in records if n.startswith("test/")):
         key = name.split("/", 1)[1]
-        results = json.loads((out / name / "results.json").read_text())
+        results = read_record(out / name / "results.json", DICT)
         curves = {}
         for run_file in sorted((out / "train" / key).glob("seed-*/run.json")):
-            run = json.loads(run_file.read_text())
+            run = read_record(run_file, DICT)
             curves[str(run.get("seed", run_file.parent.name.split("-")[-1]))] = run.get("curves") or []
         conditions.append({"key": key, "dir": name, "results": results, "curves": curves})
     batteries = [c["results"] for c in conditions if str(c["results"].get("format", "")).endswith("/2")]
@@ -292,10 +272,10 @@ def combined_results(out: Path, experiment: Experiment, records: dict[str, dict[
         from mechcheck.verdict import experiment_level
 
         experiment_level(batteries)
-    selection = json.loads((out / "select" / "neurons.json").read_text())
-    selection["neurons"] = selection.get("neurons", [])[:10]
+    selection = read_record(out / "select" / "neurons.json", CHOSEN)
+    selection["neurons"] = selection["neurons"][:10]
     stages = {n: {"hash": r.get("hash"), "seconds": r.get("seconds")} for n, r in records.items()}
-    header = {"corpus": json.loads((out / "corpus" / "card.json").read_text())}
+    header = {"corpus": read_record(out / "corpus" / "card.json", DICT)}
     return {
         "format": RUN_FORMAT,
         "name": out.name,
@@ -308,18 +288,37 @@ def combined_results(out: Path, experiment: Experiment, records: dict[str, dict[
 
 
 def check_experiment(experiment: Experiment) -> None:
-    """Refuse a bad experiment before anything is written: the trainer's and the battery's checks."""
+    """Refuse a bad experiment before anything is written: the trainer's and the battery's checks
+    (the values themselves were checked when the file was read)."""
     from mechcheck.battery.runner import select_probes
+    from mechcheck.scan import check_criterion
     from mechcheck.train.runner import check_experiment as check_training
 
     check_training(experiment, experiment.train.seeds)
     select_probes(list(experiment.battery.probes) or None)
+    n = experiment.neuron
+    if not n.neurons and n.layer is None:
+        check_criterion(n.criterion)
+    if experiment.battery.max_eval < MIN_EVAL_TEXTS:
+        raise UserError(
+            f"battery.max_eval = {experiment.battery.max_eval}: the battery needs at least {MIN_EVAL_TEXTS} "
+            "evaluation texts for a confidence interval"
+        )
+
+
+def check_test_split(p: Pipeline) -> None:
+    """The battery's evaluation texts come from the test split: refuse a too small one before training."""
+    from mechcheck.battery.evaluation import check_eval_size
+
+    n = min(len(p.splits()["test"]), p.experiment.battery.max_eval)
+    check_eval_size(n, MIN_EVAL_TEXTS, f"the test split of corpus {p.experiment.corpus.source!r}")
 
 
 def run_pipeline(experiment: Experiment, out: str | Path, progress: bool = False) -> Path:
     """Every stage in order (skipping those already done); returns the report's path."""
     p = Pipeline(experiment, Path(out), progress)
     corpus = p.corpus()
+    check_test_split(p)
     select = p.select(corpus)
     train = p.train(corpus, select)
     tests = p.test(train)
@@ -337,18 +336,10 @@ def run_command(args: argparse.Namespace) -> int:
 
         hf_logging.disable_progress_bar()
     check_experiment(experiment)
-    out = Path(args.out)
-    name = identity(experiment, args.experiment)
-    claim_run_dir(out, name, args.overwrite)
-    write_json(
-        out / MARKER,
-        {
-            "identity": name,
-            "file": str(args.experiment),
-            "config": to_dict(experiment),
-            "hash": digest(to_dict(experiment)),
-        },
-    )
-    path = run_pipeline(experiment, out, progress=not args.quiet)
+    name, config = identity(experiment, args.experiment), to_dict(experiment)
+    with hold(args.out) as output:
+        claim_run_dir(output, name, config, args.overwrite)
+        write_run_record(output.out, name, args.experiment, config, output.marker["run_id"])
+        path = run_pipeline(experiment, output.out, progress=not args.quiet)
     print(f"report: {path}")
     return 0

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import nnsight
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from mechcheck.anatomy import Anatomy, anatomy_for
@@ -294,12 +295,14 @@ def _load_hf(spec: str, dtype: torch.dtype):
         folder, kw = gguf.parent, {"gguf_file": gguf.name}
     else:
         folder, kw = spec, {}
+        refuse_pickle(spec)
         if not os.path.isdir(spec) and not _hub_reachable():
             kw["local_files_only"] = True  # the cache or nothing: no minute of retries
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, **kw)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **kw)
-    except (OSError, ValueError, KeyError) as err:
+        weights = {} if "gguf_file" in kw else {"use_safetensors": True}  # never a pickle
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **kw, **weights)
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as err:  # weights misfit or corrupt
         where = "local directory" if os.path.isdir(spec) else "hub name (not reachable or not cached here)"
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(
@@ -307,6 +310,22 @@ def _load_hf(spec: str, dtype: torch.dtype):
             f"Offline models: {', '.join(OFFLINE_MODELS)}; or give a local HF directory"
         ) from err
     return model, tokenizer
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def refuse_pickle(folder: str | Path) -> None:
+    """A local model folder must hold safetensors weights: mechcheck never unpickles (torch.load)."""
+    folder = Path(folder)
+    if not folder.is_dir() or any(folder.glob("*.safetensors")) or any(folder.glob("*.safetensors.*")):
+        return
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise UserError(
+            f"{folder} holds only pickle weights ({pickles[0]}); mechcheck loads safetensors only, never "
+            "pickle: convert them with save_pretrained(..., safe_serialization=True)"
+        )
 
 
 def _forget_gguf_quantizer(model: nn.Module) -> None:

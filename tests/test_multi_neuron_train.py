@@ -118,7 +118,7 @@ def test_every_condition_trains_a_vector_readout(tmp_path, tiny_dir, corpus_file
         ("neurons = [{layer = 0, index = 1, sign = 1}]", "unknown key 'sign'"),
         ("neurons = [{layer = 0}]", "index"),
         ("neurons = [{layer = 9, index = 1}, {layer = 0, index = 1}]", "layer"),
-        ("neurons = []", "neuron.neurons is empty"),
+        ("neurons = []", "neuron: neurons is empty"),
     ],
 )
 def test_bad_neuron_lists_are_one_line_errors(tmp_path, tiny_dir, corpus_file, capsys, neuron, message):  # noqa: F811

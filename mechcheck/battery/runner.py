@@ -26,9 +26,9 @@ from mechcheck.battery.base import PROBES, BatteryOptions, Probe, ProbeResult
 from mechcheck.battery.context import Context, build_context, is_prompted
 from mechcheck.battery.evaluation import eval_texts
 from mechcheck.battery.scoring import heads
-from mechcheck.checkpoint import Checkpoint, read_checkpoint, verify_base
+from mechcheck.checkpoint import Checkpoint, read_checkpoints, verify_base
 from mechcheck.errors import UserError
-from mechcheck.outputs import claim_dir, versions, write_json
+from mechcheck.outputs import claim_dir, remove_path, versions, write_json
 from mechcheck.readout import neuron_key
 from mechcheck.verdict import shares, verdicts
 
@@ -79,7 +79,7 @@ def _check_out(out: Path, overwrite: bool) -> None:
 
 
 def _load(paths: Sequence[str | Path]) -> list[Checkpoint]:
-    checkpoints = [read_checkpoint(p) for p in paths]
+    checkpoints = read_checkpoints(paths)  # each read and checked, each counted once
     for ck in checkpoints:
         if ck.label_model != ck.base_model:
             raise UserError(
@@ -321,12 +321,10 @@ def _finite(value: Any) -> Any:
 def write_results(out: Path, results: dict[str, Any], cks: list[Checkpoint], per_ck, overwrite: bool) -> None:
     """results.json, each checkpoint's predictions (predictions/seed-k.json) and the battery's
     per-seed data (battery/seed-k[-neuron].json)."""
-    import shutil
-
     out = claim_dir(out, overwrite)
     for folder in ("predictions", DATA):
         if (out / folder).exists():
-            shutil.rmtree(out / folder)
+            remove_path(out / folder)  # never follows a link
     several = len(cks[0].neurons) > 1
     for k, (ck, runs) in enumerate(zip(cks, per_ck, strict=True)):
         seed = ck.run.get("seed", k)

@@ -7,12 +7,11 @@ it overwrites report.md and the figures it draws, and never touches the results.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 from mechcheck.errors import UserError
-from mechcheck.outputs import claim_file
+from mechcheck.outputs import claim_file, write_text
 from mechcheck.report import information_md
 from mechcheck.report.battery_md import battery_section
 from mechcheck.report.cross_talk_md import cross_talk_sections
@@ -75,11 +74,7 @@ def render_report(folder: str | Path) -> Path:
     view = load_view(folder)
     figs = Figures(folder / FIGURES, FIGURES)
     text = render_markdown(view, figs)
-    path = folder / REPORT
-    tmp = path.with_name(REPORT + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+    return write_text(folder / REPORT, text)
 
 
 def report_command(args: argparse.Namespace) -> int:
@@ -146,6 +141,6 @@ def compare_command(args: argparse.Namespace) -> int:
             raise UserError(
                 f"--out {args.out}: choose another name; results.json and report.md belong to runs"
             )
-        claim_file(args.out, args.overwrite).write_text(table)
+        write_text(claim_file(args.out, args.overwrite), table)
     sys.stdout.write(table)
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -17,15 +18,17 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from mechcheck.config import to_dict
+from mechcheck.config import Seeds, check_value, to_dict
 from mechcheck.errors import UserError
 from mechcheck.experiment import Experiment, load_experiment
-from mechcheck.outputs import claim_dir, versions, write_json
+from mechcheck.outputs import BOOKKEEPING, claim_dir, versions, write_json
+from mechcheck.ownership import hold
 from mechcheck.readout import Neuron
+from mechcheck.records import DICT, read_record
 from mechcheck.subject import POSITIONS, Subject
 from mechcheck.targets import TargetSet, build_targets
 from mechcheck.train.bench import Bench
-from mechcheck.train.conditions import CONDITIONS, plan
+from mechcheck.train.conditions import CONDITIONS, TARGET_MODES, plan
 from mechcheck.train.frozen_fit import default_cache_dir
 from mechcheck.train.readouts import check_readout, fit_token_readout, is_token
 from mechcheck.train.record import config_hash
@@ -49,34 +52,8 @@ def check_experiment(experiment: Experiment, seeds: Sequence[int]) -> list[tuple
     if experiment.neuron.position not in POSITIONS:
         choices = ", ".join(POSITIONS)
         raise UserError(f"neuron.position {experiment.neuron.position!r}: choose one of {choices}")
-    if (experiment.neuron.layer is None) != (experiment.neuron.index is None):
-        raise UserError("set both neuron.layer and neuron.index to fix the neuron, or neither to select one")
-    check_neurons(experiment)
-    if not seeds:
-        raise UserError("no seeds to train: give --seeds or train.seeds")
-    for name in ("batch_size", "eval_every", "patience", "epochs"):
-        if getattr(cfg, name) < 1:
-            raise UserError(f"train.{name} must be at least 1, got {getattr(cfg, name)}")
+    check_value(Seeds, tuple(seeds), "the seeds to train (--seeds or train.seeds)")
     return pairs
-
-
-def check_neurons(experiment: Experiment) -> None:
-    """`neuron.neurons` (several fixed neurons): not with layer/index, distinct, linear readout only."""
-    n = experiment.neuron
-    if n.neurons is None:
-        return
-    if not n.neurons:
-        raise UserError("neuron.neurons is empty: list the neurons, or leave it out to use layer/index")
-    if n.layer is not None or n.index is not None:
-        raise UserError("set either neuron.layer/neuron.index or neuron.neurons, not both")
-    pairs = [(ref.layer, ref.index) for ref in n.neurons]
-    if len(set(pairs)) != len(pairs):
-        raise UserError(f"neuron.neurons lists a neuron twice: {pairs}")
-    if len(pairs) > 1 and experiment.train.readout != "linear":
-        raise UserError(
-            f"train.readout {experiment.train.readout!r} reports one neuron; several neurons "
-            "(neuron.neurons) need the linear (vector) readout"
-        )
 
 
 def choose_neuron(
@@ -134,7 +111,7 @@ def _write_target(out: Path, targets: TargetSet, corpus: dict, selection: dict, 
     record = {**neuron_record(targets), "position": targets.position, "selection": selection}
     record |= {"target": targets.card, "corpus": corpus}
     if resume and file.is_file():
-        old = json.loads(file.read_text())
+        old = read_record(file, DICT)
         if (
             old.get("neuron") != record.get("neuron")
             or old.get("neurons") != record.get("neurons")
@@ -151,7 +128,7 @@ def _claim_run(folder: Path, digest: str, resume: bool, overwrite: bool) -> bool
         if overwrite:
             shutil.rmtree(folder)
         elif resume:
-            saved = json.loads((folder / "run.json").read_text()).get("config_hash")
+            saved = read_record(folder / "run.json", DICT).get("config_hash")
             if saved != digest:
                 raise UserError(f"{folder}: --resume with a different configuration; use --overwrite")
             return False
@@ -201,7 +178,7 @@ def train_experiment(
             folder = run_dir(out, condition.name, mode, seed)
             digest = config_hash(experiment, condition.name, mode, seed)
             if not _claim_run(folder, digest, resume, overwrite):
-                runs.append(json.loads((folder / "run.json").read_text()))
+                runs.append(read_record(folder / "run.json", DICT))
                 continue
             runs.append(
                 train_run(
@@ -219,6 +196,14 @@ def train_experiment(
                 )  # fmt: skip
             )
     return runs
+
+
+def legacy_train_dir(out: Path) -> bool:
+    """A `mechcheck train` output written before the ownership marker: a target.json and only
+    `<condition>-<target mode>` folders beside it."""
+    names = [p.name for p in out.iterdir() if p.name not in ("target.json", *BOOKKEEPING)]
+    pattern = re.compile(rf"[a-z_]+-({'|'.join(TARGET_MODES)})")
+    return (out / "target.json").is_file() and all(pattern.fullmatch(n) for n in names)
 
 
 def summary_line(run: dict[str, Any]) -> str:
@@ -274,10 +259,15 @@ def train_command(args: argparse.Namespace) -> int:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-    runs = train_experiment(
-        experiment, args.out, seeds=args.seeds, resume=args.resume, overwrite=args.overwrite,
-        progress=not args.quiet,
-    )  # fmt: skip
+    seeds = experiment.train.seeds if args.seeds is None else args.seeds
+    pairs = check_experiment(experiment, seeds)
+    entries = ("target.json", *(f"{c.name}-{m}" for c, m in pairs))
+    with hold(args.out) as output:
+        output.claim("train", entries, overwrite=args.overwrite, resume=args.resume, legacy=legacy_train_dir)
+        runs = train_experiment(
+            experiment, output.out, seeds=seeds, resume=args.resume, overwrite=args.overwrite,
+            progress=not args.quiet,
+        )  # fmt: skip
     for run in runs:
         print(summary_line(run))
     print(f"checkpoints: {args.out}/<condition>-<target_mode>/seed-<k>/; target set: {args.out}/target.json")
