@@ -68,7 +68,8 @@ class Checkpoint:
         from transformers import AutoModelForCausalLM
 
         try:
-            model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32).eval()
+            model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32)
+            model = model.to(base.device).eval()  # where the base model is (CUDA in a GPU cell)
         except (OSError, ValueError) as err:
             raise UserError(f"{self.model_dir}: cannot load the trained model: {err}") from err
         tokenizer = base.tokenizer

