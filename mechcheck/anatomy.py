@@ -9,6 +9,7 @@ for gated MLPs `act(gate) * up`).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from contextlib import ExitStack
 from typing import ClassVar
 
 import torch
@@ -107,20 +108,34 @@ class Anatomy(ABC):
     def W_in(self, layer: int, index: int, folded: bool = True) -> dict[str, torch.Tensor]:
         """`W_in` by name ({"in": …} or {"gate": …, "up": …}), norm gain folded in by default."""
         self.check_neuron(layer, index)
-        raw = self.W_in_raw(layer, index)
-        if not folded:
-            return raw
-        gain = self.norm_gain(self.pre_mlp_norm(layer))
-        return {name: w * gain for name, w in raw.items()}
+        with self._materialised(layer):
+            raw = self.W_in_raw(layer, index)
+            if not folded:
+                return raw
+            gain = self.norm_gain(self.pre_mlp_norm(layer))
+            return {name: w * gain for name, w in raw.items()}
 
     def W_out(self, layer: int, index: int, folded: bool = True) -> torch.Tensor:
         """Direction the neuron writes ([d_model]): the down projection's column/row, times the
         gain of a norm applied to the MLP output before the residual add (Gemma 2/3), if folded."""
         self.check_neuron(layer, index)
-        w = self.down_proj(layer).weight.detach()
-        raw = (w[:, index] if self._down_in_dim == 1 else w[index, :]).clone()
-        post = self.post_mlp_norm(layer)
-        return raw * self.norm_gain(post) if folded and post is not None else raw
+        with self._materialised(layer):
+            w = self.down_proj(layer).weight.detach()
+            raw = (w[:, index] if self._down_in_dim == 1 else w[index, :]).clone()
+            post = self.post_mlp_norm(layer)
+            return raw * self.norm_gain(post) if folded and post is not None else raw
+
+    def _materialised(self, layer: int) -> ExitStack:
+        """Layer `layer`'s weights as real tensors: a model dispatched by accelerate with part of it
+        offloaded (to the CPU or disk) holds them on the meta device between forward passes."""
+        stack = ExitStack()
+        hooked = [m for m in self.module(self.layer_path(layer)).modules() if hasattr(m, "_hf_hook")]
+        if hooked:
+            from accelerate.utils import align_module_device
+
+            for module in hooked:
+                stack.enter_context(align_module_device(module))
+        return stack
 
     def neuron_from_input(self, layer: int, index: int, x: torch.Tensor) -> torch.Tensor:
         """The neuron's activation recomputed from layer L's MLP input `x` ([..., d_model], before the

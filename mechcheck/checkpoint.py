@@ -76,7 +76,8 @@ class Checkpoint:
         base = base or self.load_base()
         if self.model_dir is None:
             return base
-        return Subject(load_trained(self, base), base.tokenizer, spec=str(self.model_dir))
+        model = load_trained(self, base).to(base.device)  # where the base model is (CUDA in a GPU cell)
+        return Subject(model, base.tokenizer, spec=str(self.model_dir))
 
     def predictions(self) -> dict[str, Any] | None:
         """predictions.json, checked (None when the checkpoint has none)."""

@@ -105,6 +105,12 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="scan → train → battery → report, resumable")
     p.add_argument("experiment")
     p.add_argument("--out", required=True)
+    p.add_argument(
+        "--executor", default="local",
+        help="local (this process, the default), ray (a local Ray instance) or ray://HOST:PORT (a cluster)",
+    )  # fmt: skip
+    p.add_argument("--cell-cpus", type=float, default=1.0, help="CPUs (and threads) per Ray cell")
+    p.add_argument("--cell-gpus", type=float, default=0.0, help="GPUs per Ray cell (then it runs on CUDA)")
     _common(p)
     return top
 

@@ -130,6 +130,10 @@ def run(args: argparse.Namespace) -> int:
     data = read_toml(args.experiment)
     if is_cross(data):  # a `models` array: the cross-prediction control
         from mechcheck.cross.pipeline import cross_run_command
+        from mechcheck.errors import UserError
+
+        if args.executor != "local":
+            raise UserError(f"--executor {args.executor}: cross-prediction runs have only the local executor")
 
         return cross_run_command(args, data)
     from mechcheck.pipeline import run_command

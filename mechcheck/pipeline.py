@@ -62,12 +62,16 @@ class Pipeline:
         return self._subject
 
     def stage(self, name: str, inputs: dict[str, Any], outputs: tuple[str, ...], step, **extra: Any) -> Stage:
+        """The stage, run by `step` unless it is done (`step=None`: only built, for an executor)."""
         stage = Stage(name, self.out / name, inputs, outputs, extra)
-        with tqdm(total=1, desc=name, disable=not self.progress, leave=True) as bar:
+        return stage if step is None else self.execute(stage, step)
+
+    def execute(self, stage: Stage, step) -> Stage:
+        with tqdm(total=1, desc=stage.name, disable=not self.progress, leave=True) as bar:
             ran, record = run_stage(stage, step)
             bar.set_postfix_str("ran" if ran else "up to date")
             bar.update(1)
-        self.records[name] = record
+        self.records[stage.name] = record
         return stage
 
     # corpus ------------------------------------------------------------------------------
@@ -173,7 +177,7 @@ class Pipeline:
             f"{c.name}-{m}/seed-{s}": config_hash(experiment, c.name, m, s) for c, m in pairs for s in seeds
         }
 
-    def train(self, corpus: Stage, select: Stage) -> Stage:
+    def train(self, corpus: Stage, select: Stage, run_now: bool = True) -> Stage:
         experiment = self.train_experiment()
         runs = self.planned_runs(experiment)
         inputs = {
@@ -183,11 +187,21 @@ class Pipeline:
             "runs": runs,
         }
         outputs = ("target.json", *(f"{run}/run.json" for run in runs))
-        return self.stage("train", inputs, outputs, self._train, runs=runs)
+        return self.stage("train", inputs, outputs, self._train if run_now else None, runs=runs)
 
     def _train(self, stage: Stage, previous: dict[str, Any]) -> None:
         from mechcheck.train.runner import train_experiment
 
+        self.invalidate_train(stage, previous)
+        subject = self.subject() if self._subject is not None else None
+        self._subject = None  # the trainer changes and restores the weights; never reuse it afterwards
+        train_experiment(
+            self.train_experiment(), stage.folder, resume=True, progress=self.progress, subject=subject
+        )
+
+    def invalidate_train(self, stage: Stage, previous: dict[str, Any]) -> None:
+        """Before training again: drop the runs whose configuration changed, and the target set when
+        the model, corpus or neuron did; every other finished run is kept (and skipped)."""
         old = previous.get("runs") or {}
         for run, run_hash in stage.extra["runs"].items():
             if run in old and old[run] != run_hash:  # this run's configuration changed: start it afresh
@@ -198,14 +212,9 @@ class Pipeline:
             (stage.folder / "target.json").unlink(
                 missing_ok=True
             )  # a new target set: the trainer rewrites it
-        subject = self.subject() if self._subject is not None else None
-        self._subject = None  # the trainer changes and restores the weights; never reuse it afterwards
-        train_experiment(
-            self.train_experiment(), stage.folder, resume=True, progress=self.progress, subject=subject
-        )
 
     # test --------------------------------------------------------------------------------
-    def test(self, train: Stage) -> list[Stage]:
+    def test(self, train: Stage, run_now: bool = True) -> list[Stage]:
         by_key: dict[str, dict[str, str]] = {}
         for run, run_hash in train.extra["runs"].items():
             key, seed = run.split("/")
@@ -214,9 +223,8 @@ class Pipeline:
         for key, runs in by_key.items():
             inputs = {"runs": runs, "battery": to_dict(self.experiment.battery), "seed": self.experiment.seed}
             checkpoints = [str(train.folder / key / seed) for seed in runs]
-            stages.append(
-                self.stage(f"test/{key}", inputs, ("results.json",), self._test, checkpoints=checkpoints)
-            )
+            step = self._test if run_now else None
+            stages.append(self.stage(f"test/{key}", inputs, ("results.json",), step, checkpoints=checkpoints))
         return stages
 
     def _test(self, stage: Stage, previous: dict[str, Any]) -> None:
@@ -314,14 +322,20 @@ def check_test_split(p: Pipeline) -> None:
     check_eval_size(n, MIN_EVAL_TEXTS, f"the test split of corpus {p.experiment.corpus.source!r}")
 
 
-def run_pipeline(experiment: Experiment, out: str | Path, progress: bool = False) -> Path:
-    """Every stage in order (skipping those already done); returns the report's path."""
+def run_pipeline(experiment: Experiment, out: str | Path, progress: bool = False, executor=None) -> Path:
+    """Every stage in order (skipping those already done); returns the report's path. With a cell
+    executor (`mechcheck.executor`) the train and test stages run as its cells instead."""
     p = Pipeline(experiment, Path(out), progress)
     corpus = p.corpus()
     check_test_split(p)
     select = p.select(corpus)
-    train = p.train(corpus, select)
-    tests = p.test(train)
+    if executor is None:
+        train = p.train(corpus, select)
+        tests = p.test(train)
+    else:
+        from mechcheck.executor import run_cells
+
+        train, tests = run_cells(p, corpus, select, executor)
     p.report([corpus, select, train, *tests])
     return p.out / "report.md"
 
@@ -336,10 +350,17 @@ def run_command(args: argparse.Namespace) -> int:
 
         hf_logging.disable_progress_bar()
     check_experiment(experiment)
+    from mechcheck.executor import make_executor
+
+    executor = make_executor(args.executor, args.cell_cpus, args.cell_gpus)  # refused before writing
     name, config = identity(experiment, args.experiment), to_dict(experiment)
-    with hold(args.out) as output:
-        claim_run_dir(output, name, config, args.overwrite)
-        write_run_record(output.out, name, args.experiment, config, output.marker["run_id"])
-        path = run_pipeline(experiment, output.out, progress=not args.quiet)
+    try:
+        with hold(args.out) as output:
+            claim_run_dir(output, name, config, args.overwrite)
+            write_run_record(output.out, name, args.experiment, config, output.marker["run_id"])
+            path = run_pipeline(experiment, output.out, progress=not args.quiet, executor=executor)
+    finally:
+        if executor is not None:
+            executor.close()
     print(f"report: {path}")
     return 0

