@@ -129,18 +129,21 @@ def run_view(ctx: Context, names: list[str], progress: bool, desc: str) -> tuple
 
 def run_checkpoint(
     ck: Checkpoint, base, texts, groups, names, options, progress
-) -> tuple[list[SeedRun], float]:
+) -> tuple[list[SeedRun], list[float]]:
     """Every probe on one checkpoint, once per reported neuron (a several-neuron checkpoint is tested
-    as k single-neuron views: neuron i with row i of the readout); returns the runs and the time of
-    one bare forward over the same texts."""
+    as k single-neuron views: neuron i with row i of the readout); returns the runs and the times of
+    one bare forward over the same texts, measured before and after the probes (the machine's load
+    may change while the battery runs)."""
     trained = ck.load_subject(base)
     options = replace(options, max_tokens=_max_tokens(ck, options))
-    runs, bare = [], 0.0
+    runs, bare = [], []
     for neuron, readout in ck.views():
         start = time.perf_counter()
         ctx = build_context(trained, base, readout, neuron, ck.position, texts, groups, options, ck.run,
                             progress, targets=ck.neurons)  # fmt: skip
         timing = {"clean_passes": time.perf_counter() - start}
+        if not bare:
+            bare.append(bare_forward_seconds(ctx))
         results, skipped, probe_time = run_view(
             ctx, names, progress, f"probes ({ck.path.name}, {neuron_key(neuron)})"
         )
@@ -150,8 +153,8 @@ def run_checkpoint(
         runs.append(SeedRun(ck.run.get("seed", len(runs)), results, skipped, data, hs.describe(),
                             list(ctx.eval.texts), ctx.eval.groups.tolist(), timing,
                             len(ctx.interventions)))  # fmt: skip
-        if not bare:
-            bare = bare_forward_seconds(ctx)
+        if len(bare) == 1:
+            bare.append(bare_forward_seconds(ctx))
     return runs, bare
 
 
@@ -232,11 +235,11 @@ def run_battery(
                 "run.json has no weights_sha256: the base model's W_in/W_out were not checked"
             )
     evals = [eval_texts(ck, corpus, options) for ck in cks]
-    per_ck, bare = [], 0.0
+    per_ck, bare = [], []
     for ck, (texts, groups, _) in zip(cks, evals, strict=True):
         runs, seconds = run_checkpoint(ck, base, texts, groups, names, options, progress)
         per_ck.append(runs)
-        bare += seconds
+        bare.append(seconds)
     per_neuron = []
     for i, neuron in enumerate(cks[0].neurons):
         seeds = [runs[i] for runs in per_ck]
@@ -251,14 +254,17 @@ def run_battery(
             "n_labels": len(seeds[0].texts), "seeds": [s.seed for s in seeds],
         })  # fmt: skip
     results = _results(cks, evals, per_neuron, skipped, options)
-    total = time.perf_counter() - start - bare
+    spent = sum(sum(b) for b in bare)  # the bare-forward measurements are not the battery
+    total = time.perf_counter() - start - spent
     timing: dict[str, float] = {}
     for runs in per_ck:
         for run in runs:
             for k, v in run.timing.items():
                 timing[k] = timing.get(k, 0.0) + v
-    results["timing"] = {"total_s": total, "per_probe_s": timing, "bare_forward_s": bare,
-                         "ratio_to_bare_forward": total / bare if bare > 0 else None}  # fmt: skip
+    forward = sum(sum(b) / len(b) for b in bare)  # one bare forward per checkpoint: before/after mean
+    results["timing"] = {"total_s": total, "per_probe_s": timing, "bare_forward_s": forward,
+                         "bare_forward_before_after_s": bare,
+                         "ratio_to_bare_forward": total / forward if forward > 0 else None}  # fmt: skip
     if out is not None:
         write_results(Path(out), results, cks, per_ck, overwrite)
     return results
