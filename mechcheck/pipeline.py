@@ -3,8 +3,10 @@
 Layout of `runs/NAME/`:
 
     experiment.json            which experiment this directory belongs to (and its config)
-    corpus/                    card.json, splits.json (the split texts)
-    select/                    neurons.json (+ the chosen neuron's histogram when it was selected)
+    corpus/                    card.json, splits.json (the selection split: the experiment's seed),
+                               splits/seed-<k>.json (each training seed's own split, the one it trains on)
+    select/                    neurons.json (+ the chosen neuron's histogram when it was selected; one per
+                               band when `neuron.bands` is set)
     train/                     the trainer's checkpoints: <condition>-<mode>/seed-<k>/, target.json
     test/<condition>-<mode>/   the battery over all seeds of that run: results.json, predictions/
     report/                    the report stage's record
@@ -14,12 +16,18 @@ Every stage folder has a `stage.json` with the sha256 of its inputs (its config 
 hashes of what it depends on); a rerun skips a stage whose hash matches and whose outputs exist,
 and a killed training run continues from its saved state. `mechcheck report runs/NAME`
 re-renders the report from the files alone.
+
+An experiment with `[[variant]]` tables (`experiments/study.toml`) runs each variant as its own run
+in `runs/NAME/<variant>/`; their corpus and select stages live in `runs/NAME/shared/<stage>-<hash>/`,
+so variants that agree on them (the same corpus; the same scan, whichever band they train) share
+one. `--variants a,b` runs only those.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -29,7 +37,7 @@ from tqdm import tqdm
 
 from mechcheck.config import to_dict
 from mechcheck.errors import UserError
-from mechcheck.experiment import Experiment, config_dict, load_experiment
+from mechcheck.experiment import Experiment, config_dict, load_experiment, variants
 from mechcheck.outputs import write_json
 from mechcheck.stages import Stage, digest, run_stage
 
@@ -69,9 +77,11 @@ def claim_run_dir(out: Path, name: str, overwrite: bool) -> None:
 class Pipeline:
     """One run directory: builds each stage from the experiment and the stages before it."""
 
-    def __init__(self, experiment: Experiment, out: Path, progress: bool):
+    def __init__(self, experiment: Experiment, out: Path, progress: bool, shared: Path | None = None):
         self.experiment, self.out, self.progress = experiment, out, progress
+        self.shared = shared  # variants: where corpus and select stages live, by input hash
         self.records: dict[str, dict[str, Any]] = {}
+        self.folders: dict[str, Path] = {}
         self._subject = None
 
     def subject(self):
@@ -81,8 +91,16 @@ class Pipeline:
             self._subject = load_subject(self.experiment.subject.model)
         return self._subject
 
-    def stage(self, name: str, inputs: dict[str, Any], outputs: tuple[str, ...], step, **extra: Any) -> Stage:
-        stage = Stage(name, self.out / name, inputs, outputs, extra)
+    def stage(
+        self, name: str, inputs: dict[str, Any], outputs: tuple[str, ...], step, shareable: bool = False,
+        **extra: Any,
+    ) -> Stage:  # fmt: skip
+        folder = self.out / name
+        if shareable and self.shared is not None:
+            folder = self.shared / f"{name}-{digest(inputs)[:12]}"
+            _link(self.out / name, folder)
+        stage = Stage(name, folder, inputs, outputs, extra)
+        self.folders[name] = folder
         with tqdm(total=1, desc=name, disable=not self.progress, leave=True) as bar:
             ran, record = run_stage(stage, step)
             bar.set_postfix_str("ran" if ran else "up to date")
@@ -93,35 +111,45 @@ class Pipeline:
     # corpus ------------------------------------------------------------------------------
     def corpus(self) -> Stage:
         e = self.experiment
-        return self.stage(
-            "corpus",
-            {"corpus": to_dict(e.corpus), "seed": e.seed},
-            ("card.json", "splits.json"),
-            self._corpus,
-        )
+        seeds = sorted(set(e.train.seeds))
+        outputs = ("card.json", "splits.json", *(f"splits/seed-{s}.json" for s in seeds))
+        inputs = {"corpus": to_dict(e.corpus), "seed": e.seed, "train_seeds": seeds}
+        return self.stage("corpus", inputs, outputs, self._corpus, shareable=True)
 
     def _corpus(self, stage: Stage, previous: dict[str, Any]) -> None:
-        from mechcheck.corpus import load_corpus, split_corpus
+        from mechcheck.corpus import experiment_splits
 
-        c, seed = self.experiment.corpus, self.experiment.seed
-        corpus = load_corpus(
-            c.source, max_texts=c.max_texts, seed=seed, min_words=c.min_words, max_words=c.max_words
-        )
-        splits = split_corpus(corpus, tuple(c.split), seed=seed)
-        write_json(
-            stage.folder / "splits.json", {"train": splits.train, "val": splits.val, "test": splits.test}
-        )
-        write_json(stage.folder / "card.json", splits.card)
+        selection, per_seed = experiment_splits(self.experiment, sorted(set(self.experiment.train.seeds)))
+        write_json(stage.folder / "splits.json", selection.as_json())
+        for seed, splits in per_seed.items():
+            file = stage.folder / "splits" / f"seed-{seed}.json"
+            write_json(file, splits.as_json() | {"training_seed": seed})
+        write_json(stage.folder / "card.json", selection.card)
 
     def splits(self) -> dict[str, list[str]]:
-        return json.loads((self.out / "corpus" / "splits.json").read_text())
+        """The selection split's texts (train/val/test lists)."""
+        return json.loads((self.folders["corpus"] / "splits.json").read_text())
+
+    def seed_splits(self):
+        """(the selection split, {training seed: its split}) as the corpus stage wrote them."""
+        from mechcheck.corpus import Splits
+
+        folder = self.folders["corpus"]
+        selection = Splits.from_json(json.loads((folder / "splits.json").read_text()))
+        per_seed = {
+            seed: Splits.from_json(json.loads((folder / "splits" / f"seed-{seed}.json").read_text()))
+            for seed in self.experiment.train.seeds
+        }
+        return selection, per_seed
 
     # select ------------------------------------------------------------------------------
     def select(self, corpus: Stage) -> Stage:
         e = self.experiment
-        inputs = {"model": e.subject.model, "neuron": config_dict(e)["neuron"], "corpus": corpus.hash}
+        neuron = config_dict(e)["neuron"]
+        neuron.pop("band", None)  # which band a variant trains: not part of the scan (variants share it)
+        inputs = {"model": e.subject.model, "neuron": neuron, "corpus": corpus.hash}
         inputs |= {"max_tokens": e.corpus.max_tokens, "seed": e.seed}
-        return self.stage("select", inputs, ("neurons.json",), self._select)
+        return self.stage("select", inputs, ("neurons.json",), self._select, shareable=True)
 
     def _select(self, stage: Stage, previous: dict[str, Any]) -> None:
         n = self.experiment.neuron
@@ -132,44 +160,23 @@ class Pipeline:
             record = {"fixed": True, "neurons": fixed, "position": n.position}
             write_json(stage.folder / "neurons.json", record)
             return
-        from mechcheck.scan import neuron_histogram_png, select_neuron
+        from mechcheck.selection import select, write_histograms
 
-        subject = self.subject()
-        layers = list(n.layers) or [subject.n_layers // 2]
-        texts = self.splits()["train"][: n.scan_texts]
-        best, ranked, result = select_neuron(
-            subject,
-            texts,
-            layers,
-            n.position,
-            n.criterion,
-            max_tokens=self.experiment.corpus.max_tokens,
-            seed=self.experiment.seed,
-            progress=self.progress,
-        )
-        title = f"layer {best['layer']} neuron {best['index']} ({n.position}, n={result.n_rows})"
-        neuron_histogram_png(
-            result.values(best["layer"], best["index"]), stage.folder / "histogram.png", title
-        )
-        write_json(
-            stage.folder / "neurons.json",
-            {
-                "fixed": False,
-                "neurons": ranked,
-                "criterion": n.criterion,
-                "position": n.position,
-                "layers": layers,
-                "split": "train",
-                "n_texts": result.n_texts,
-                "n_rows": result.n_rows,
-                "tokens_per_s": result.tokens_per_s,
-                "histogram": "histogram.png",
-            },
-        )
+        e = self.experiment
+        texts = self.splits()["train"]
+        record, result = select(self.subject(), texts, n, e.corpus.max_tokens, e.seed, self.progress)
+        write_histograms(record, result, stage.folder)
+        write_json(stage.folder / "neurons.json", record)
+
+    def selection(self) -> dict[str, Any]:
+        return json.loads((self.folders["select"] / "neurons.json").read_text())
 
     def neuron(self) -> dict[str, int]:
-        chosen = json.loads((self.out / "select" / "neurons.json").read_text())["neurons"][0]
-        return {"layer": int(chosen["layer"]), "index": int(chosen["index"])}
+        """The neuron this experiment trains: the select stage's best, or its pick for `neuron.band`."""
+        from mechcheck.selection import chosen
+
+        best = chosen(self.selection(), self.experiment.neuron.band)
+        return {"layer": int(best["layer"]), "index": int(best["index"])}
 
     # train -------------------------------------------------------------------------------
     def train_experiment(self) -> Experiment:
@@ -206,6 +213,7 @@ class Pipeline:
         return self.stage("train", inputs, outputs, self._train, runs=runs)
 
     def _train(self, stage: Stage, previous: dict[str, Any]) -> None:
+        from mechcheck.selection import as_run_record
         from mechcheck.train.runner import train_experiment
 
         old = previous.get("runs") or {}
@@ -221,11 +229,14 @@ class Pipeline:
         subject = self.subject() if self._subject is not None else None
         self._subject = None  # the trainer changes and restores the weights; never reuse it afterwards
         train_experiment(
-            self.train_experiment(), stage.folder, resume=True, progress=self.progress, subject=subject
-        )
+            self.train_experiment(), stage.folder, resume=True, progress=self.progress, subject=subject,
+            splits=self.seed_splits(), selection=as_run_record(self.selection(), self.experiment.neuron.band),
+        )  # fmt: skip
 
     # test --------------------------------------------------------------------------------
     def test(self, train: Stage) -> list[Stage]:
+        if self.experiment.neuron.target != "neuron":  # the battery's tests are about an MLP neuron
+            return []
         by_key: dict[str, dict[str, str]] = {}
         for run, run_hash in train.extra["runs"].items():
             key, seed = run.split("/")
@@ -275,6 +286,20 @@ class Pipeline:
         render_report(self.out)
 
 
+def _link(link: Path, target: Path) -> None:
+    """`link` → `target` as a relative symlink (a variant's view of a shared stage folder)."""
+    target.mkdir(parents=True, exist_ok=True)
+    relative = os.path.relpath(target, link.parent)
+    if link.is_symlink():
+        if os.readlink(link) == relative:
+            return
+        link.unlink()
+    elif link.exists():
+        raise UserError(f"{link} exists and is not a link to the shared stage {target}; use --overwrite")
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(relative, target_is_directory=True)
+
+
 def combined_results(out: Path, experiment: Experiment, records: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The run's results.json: every condition's battery results, curves per seed, the stages."""
     conditions = []
@@ -310,9 +335,12 @@ def check_experiment(experiment: Experiment) -> None:
     select_probes(list(experiment.battery.probes) or None)
 
 
-def run_pipeline(experiment: Experiment, out: str | Path, progress: bool = False) -> Path:
-    """Every stage in order (skipping those already done); returns the report's path."""
-    p = Pipeline(experiment, Path(out), progress)
+def run_pipeline(
+    experiment: Experiment, out: str | Path, progress: bool = False, shared: Path | None = None
+) -> Path:
+    """Every stage in order (skipping those already done); returns the report's path. `shared`: the
+    folder of stages shared between variants (corpus, select)."""
+    p = Pipeline(experiment, Path(out), progress, shared)
     corpus = p.corpus()
     select = p.select(corpus)
     train = p.train(corpus, select)
@@ -330,7 +358,14 @@ def run_command(args: argparse.Namespace) -> int:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-    check_experiment(experiment)
+    runs = variants(experiment, str(args.experiment))
+    chosen = list(getattr(args, "variants", None) or runs)
+    unknown = [v for v in chosen if v not in runs]
+    if unknown:
+        known = ", ".join(runs) or "none: the experiment has no [[variant]]"
+        raise UserError(f"--variants {unknown[0]!r}: the experiment's variants are {known}")
+    for one in [runs[v] for v in chosen] or [experiment]:
+        check_experiment(one)
     out = Path(args.out)
     name = identity(experiment, args.experiment)
     claim_run_dir(out, name, args.overwrite)
@@ -343,6 +378,10 @@ def run_command(args: argparse.Namespace) -> int:
             "hash": digest(to_dict(experiment)),
         },
     )
-    path = run_pipeline(experiment, out, progress=not args.quiet)
-    print(f"report: {path}")
+    if not runs:
+        print(f"report: {run_pipeline(experiment, out, progress=not args.quiet)}")
+        return 0
+    for v in chosen:
+        path = run_pipeline(runs[v], out / v, progress=not args.quiet, shared=out / "shared")
+        print(f"{v}: report: {path}")
     return 0
