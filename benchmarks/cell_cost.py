@@ -5,7 +5,9 @@ text (`mechcheck.train.table`), the drift reference, then for every (condition, 
 optimiser steps, one evaluation and one test-split prediction, and a bare `transformers` forward
 (with LM head) over the test texts in the same process — the unit the battery's budget is counted in.
 Extrapolated to the experiment's own size: corpus texts, steps (epochs × batches, capped by
-max_steps), evaluations (every eval_every steps, step 0 free) and test texts.
+max_steps), evaluations (every eval_every steps, step 0 free) and test texts. Every figure is wall
+seconds; `cpu` repeats the cell figures in this process's CPU seconds (`time.process_time`), which
+a machine shared with other jobs inflates far less than wall time.
 
     OMP_NUM_THREADS=1 python benchmarks/cell_cost.py experiments/default.toml [--variant NAME]
         [--texts 400] [--steps 3] [--layer L] [--json out.json]
@@ -45,12 +47,22 @@ def subsample(splits, n: int):
     return keep, {s: len(getattr(splits, s)) for s in SPLITS}
 
 
-def bare_forward(subject, chunks) -> float:
-    start = time.perf_counter()
-    with torch.inference_mode():
+class Clock:
+    """Wall and CPU seconds of a block: `with Clock() as c: ...; c.wall, c.cpu`."""
+
+    def __enter__(self) -> Clock:
+        self.w, self.c = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.wall, self.cpu = time.perf_counter() - self.w, time.process_time() - self.c
+
+
+def bare_forward(subject, chunks) -> Clock:
+    with Clock() as clock, torch.inference_mode():
         for chunk in chunks:
             subject.model(**chunk.enc)
-    return time.perf_counter() - start
+    return clock
 
 
 def main() -> None:
@@ -81,7 +93,8 @@ def main() -> None:
     small, full = subsample(splits, args.texts)
     pairs = plan(e.train.conditions, e.train.target_modes)
     texts = [t for s in SPLITS for t in small[s]]
-    labels, table = build_tables(e, subject, (neuron,), texts, pairs, len(e.train.seeds), False)
+    with Clock() as tables:
+        labels, table = build_tables(e, subject, (neuron,), texts, pairs, len(e.train.seeds), False)
     targets = labels.targets(small)
     prompt = fit_token_readout(e.train.readout, subject, targets) if is_token(e.train.readout) else None
     start = time.perf_counter()
@@ -89,48 +102,63 @@ def main() -> None:
     bench_s = time.perf_counter() - start
     test_chunks = bench.chunks["test"]
     bare = bare_forward(subject, test_chunks)
-    per_text_bare = bare / len(small["test"])
+    per_text_bare, per_text_bare_cpu = bare.wall / len(small["test"]), bare.cpu / len(small["test"])
     rows = []
     for condition, mode in pairs:
         cfg = e.train.for_condition(condition.name)
         setup = build_task(bench, condition, mode, seed, cfg)
         loop = Loop(setup.task, cfg, seed, None, "")
         n_chunks = len(bench.chunks["train"])
-        times = []
+        clocks = []
         for i in range(args.steps + 1):  # the first step warms up
-            t = time.perf_counter()
-            loop.update((n_chunks // 2 + i) % n_chunks)  # typical lengths: the middle of the sorted chunks
-            times.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        setup.task.evaluate()
-        eval_s = time.perf_counter() - t
-        t = time.perf_counter()
-        predict_split(setup.source, setup.readout, targets, "test", standardised=setup.standardised)
-        test_s = time.perf_counter() - t
+            with Clock() as clock:
+                loop.update(
+                    (n_chunks // 2 + i) % n_chunks
+                )  # typical lengths: the middle of the sorted chunks
+            clocks.append(clock)
+        with Clock() as evaluation:
+            setup.task.evaluate()
+        with Clock() as val:  # the part of an evaluation that grows with the val split
+            predict_split(setup.source, setup.readout, targets, "val", standardised=setup.standardised)
+        with Clock() as test:
+            predict_split(setup.source, setup.readout, targets, "test", standardised=setup.standardised)
         bench.restore()
         n_batches = math.ceil(full["train"] / e.train.batch_size)
         steps = total_steps(cfg, n_batches)
         evals = math.ceil(steps / cfg.eval_every) + (
             0 if bench.has_features() else 1
         )  # step 0 from the table
-        step = statistics.median(times[1:]) if len(times) > 1 else times[0]
         scale_val = full["val"] / len(small["val"])
         scale_test = full["test"] / len(small["test"])
         trains = bool(condition.trainable(subject, layer))
         runs = (len(cfg.lr_grid) or 1) if trains else 1  # a learning-rate choice trains once per rate
-        cell = runs * (steps * step + (evals * eval_s * scale_val if trains else 0)) + test_s * scale_test
-        rows.append({
-            "cell": f"{condition.name}-{mode}", "step_s": step, "steps": steps, "eval_s": eval_s * scale_val,
-            "evals": evals if trains else 0, "lr_runs": runs, "test_predict_s": test_s * scale_test,
-            "cell_s": cell,
-        })  # fmt: skip
-    table_s = table.seconds * sum(full.values()) / len(texts)
+        row = {
+            "cell": f"{condition.name}-{mode}",
+            "steps": steps,
+            "evals": evals if trains else 0,
+            "lr_runs": runs,
+        }
+        for kind in ("wall", "cpu"):
+            times = [getattr(c, kind) for c in clocks]
+            step = statistics.median(times[1:]) if len(times) > 1 else times[0]
+            # the train-eval texts and the drift texts of an evaluation do not scale with the val split
+            eval_full = getattr(evaluation, kind) + getattr(val, kind) * (scale_val - 1)
+            test_s = getattr(test, kind) * scale_test
+            cell = runs * (steps * step + (evals * eval_full if trains else 0)) + test_s
+            suffix = "" if kind == "wall" else "_cpu"
+            row |= {f"step_s{suffix}": step, f"eval_s{suffix}": eval_full, f"test_predict_s{suffix}": test_s}
+            row[f"cell_s{suffix}"] = cell
+        rows.append(row)
+    table_s = tables.wall * sum(full.values()) / len(texts)
+    table_s_cpu = tables.cpu * sum(full.values()) / len(texts)
     report = {
         "experiment": args.experiment, "variant": args.variant, "layer": layer, "readout": e.train.readout,
         "threads": torch.get_num_threads(), "measured_texts": {s: len(small[s]) for s in SPLITS},
         "full_texts": full, "load_model_s": load_s, "corpus_s": corpus_s, "table_s": table_s,
+        "table_s_cpu": table_s_cpu,
         "bench_s": bench_s, "bare_forward_test_s": per_text_bare * full["test"],
-        "bare_forward_per_text_s": per_text_bare, "cells": rows,
+        "bare_forward_per_text_s": per_text_bare, "bare_forward_test_s_cpu": per_text_bare_cpu * full["test"],
+        "cells": rows,
     }  # fmt: skip
     print(json.dumps(report, indent=1))
     if args.json:

@@ -177,7 +177,9 @@ class Loop:
         row = {"step": s.step, "epoch": s.step / self.task.n_batches}
         row["lr"] = {g["name"]: g["lr"] for g in self.optimizer.param_groups}
         initial = s.step == 0 and self.task.initial is not None
+        start = time.perf_counter()
         row.update(self.task.initial() if initial else self.task.evaluate())
+        row["eval_seconds"] = time.perf_counter() - start
         cap, kl = self.cfg.drift_cap, row.get("kl")
         eligible = cap is None or kl is None or kl <= cap
         if not eligible:
