@@ -185,3 +185,35 @@ def test_bands_pick_one_neuron_each_from_one_shared_scan(tmp_path, tiny_dir, cor
         assert run["neuron_selection"]["band"] == band and run["neuron_selection"]["selected"]
     assert (out / "low/train/after_target-fixed/seed-0/run.json").is_file()
     assert not (out / "high/train/after_target-fixed").exists()
+
+
+def test_the_study_file_is_the_whole_design() -> None:
+    from mechcheck.experiment import variants
+    from mechcheck.train.conditions import plan
+
+    file = Path(__file__).parent.parent / "experiments" / "study.toml"
+    e = load_experiment(file)
+    assert [(b.name, b.layers) for b in e.neuron.bands] == [
+        ("early", (3, 4, 5, 6, 7)), ("middle", (13, 14, 15, 16, 17)), ("late", (22, 23, 24, 25, 26)),
+    ]  # fmt: skip
+    assert e.neuron.criterion == "std" and e.neuron.position == "last" and e.train.seeds == (0, 1, 2, 3, 4)
+    assert e.corpus.split_by == "group" and e.corpus.split_seed == "train"
+    cells = {}
+    for name, v in variants(e, str(file)).items():
+        cells[name] = sorted(f"{c.name}-{m}" for c, m in plan(v.train.conditions, v.train.target_modes))
+        assert v.neuron.band == name.split("-")[0] and v.train.readout == name.split("-")[1]
+    assert cells["middle-linear"] == [
+        "after_target-fixed", "frozen-fixed", "unfrozen-fixed", "unfrozen-live", "unfrozen-live_detached",
+    ]  # fmt: skip
+    assert (
+        cells["early-linear"]
+        == cells["late-linear"]
+        == ["after_target-fixed", "frozen-fixed", "unfrozen-fixed"]
+    )
+    assert (
+        cells["early-digit"]
+        == cells["middle-digit"]
+        == cells["late-digit"]
+        == ["after_target-fixed", "unfrozen-fixed"]
+    )
+    assert sum(len(c) for c in cells.values()) * len(e.train.seeds) == 85

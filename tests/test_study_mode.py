@@ -14,7 +14,7 @@ from mechcheck.checkpoint import read_checkpoint, verify_base
 from mechcheck.cli import main
 from mechcheck.corpus import load_corpus, make_split, split_corpus, split_rows
 from mechcheck.errors import UserError
-from mechcheck.experiment import load_experiment
+from mechcheck.experiment import load_experiment, variants
 from mechcheck.readout import MLP_OUT_COORDINATE, Neuron, neuron_values, report
 from mechcheck.scan import scan
 from mechcheck.study_texts import SUFFIXES, TEMPLATES, study_rows
@@ -222,8 +222,17 @@ def test_study_experiment_files_hold_the_studys_settings() -> None:
     assert {o.condition for o in e.train.override if o.readout_frozen} == {"unfrozen", "after_target"}
     rows = Counter(load_corpus("study_templates", max_texts=e.corpus.max_texts, seed=e.seed).texts)
     assert sum(rows.values()) == 500 and len(rows) == 245
-    names = {json.dumps(v, sort_keys=True) for v in e.variant}
-    assert len(names) == len(e.variant) >= 4
+    runs = variants(e, "study_as_it_ran.toml")
+    assert runs["true_neuron"].neuron.target == "neuron" and runs["as_it_ran"].train == e.train
+    assert (runs["natural_texts"].corpus.source, runs["natural_texts"].corpus.split_by) == (
+        "default",
+        "group",
+    )
+    unfrozen = runs["trained_readout"].train.for_condition("unfrozen")
+    assert not unfrozen.readout_frozen and unfrozen.epochs == 10
+    corrected = runs["corrected"]
+    assert corrected.neuron.target == "neuron" and corrected.corpus.split_by == "group"
+    assert not corrected.train.for_condition("unfrozen").readout_frozen
 
 
 def test_a_coordinate_target_runs_through_the_pipeline_without_the_battery(tmp_path, tiny_dir, monkeypatch):
