@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from test_seeds import tiny_run
 
 from mechcheck.experiment import TrainConfig, load_experiment
 from mechcheck.testing import random_texts, save_tiny
@@ -14,31 +15,13 @@ from mechcheck.train.runner import train_experiment
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TOML = """
-[subject]
-model = "{model}"
-[corpus]
-source = "{corpus}"
-max_texts = 300
-max_tokens = 32
-[neuron]
-layer = 1
-index = 3
-[train]
-conditions = ["frozen", "after_target"]
-epochs = 1
-max_steps = 6
-batch_size = 8
-lr_grid = {grid}
-drift_cap = {cap}
-readout_lr = 1e-2
-warmup_steps = 0
-eval_every = 3
-patience = 3
-drift_texts = 8
-eval_train_texts = 8
-seeds = [0]
-"""
+
+def lr_run(model, corpus, cap: float, grid: str) -> str:
+    """The pipeline tests' tiny experiment (fixed neuron), six steps per rate of `grid` under `cap`."""
+    text = tiny_run(model, corpus, seeds="[0]").replace("max_steps = 2", "max_steps = 6")
+    choice = f"eval_every = 3\npatience = 3\nlr_grid = {grid}\ndrift_cap = {cap}\n"
+    choice += "readout_lr = 1e-2\nwarmup_steps = 0"
+    return text.replace("eval_every = 2", choice).replace("drift_texts = 4", "drift_texts = 8")
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +35,7 @@ def files(tmp_path_factory) -> tuple[Path, Path]:
 def _train(tmp_path: Path, files, cap: float, grid: str = "[1e-5, 3e-3]") -> dict[str, dict]:
     model, corpus = files
     file = tmp_path / f"cap{cap}.toml"
-    file.write_text(TOML.format(model=model, corpus=corpus, cap=cap, grid=grid))
+    file.write_text(lr_run(model, corpus, cap, grid))
     runs = train_experiment(load_experiment(file), tmp_path / f"out{cap}", cache_dir=tmp_path / "cache")
     return {r["condition"]: r for r in runs}
 

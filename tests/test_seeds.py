@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_pipeline import TOML as RUN
 
 from mechcheck.cli import main
 from mechcheck.corpus import Splits, experiment_splits, load_corpus
@@ -24,33 +25,15 @@ from mechcheck.train.table import build_table
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-EXPERIMENT = """
-seed = 0
-[subject]
-model = "{model}"
-[corpus]
-source = "{corpus}"
-max_texts = 400
-max_tokens = 32
-split = [0.6, 0.2, 0.2]
-{corpus_extra}
-[neuron]
-layer = 1
-index = 3
-[train]
-conditions = ["frozen", "after_target"]
-epochs = 1
-max_steps = 2
-batch_size = 8
-eval_every = 2
-drift_texts = 4
-eval_train_texts = 8
-seeds = [0, 1]
-[battery]
-probes = ["variance"]
-n_random = 2
-n_bootstrap = 50
-"""
+
+def tiny_run(model, corpus, corpus_extra: str = "", seeds: str = "[0, 1]", neuron: str | None = None) -> str:
+    """The pipeline tests' tiny experiment with two seeds, a fixed neuron and test splits of 20+ texts."""
+    text = RUN.replace(
+        "max_texts = 300", f"max_texts = 300\nmax_tokens = 32\nsplit = [0.6, 0.2, 0.2]\n{corpus_extra}"
+    )
+    text = text.replace("seeds = [0]", f"seeds = {seeds}")
+    text = text.replace('layers = [1]\ncriterion = "std"\nscan_texts = 40', neuron or "layer = 1\nindex = 3")
+    return text.replace("{override}", "").replace("{model}", str(model)).replace("{corpus}", str(corpus))
 
 
 def _groups_of(splits: Splits) -> list[set[str]]:
@@ -58,7 +41,7 @@ def _groups_of(splits: Splits) -> list[set[str]]:
 
 
 def test_each_seed_splits_the_corpus_its_own_leak_free_way(tmp_path) -> None:
-    corpus = load_corpus("default", max_texts=400, seed=0)  # real articles: groups of several sentences
+    corpus = load_corpus("default", max_texts=300, seed=0)  # real articles: groups of several sentences
     experiment = experiment_of(tmp_path, "")
     selection, per_seed = experiment_splits(experiment, [0, 1, 2])
     assert per_seed[0] is selection  # training seed 0 = the experiment's seed: the same split
@@ -77,7 +60,7 @@ def test_each_seed_splits_the_corpus_its_own_leak_free_way(tmp_path) -> None:
 def experiment_of(folder: Path, corpus_extra: str):
     """The experiment above on the default corpus (only its corpus table matters here)."""
     file = folder / f"e{len(list(folder.iterdir()))}.toml"
-    file.write_text(EXPERIMENT.format(model="m", corpus="default", corpus_extra=corpus_extra))
+    file.write_text(tiny_run("m", "default", corpus_extra))
     return load_experiment(file)
 
 
@@ -98,7 +81,7 @@ def test_checkpoints_of_two_seeds_record_and_use_their_own_splits(
 ):
     monkeypatch.setenv("MECHCHECK_CACHE", str(tmp_path / "cache"))
     file = tmp_path / "seeds.toml"
-    file.write_text(EXPERIMENT.format(model=tiny_dir, corpus=corpus_file, corpus_extra=""))
+    file.write_text(tiny_run(tiny_dir, corpus_file))
     out = tmp_path / "runs"
     assert main(["run", str(file), "--out", str(out), "-q"]) == 0
     split_files = {s: json.loads((out / f"corpus/splits/seed-{s}.json").read_text()) for s in (0, 1)}
@@ -143,12 +126,10 @@ def test_the_shared_table_equals_per_split_passes() -> None:
             torch.testing.assert_close(mine[mask], theirs[mask], atol=1e-5, rtol=1e-5)  # real tokens
 
 
-VARIANTS = """
-[neuron]
-bands = [{name = "low", layers = [0, 1]}, {name = "high", layers = [2, 3]}]
+BANDS = """bands = [{name = "low", layers = [0, 1]}, {name = "high", layers = [2, 3]}]
 criterion = "std"
-scan_texts = 60
-
+scan_texts = 60"""
+VARIANTS = """
 [[variant]]
 name = "low"
 neuron = {band = "low"}
@@ -162,8 +143,7 @@ train = {conditions = ["frozen"]}
 
 def test_bands_pick_one_neuron_each_from_one_shared_scan(tmp_path, tiny_dir, corpus_file, monkeypatch):
     monkeypatch.setenv("MECHCHECK_CACHE", str(tmp_path / "cache"))
-    text = EXPERIMENT.format(model=tiny_dir, corpus=corpus_file, corpus_extra="")
-    text = text.replace("[neuron]\nlayer = 1\nindex = 3\n", "").replace("seeds = [0, 1]", "seeds = [0]")
+    text = tiny_run(tiny_dir, corpus_file, seeds="[0]", neuron=BANDS)
     file = tmp_path / "bands.toml"
     file.write_text(text + VARIANTS)
     out = tmp_path / "runs"
