@@ -22,7 +22,7 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -51,6 +51,11 @@ from mechcheck.splits import (  # noqa: F401  (re-exported: part of this module'
 )
 from mechcheck.study_texts import SPEC as STUDY_SPEC
 from mechcheck.study_texts import study_corpus
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from mechcheck.experiment import Experiment
 
 NAMED_SPECS = ("default", "wiki", "fortunes", "wiki+fortunes")
 
@@ -322,7 +327,7 @@ def load_corpus(
     return Corpus(texts, tuple(item.group for item in final), card)
 
 
-def experiment_splits(experiment, seeds) -> tuple[Splits, dict[int, Splits]]:
+def experiment_splits(experiment: Experiment, seeds: Sequence[int]) -> tuple[Splits, dict[int, Splits]]:
     """An experiment's corpus, split once per seed from one load: the selection split (the
     experiment's seed: the neuron is scanned on its train part) and each training seed's split
     (`mechcheck.experiment.split_seed`: by default a seed splits the corpus its own way)."""

@@ -313,8 +313,7 @@ def _prompt_tokens(bench: Bench) -> dict[str, Any]:
 
 def _readout_init(setup: Setup) -> dict[str, Any]:
     if isinstance(setup.readout, LinearReadout):
-        trained_on = "standardised labels (folded)" if setup.standardised else "raw labels"
-        return {"init_std": READOUT_INIT_STD} | ({} if setup.standardised else {"trained_on": trained_on})
+        return {"init_std": READOUT_INIT_STD} | ({} if setup.standardised else {"trained_on": "raw labels"})
     return {"init": "fitted on the train labels; no parameters (the model answers through its LM head)"}
 
 

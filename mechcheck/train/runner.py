@@ -38,7 +38,8 @@ from mechcheck.train.loop import LR_SCHEDULES
 from mechcheck.train.readouts import check_readout, fit_token_readout, is_token, prompted_texts
 from mechcheck.train.record import config_hash
 from mechcheck.train.run import READOUT_SITES, readout_site, train_run
-from mechcheck.train.table import FINAL_NORM, TextTable, build_table
+from mechcheck.train.sources import FINAL_NORM
+from mechcheck.train.table import TextTable, build_table
 
 
 def run_dir(out: Path, condition: str, mode: str, seed: int) -> Path:
@@ -274,6 +275,11 @@ def train_experiment(
         texts = [t for seed in todo for name in SPLITS for t in getattr(per_seed[seed], name)]
         labels, model_table = build_tables(experiment, subject, neurons, texts, pairs, len(todo), progress)
         original = {k: v.detach().clone() for k, v in subject.model.state_dict().items()}
+        base = {
+            "base_model": experiment.subject.model, **neuron_record(neurons),
+            "position": experiment.neuron.position, "experiment": to_dict(experiment),
+            "neuron_selection": selection or chosen, "versions": versions(),
+        }  # fmt: skip
     cfg, c = experiment.train, experiment.corpus
     cache_dir = cache_dir or default_cache_dir()
     prepared = time.perf_counter() - start
@@ -285,11 +291,6 @@ def train_experiment(
         seed_start = time.perf_counter()
         targets = labels.targets(per_seed[seed])
         corpus = {"spec": to_dict(c), "card": per_seed[seed].card}
-        base = {
-            "base_model": experiment.subject.model, **neuron_record(neurons),
-            "position": experiment.neuron.position, "experiment": to_dict(experiment),
-            "neuron_selection": selection or chosen, "versions": versions(),
-        }  # fmt: skip
         record = {**neuron_record(neurons), "position": base["position"]}
         record["selection"] = base["neuron_selection"]
         record["seeds"] = {str(seed): {"target": targets.card, "corpus": corpus}}

@@ -27,8 +27,6 @@ from mechcheck.readout import Neuron, report_positions, target_columns
 from mechcheck.subject import Site, Subject, gather_position
 from mechcheck.targets import LABEL_BATCH, SPLITS, Chunk, TargetSet, assemble_targets, make_chunks, n_rows
 
-FINAL_NORM = Site("final_norm")
-
 
 @dataclass
 class TextTable:
