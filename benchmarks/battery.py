@@ -1,6 +1,13 @@
 """Time the whole probe battery on a SmolLM2-135M checkpoint, as a multiple of one bare forward.
 
     python benchmarks/battery.py [--checkpoint DIR] [--layer 8 --index 1188] [--out DIR]
+                                 [--position last|max|mean] [--max-eval N]
+
+The whole rebuilt battery runs: every primary test with its `n_null` (100) matched draws, the
+all-position `remainder` with its secondary nulls, the control heads and the planted twins.
+`--position max|mean` times the slow path (edits at the argmax position, or at every non-sink
+position): the checkpoint is copied with that position (its readout was fitted for the last token,
+so its verdicts mean nothing there; only the time is the point).
 
 Without --checkpoint it uses runs/train-default/… if the trainer has written one, else it makes
 one by hand: the frozen condition, a ridge readout on the final normed residual at the last
@@ -71,6 +78,18 @@ def make_checkpoint(path: Path, neuron: Neuron, fit_texts: int, seed: int) -> Pa
     return write_checkpoint(path, run, readout, predictions={"texts": list(splits.test)})
 
 
+def at_position(ck: Path, copy: Path, position: str) -> Path:
+    """A copy of checkpoint `ck` whose run.json names another position (for timing the slow path)."""
+    import shutil
+
+    if copy.exists():
+        shutil.rmtree(copy)
+    shutil.copytree(ck, copy)
+    run = json.loads((copy / "run.json").read_text()) | {"position": position}
+    (copy / "run.json").write_text(json.dumps(run))
+    return copy
+
+
 def trainer_checkpoint() -> Path | None:
     runs = sorted((ROOT / "runs" / "train-default").glob("**/frozen*/**/run.json"))
     return runs[0].parent if runs else None
@@ -85,6 +104,8 @@ def main() -> None:
     p.add_argument("--work", default=str(ROOT / "runs" / "bench-battery"))
     p.add_argument("--out", default=None, help="also write results.json and the report here")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--position", default="last", choices=["last", "max", "mean"])
+    p.add_argument("--max-eval", type=int, default=300)
     args = p.parse_args()
     work = Path(args.work)
     ck = Path(args.checkpoint) if args.checkpoint else trainer_checkpoint()
@@ -94,8 +115,11 @@ def main() -> None:
             start = time.perf_counter()
             make_checkpoint(ck, Neuron(args.layer, args.index), args.fit_texts, args.seed)
             print(f"made checkpoint {ck} in {time.perf_counter() - start:.0f} s")
-    print(f"checkpoint: {ck}; torch threads: {torch.get_num_threads()}")
-    results = run_battery([ck], options=BatteryOptions(seed=args.seed), out=args.out, overwrite=True)
+    if args.position != "last":
+        ck = at_position(ck, work / f"{ck.name}-{args.position}", args.position)
+    print(f"checkpoint: {ck}; position {args.position}; torch threads: {torch.get_num_threads()}")
+    options = BatteryOptions(seed=args.seed, max_eval=args.max_eval)
+    results = run_battery([ck], options=options, out=args.out, overwrite=True)
     t = results["timing"]
     print(f"evaluation: {results['eval']['n_texts']} texts, neuron {results['neuron']}")
     print(f"bare forward (transformers, with LM head): {t['bare_forward_s']:.1f} s")
@@ -105,7 +129,8 @@ def main() -> None:
     for name, v in results["verdicts"].items():
         print(f"{name}: {v['verdict']}")
     (work / "last_timing.json").parent.mkdir(parents=True, exist_ok=True)
-    (work / "last_timing.json").write_text(json.dumps({"checkpoint": str(ck), **t}, indent=2))
+    record = {"checkpoint": str(ck), "position": args.position, "n_texts": results["eval"]["n_texts"], **t}
+    (work / f"timing-{args.position}.json").write_text(json.dumps(record, indent=2))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ for gated MLPs `act(gate) * up`).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from contextlib import ExitStack
 from typing import ClassVar
 
 import torch
@@ -113,20 +114,44 @@ class Anatomy(ABC):
     def W_in(self, layer: int, index: int, folded: bool = True) -> dict[str, torch.Tensor]:
         """`W_in` by name ({"in": …} or {"gate": …, "up": …}), norm gain folded in by default."""
         self.check_neuron(layer, index)
-        raw = self.W_in_raw(layer, index)
-        if not folded:
-            return raw
-        gain = self.norm_gain(self.pre_mlp_norm(layer))
-        return {name: w * gain for name, w in raw.items()}
+        with self._materialised(layer):
+            raw = self.W_in_raw(layer, index)
+            if not folded:
+                return raw
+            gain = self.norm_gain(self.pre_mlp_norm(layer))
+            return {name: w * gain for name, w in raw.items()}
 
     def W_out(self, layer: int, index: int, folded: bool = True) -> torch.Tensor:
         """Direction the neuron writes ([d_model]): the down projection's column/row, times the
         gain of a norm applied to the MLP output before the residual add (Gemma 2/3), if folded."""
         self.check_neuron(layer, index)
-        w = self.down_proj(layer).weight.detach()
-        raw = (w[:, index] if self._down_in_dim == 1 else w[index, :]).clone()
-        post = self.post_mlp_norm(layer)
-        return raw * self.norm_gain(post) if folded and post is not None else raw
+        with self._materialised(layer):
+            w = self.down_proj(layer).weight.detach()
+            raw = (w[:, index] if self._down_in_dim == 1 else w[index, :]).clone()
+            post = self.post_mlp_norm(layer)
+            return raw * self.norm_gain(post) if folded and post is not None else raw
+
+    def _materialised(self, layer: int) -> ExitStack:
+        """Layer `layer`'s weights as real tensors: a model dispatched by accelerate with part of it
+        offloaded (to the CPU or disk) holds them on the meta device between forward passes."""
+        stack = ExitStack()
+        hooked = [m for m in self.module(self.layer_path(layer)).modules() if hasattr(m, "_hf_hook")]
+        if hooked:
+            from accelerate.utils import align_module_device
+
+            for module in hooked:
+                stack.enter_context(align_module_device(module))
+        return stack
+
+    def neuron_from_input(self, layer: int, index: int, x: torch.Tensor) -> torch.Tensor:
+        """The neuron's activation recomputed from layer L's MLP input `x` ([..., d_model], before the
+        pre-MLP norm), without running the MLP: what the neuron would be given this input. [...]"""
+        normed = self.pre_mlp_norm(layer)(x)
+        return self._activation(layer, index, normed)
+
+    @abstractmethod
+    def _activation(self, layer: int, index: int, normed: torch.Tensor) -> torch.Tensor:
+        """The neuron's activation from the normed MLP input."""
 
     def post_mlp_norm(self, layer: int) -> nn.Module | None:
         """A norm between the MLP output and the residual add, if the architecture has one."""
@@ -167,6 +192,10 @@ class GPT2Anatomy(Anatomy):
         c_fc = self.module(f"{self.mlp_path(layer)}.c_fc").weight.detach()  # [d_model, d_mlp]
         return {"in": c_fc[:, index].clone()}
 
+    def _activation(self, layer: int, index: int, normed: torch.Tensor) -> torch.Tensor:
+        mlp = self.module(self.mlp_path(layer))
+        return mlp.act(normed @ mlp.c_fc.weight[:, index] + mlp.c_fc.bias[index])
+
 
 @register_anatomy
 class GatedAnatomy(Anatomy):
@@ -184,6 +213,14 @@ class GatedAnatomy(Anatomy):
             "gate": self.module(f"{mlp}.gate_proj").weight.detach()[index].clone(),
             "up": self.module(f"{mlp}.up_proj").weight.detach()[index].clone(),
         }
+
+    def _activation(self, layer: int, index: int, normed: torch.Tensor) -> torch.Tensor:
+        mlp = self.module(self.mlp_path(layer))
+        gate = normed @ mlp.gate_proj.weight[index]
+        up = normed @ mlp.up_proj.weight[index]
+        if mlp.gate_proj.bias is not None:
+            gate, up = gate + mlp.gate_proj.bias[index], up + mlp.up_proj.bias[index]
+        return mlp.act_fn(gate) * up
 
     def norm_gain(self, norm: nn.Module) -> torch.Tensor:
         # Gemma's RMSNorm multiplies by (1 + weight); the others by weight.
@@ -219,3 +256,7 @@ class GPTNeoXAnatomy(Anatomy):
     def W_in_raw(self, layer: int, index: int) -> dict[str, torch.Tensor]:
         w = self.module(f"{self.mlp_path(layer)}.dense_h_to_4h").weight.detach()  # [d_mlp, d_model]
         return {"in": w[index].clone()}
+
+    def _activation(self, layer: int, index: int, normed: torch.Tensor) -> torch.Tensor:
+        mlp = self.module(self.mlp_path(layer))
+        return mlp.act(normed @ mlp.dense_h_to_4h.weight[index] + mlp.dense_h_to_4h.bias[index])

@@ -1,14 +1,19 @@
 """The checkpoint contract (DESIGN.md): `run.json`, `readout.safetensors`, optional `model/`.
 
 Only safetensors and JSON are read — never pickles — so a foreign or corrupt directory is a
-clear error, not code execution.
+clear error, not code execution. Before any work a checkpoint is verified against its base model
+(`verify_base`): the neuron exists, the readout has the base model's width and finite weights,
+`model/` is the base model's architecture with every parameter in place, and the hashes in
+run.json (`weights_sha256` of the neuron's W_in/W_out, `frozen_params_sha256` of every parameter
+its condition kept frozen) match both the base model and `model/`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import shutil
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,11 +23,17 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from mechcheck.errors import UserError
+from mechcheck.outputs import make_dirs, remove_path, write_json, write_text
 from mechcheck.readout import NEURON, READOUTS, Neuron, Readout, neuron_key
-from mechcheck.subject import POSITIONS, Subject, load_subject, weights_digest
+from mechcheck.records import RUN_FIELDS, RUN_NULLABLE, STR, ListOf, Obj, check, check_predictions, read_json
+from mechcheck.subject import POSITIONS, Subject, load_subject, refuse_pickle, weights_digest
 
 FORMAT = "mechcheck-checkpoint/1"
 REQUIRED = ("format", "base_model", "position", "condition", "target_mode", "readout")  # + neuron(s)
+RUN_RECORD = Obj(
+    RUN_FIELDS | {"readout": Obj({"kind": STR, "prompt": STR, "answers": ListOf(STR)}, required=("kind",))},
+    required=REQUIRED, nullable=RUN_NULLABLE,
+)  # fmt: skip
 
 
 @dataclass
@@ -65,18 +76,77 @@ class Checkpoint:
         base = base or self.load_base()
         if self.model_dir is None:
             return base
-        from transformers import AutoModelForCausalLM
-
-        try:
-            model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32).eval()
-        except (OSError, ValueError) as err:
-            raise UserError(f"{self.model_dir}: cannot load the trained model: {err}") from err
-        tokenizer = base.tokenizer
-        return Subject(model, tokenizer, spec=str(self.model_dir))
+        model = load_trained(self, base).to(base.device)  # where the base model is (CUDA in a GPU cell)
+        return Subject(model, base.tokenizer, spec=str(self.model_dir))
 
     def predictions(self) -> dict[str, Any] | None:
+        """predictions.json, checked (None when the checkpoint has none)."""
         file = self.path / "predictions.json"
-        return json.loads(file.read_text()) if file.is_file() else None
+        if not file.exists() and not file.is_symlink():
+            return None
+        return check_predictions(read_json(file), str(file))
+
+
+def load_trained(ck: Checkpoint, base: Subject) -> torch.nn.Module:
+    """`model/` loaded from safetensors only, and refused unless it is the base model's architecture
+    with every parameter present at the base model's shape."""
+    from transformers import AutoModelForCausalLM
+
+    folder = ck.model_dir
+    refuse_pickle(folder)
+    config = read_json(folder / "config.json") if (folder / "config.json").is_file() else None
+    check(config, Obj({"model_type": STR}, required=("model_type",)), f"{folder}/config.json")
+    kind = base.model.config.model_type
+    if config["model_type"] != kind:
+        raise UserError(f"{folder} holds a {config['model_type']!r} model, but the base model is a {kind!r}")
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(
+            folder, dtype=torch.float32, use_safetensors=True, output_loading_info=True
+        )
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"{folder}: cannot load the trained model: {first}") from err
+    for what, key in (("lacks", "missing_keys"), ("has unexpected", "unexpected_keys")):
+        names = sorted(info.get(key) or ())
+        if names:
+            raise UserError(
+                f"{folder} {what} parameter {names[0]!r} ({len(names)} in all): not a trained copy of the "
+                "base model"
+            )
+    _same_parameters(folder, model, base.model)
+    return model.eval()
+
+
+def _same_parameters(folder: Path, model: torch.nn.Module, base: torch.nn.Module) -> None:
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    for name, p in base.named_parameters():
+        if shapes.get(name) != tuple(p.shape):
+            found = "lacks it" if name not in shapes else f"has shape {list(shapes[name])}"
+            raise UserError(
+                f"{folder} is not the base model's architecture: parameter {name!r} is {list(p.shape)} in "
+                f"the base model, {folder.name}/ {found}"
+            )
+    extra = sorted(set(shapes) - {n for n, _ in base.named_parameters()})
+    if extra:
+        raise UserError(
+            f"{folder} is not the base model's architecture: it has parameter {extra[0]!r}, which the base "
+            "model lacks"
+        )
+
+
+def tensors_digest(names: Sequence[str], get: Callable[[str], torch.Tensor]) -> str:
+    """sha256 over the named tensors' bytes, in name order (run.json's `frozen_params_sha256`)."""
+    h = hashlib.sha256()
+    for name in sorted(names):
+        h.update(name.encode())
+        h.update(get(name).detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def params_digest(model: torch.nn.Module, names: set[str]) -> str:
+    """`tensors_digest` of the model's named parameters in `names`."""
+    params = dict(model.named_parameters())
+    return tensors_digest([n for n in params if n in names], params.__getitem__)
 
 
 def neuron_weights(subject: Subject, neuron: Neuron) -> dict[str, torch.Tensor]:
@@ -101,8 +171,10 @@ def base_weights_sha256(subject: Subject, neurons: Sequence[Neuron]) -> dict[str
 
 
 def verify_base(checkpoint: Checkpoint, base: Subject) -> None:
-    """Refuse a base model that lacks the neuron(s) or whose `W_in`/`W_out` for them differ from those
-    in run.json, and a target the battery cannot test (the study's mlp_out coordinates)."""
+    """Refuse, before any work, a checkpoint that does not fit `base`: a neuron the base model lacks,
+    a readout of another width or vocabulary, a `model/` of another architecture, or W_in/W_out or
+    frozen parameters that differ from those in run.json; and a target the battery cannot test (the
+    study's mlp_out coordinates)."""
     for neuron in checkpoint.neurons:
         if neuron.kind != NEURON:
             raise UserError(
@@ -114,54 +186,126 @@ def verify_base(checkpoint: Checkpoint, base: Subject) -> None:
             base.anatomy.check_neuron(neuron.layer, neuron.index)
         except UserError as err:
             raise UserError(f"{checkpoint.path}: {err}") from err
+    _check_readout_fits(checkpoint, base)
     expected = checkpoint.run.get("weights_sha256")
-    if not expected:
-        return
     several = len(checkpoint.neurons) > 1
-    for neuron in checkpoint.neurons:
+    for neuron in checkpoint.neurons if expected else ():
         got = weights_digest(neuron_weights(base, neuron))
-        for name, digest in (expected.get(neuron_key(neuron), {}) if several else expected).items():
+        table = expected.get(neuron_key(neuron), {}) if several else expected
+        for name, digest in table.items() if isinstance(table, dict) else ():
             if got.get(name) != digest:
                 raise UserError(
                     f"{checkpoint.path}: base model {checkpoint.base_model!r} has a different {name} for "
                     f"neuron {neuron.layer}/{neuron.index} than the one this checkpoint was trained on"
                 )
+    trained = load_trained(checkpoint, base) if checkpoint.model_dir is not None else None
+    _check_frozen(checkpoint, base, trained)
+
+
+def _check_readout_fits(ck: Checkpoint, base: Subject) -> None:
+    weight = getattr(ck.readout, "weight", None)
+    if weight is not None and weight.shape[-1] != base.d_model:
+        raise UserError(
+            f"{ck.path}/readout.safetensors reads {weight.shape[-1]} features, but the base model's residual "
+            f"has {base.d_model}"
+        )
+    ids = getattr(ck.readout, "answer_ids", None)
+    vocab = base.model.get_output_embeddings().weight.shape[0]
+    if ids is not None and (ids.min() < 0 or ids.max() >= vocab):
+        raise UserError(
+            f"{ck.path}/readout.safetensors answers with token ids outside the vocabulary (0..{vocab - 1})"
+        )
+
+
+def frozen_names(ck: Checkpoint, subject: Subject) -> set[str] | None:
+    """The parameters the checkpoint's condition kept frozen (None for an unknown condition)."""
+    from mechcheck.train.conditions import CONDITIONS
+
+    if ck.run["condition"] not in CONDITIONS:
+        return None
+    layer = max(n.layer for n in ck.neurons)  # the deepest neuron decides what trains
+    trainable = CONDITIONS.get(ck.run["condition"]).trainable(subject, layer)
+    return {n for n, _ in subject.model.named_parameters()} - trainable
+
+
+def _check_frozen(ck: Checkpoint, base: Subject, trained: torch.nn.Module | None) -> None:
+    """run.json's `frozen_params_sha256` against the base model and against `model/`."""
+    expected, names = ck.run.get("frozen_params_sha256"), frozen_names(ck, base)
+    if not expected or names is None:
+        return
+    models = [("the base model " + repr(ck.base_model), base.model)]
+    models += [(f"{ck.path.name}/model", trained)] if trained is not None else []
+    for what, model in models:
+        if params_digest(model, names) != expected:
+            raise UserError(
+                f"{ck.path}: {what} differs in the parameters its {ck.run['condition']!r} condition keeps "
+                "frozen (frozen_params_sha256): not the model this checkpoint was trained from"
+            )
 
 
 def read_checkpoint(path: str | Path) -> Checkpoint:
+    """run.json and the readout, checked field by field; nothing is loaded from `model/` yet."""
     path = Path(path)
     run_file = path / "run.json"
     if not path.is_dir():
         raise UserError(f"checkpoint {path} does not exist or is not a directory")
     if not run_file.is_file():
         raise UserError(f"{path} is not a mechcheck checkpoint: no run.json")
-    try:
-        run = json.loads(run_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"{run_file} is corrupt: {err}") from err
+    run = read_json(run_file)
     if not isinstance(run, dict) or run.get("format") != FORMAT:
         found = run.get("format") if isinstance(run, dict) else None
         raise UserError(f"{run_file}: not a {FORMAT} checkpoint (format={found!r})")
-    missing = [k for k in REQUIRED if k not in run]
-    if missing:
-        raise UserError(f"{run_file}: missing required field {missing[0]!r}")
+    check(run, RUN_RECORD, str(run_file))
     if ("neuron" in run) == ("neurons" in run):
         raise UserError(f"{run_file}: needs exactly one of 'neuron' (one neuron) and 'neurons' (several)")
+    listed = run["neurons"] if "neurons" in run else [run["neuron"]]
     try:
-        listed = run["neurons"] if "neurons" in run else [run["neuron"]]
         neurons = tuple(Neuron.from_dict(n) for n in listed)
-        kind = run["readout"]["kind"]
-    except (KeyError, TypeError, ValueError) as err:
-        raise UserError(f"{run_file}: malformed neuron or readout field: {err}") from err
-    if not neurons or len(set(neurons)) != len(neurons):
+    except ValueError as err:
+        raise UserError(f"{run_file}: malformed neuron field: {err}") from err
+    if len(set(neurons)) != len(neurons):
         raise UserError(f"{run_file}: 'neurons' must list distinct neurons")
     if run["position"] not in POSITIONS:
         raise UserError(f"{run_file}: unknown position {run['position']!r}")
-    readout = _read_readout(path / "readout.safetensors", READOUTS.get(kind), run["readout"])
+    readout = _read_readout(
+        path / "readout.safetensors", READOUTS.get(run["readout"]["kind"]), run["readout"]
+    )
     outputs = getattr(readout, "n_outputs", 1)
     if outputs != len(neurons):
         raise UserError(f"{run_file}: the readout has {outputs} outputs for {len(neurons)} neurons")
     return Checkpoint(path, run, neurons[0], run["position"], readout, neurons)
+
+
+def read_checkpoints(paths: Sequence[str | Path]) -> list[Checkpoint]:
+    """Several checkpoints of one run, each counted once: the same directory (by any path), a copy
+    of another, or a second checkpoint of the same seed is refused."""
+    if not paths:
+        raise UserError("no checkpoints given")
+    checkpoints, seen = [], {}
+    for given in paths:
+        ck = read_checkpoint(given)
+        ck.predictions()  # checked now, before any model is loaded
+        keys = {"real": os.path.realpath(ck.path), "copy": _fingerprint(ck.path)}
+        if "seed" in ck.run:
+            keys["seed"] = ck.run["seed"]
+        for kind, key in keys.items():
+            if (kind, key) in seen:
+                other = seen[kind, key]
+                why = {"real": "the same checkpoint", "copy": "copies of one checkpoint",
+                       "seed": f"the same seed ({ck.run['seed']}) of one run"}[kind]  # fmt: skip
+                raise UserError(
+                    f"{other!r} and {str(given)!r} are {why}: each seed is counted once; give it once"
+                )
+            seen[kind, key] = str(given)
+        checkpoints.append(ck)
+    return checkpoints
+
+
+def _fingerprint(path: Path) -> str:
+    h = hashlib.sha256()
+    for name in ("run.json", "readout.safetensors"):
+        h.update((path / name).read_bytes())
+    return h.hexdigest()
 
 
 def _read_readout(file: Path, cls: type[Readout], meta: dict[str, Any]) -> Readout:
@@ -171,10 +315,23 @@ def _read_readout(file: Path, cls: type[Readout], meta: dict[str, Any]) -> Reado
         tensors = load_file(file)
     except (SafetensorError, OSError, ValueError) as err:
         raise UserError(f"{file} is corrupt or not a safetensors file: {err}") from err
+    for name, t in tensors.items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise UserError(f"{file}: tensor {name!r} holds NaN or infinite values")
     try:
-        return cls.from_tensors(tensors, **{k: v for k, v in meta.items() if k != "kind"})
-    except (KeyError, RuntimeError, TypeError) as err:
-        raise UserError(f"{file}: readout tensors do not fit kind {meta.get('kind')!r}: {err}") from err
+        readout = cls.from_tensors(tensors, **{k: v for k, v in meta.items() if k != "kind"})
+    except (KeyError, RuntimeError, TypeError, ValueError) as err:
+        raise UserError(f"{file}: readout tensors do not fit kind {meta.get('kind')!r}: {err!r}") from err
+    if set(tensors) != set(readout.tensors()) or any(
+        tuple(t.shape) != tuple(readout.tensors()[k].shape) for k, t in tensors.items()
+    ):
+        shapes = {k: list(t.shape) for k, t in tensors.items()}
+        raise UserError(f"{file}: tensors {shapes} do not fit a {meta.get('kind')!r} readout")
+    try:
+        readout.format_text("probe")
+    except (IndexError, KeyError, ValueError, AttributeError) as err:
+        raise UserError(f"{file.parent}/run.json: readout.prompt is not a valid prompt ({err!r})") from err
+    return readout
 
 
 def write_checkpoint(
@@ -187,18 +344,19 @@ def write_checkpoint(
     """Write atomically: into `path.tmp`, then rename. The caller decides about overwriting."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    if tmp.exists() or tmp.is_symlink():
+        remove_path(tmp)
+    make_dirs(tmp.parent)
+    tmp.mkdir()
     run = {"format": FORMAT, **run, "readout": {"kind": readout.kind, **run.get("readout", {})}}
-    (tmp / "run.json").write_text(json.dumps(run, indent=2, default=_json_default))
+    write_json(tmp / "run.json", run)
     save_file(readout.tensors(), tmp / "readout.safetensors")
     if model is not None:
         model.save_pretrained(tmp / "model", safe_serialization=True)
     if predictions is not None:
-        (tmp / "predictions.json").write_text(json.dumps(predictions, default=_json_default))
-    if path.exists():
-        shutil.rmtree(path)
+        write_text(tmp / "predictions.json", json.dumps(predictions, default=_json_default))
+    if path.exists() or path.is_symlink():
+        remove_path(path)
     tmp.rename(path)
     return path
 

@@ -1,8 +1,18 @@
-"""CLI subcommands: each one a thin call into the module that owns it (imported lazily)."""
+"""CLI subcommands: each one a thin call into the module that owns it (imported lazily).
+
+`test` and `report` take their output directory's lock here (`mechcheck.ownership.hold`), so the
+battery writes into a directory no other run is writing; `run` and `train` take theirs in their own
+modules, after checking the experiment and before any work.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+from collections.abc import Iterator
+
+TEST_ENTRIES = ("results.json", "predictions", "battery", "report.md", "figures")  # `mechcheck test` writes
 
 
 def select(args: argparse.Namespace) -> int:
@@ -17,26 +27,100 @@ def train(args: argparse.Namespace) -> int:
     return train_command(args)
 
 
-def test(args: argparse.Namespace) -> int:
-    from mechcheck.battery.runner import test_command
+def _legacy_test_dir(out) -> bool:
+    """A `mechcheck test` output written before the ownership marker: its results.json says so."""
+    from mechcheck.errors import UserError
+    from mechcheck.records import STR, Obj, read_record
 
-    return test_command(args)
+    try:
+        return read_record(out / "results.json", Obj({"format": STR}, ("format",)))["format"].startswith(
+            "mechcheck-results/"
+        )
+    except UserError:
+        return False
+
+
+def test(args: argparse.Namespace) -> int:
+    """The checkpoints are read and checked (each counted once) before the output is touched; the
+    output is locked and claimed, then the battery writes into it."""
+    from mechcheck.checkpoint import read_checkpoints
+    from mechcheck.ownership import hold
+
+    read_checkpoints(args.checkpoints)
+    with hold(args.out) as output:
+        output.claim("test", TEST_ENTRIES, overwrite=args.overwrite, resume=False, legacy=_legacy_test_dir)
+        return test_command(argparse.Namespace(**{**vars(args), "overwrite": True}))  # claimed above
+
+
+@contextlib.contextmanager
+def _rendering(what: str) -> Iterator[None]:
+    """A view of files the user may have edited: a field of a type the renderer cannot use, deeper
+    than the record shapes look, is one line naming the folder (MECHCHECK_DEBUG=1: the traceback)."""
+    from mechcheck.errors import UserError
+
+    try:
+        yield
+    except (TypeError, KeyError, AttributeError, ValueError, IndexError, ArithmeticError) as err:
+        if os.environ.get("MECHCHECK_DEBUG"):
+            raise
+        raise UserError(
+            f"{what}: results.json or a saved prediction holds a field of an unexpected type or shape "
+            f"({type(err).__name__}: {err}); recreate it with mechcheck test or mechcheck run"
+        ) from err
+
+
+def test_command(args: argparse.Namespace) -> int:
+    """`mechcheck test CKPT [CKPT…] [--corpus FILE] [--probes a,b] --out DIR`: the battery writes
+    results.json and its data, then the report is rendered from them."""
+    import sys
+    from pathlib import Path
+
+    from mechcheck.battery.base import BatteryOptions
+    from mechcheck.battery.runner import run_battery
+    from mechcheck.report import render_report
+
+    options = BatteryOptions(seed=0 if args.seed is None else args.seed)
+    if args.quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    results = run_battery(
+        args.checkpoints, corpus=args.corpus, probes=args.probes, options=options, out=args.out,
+        overwrite=args.overwrite, progress=not args.quiet,
+    )  # fmt: skip
+    render_report(args.out)
+    for entry in results.get("per_neuron") or [results]:
+        n = entry["neuron"]
+        prefix = f"L{n['layer']}/{n['index']} " if "per_neuron" in results else ""
+        for name, v in entry["verdicts"].items():
+            fragile = " (fragile)" if v.get("fragile") else ""
+            sys.stdout.write(f"{prefix}{name}: {v['verdict']}{fragile}\n")
+    t = results["timing"]
+    ratio = t.get("ratio_to_bare_forward")
+    sys.stdout.write(
+        f"results: {Path(args.out) / 'results.json'} ({t['total_s']:.1f} s"
+        + (f", {ratio:.1f}x a bare forward)\n" if ratio else ")\n")
+    )
+    return 0
 
 
 def report(args: argparse.Namespace) -> int:
     from mechcheck.cross.pipeline import cross_report_command, is_cross_run
+    from mechcheck.ownership import hold
 
-    if is_cross_run(args.dir):
-        return cross_report_command(args)
-    from mechcheck.report import report_command
+    with hold(args.dir, create=False), _rendering(args.dir):
+        if is_cross_run(args.dir):
+            return cross_report_command(args)
+        from mechcheck.report import report_command
 
-    return report_command(args)
+        return report_command(args)
 
 
 def compare(args: argparse.Namespace) -> int:
     from mechcheck.report import compare_command
 
-    return compare_command(args)
+    with _rendering(", ".join(args.dirs)):
+        return compare_command(args)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,6 +130,10 @@ def run(args: argparse.Namespace) -> int:
     data = read_toml(args.experiment)
     if is_cross(data):  # a `models` array: the cross-prediction control
         from mechcheck.cross.pipeline import cross_run_command
+        from mechcheck.errors import UserError
+
+        if args.executor != "local":
+            raise UserError(f"--executor {args.executor}: cross-prediction runs have only the local executor")
 
         return cross_run_command(args, data)
     from mechcheck.pipeline import run_command

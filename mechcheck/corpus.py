@@ -225,6 +225,8 @@ def _jsonl_text(path: Path, number: int, line: str) -> str:
         record = json.loads(line)
     except json.JSONDecodeError as err:
         raise UserError(f"{path}:{number}: not valid JSON ({err.msg})") from err
+    except RecursionError as err:
+        raise UserError(f"{path}:{number}: not a JSON record (nested too deeply)") from err
     if not isinstance(record, dict) or not isinstance(record.get("text"), str):
         raise UserError(f'{path}:{number}: expected a JSON object with a string "text" field')
     return record["text"]

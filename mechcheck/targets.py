@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,10 +27,12 @@ from tqdm import tqdm
 from mechcheck.errors import UserError
 from mechcheck.readout import Neuron, neuron_matrix, neuron_values
 from mechcheck.subject import POSITIONS, Subject
+from mechcheck.tensor_cache import content_key, load_or_compute, model_digest
 
 SPLITS = ("train", "val", "test")
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 LABEL_BATCH = 32  # texts per forward pass when computing labels (inference only)
+LABELS_VERSION = "mechcheck-labels/1"
 
 
 @dataclass(frozen=True)
@@ -210,18 +213,34 @@ def build_targets(
     max_tokens: int = 128,
     batch_size: int = LABEL_BATCH,
     progress: bool = False,
+    cache_dir: Path | None = None,
 ) -> TargetSet:
     """Labels for each split from `subject` (the original model); `splits` is a corpus `Splits`
-    or a dict with keys train/val/test. Several neurons give `[n_rows, k]` labels."""
+    or a dict with keys train/val/test. Several neurons give `[n_rows, k]` labels. With `cache_dir`
+    the labels are kept in a file there, keyed by the model's weights and everything else they
+    depend on, and read back by the next call (another process's, too)."""
     texts = split_texts(splits)
     neurons = (neuron,) if isinstance(neuron, Neuron) else tuple(neuron)
+    if len(set(neurons)) != len(neurons):
+        raise UserError("the same neuron is listed twice in neuron.neurons")
     which = neurons[0] if len(neurons) == 1 else neurons
-    labels = {
-        name: compute_labels(
-            subject, texts[name], which, position, max_tokens, batch_size, progress, desc=f"labels {name}"
-        )
-        for name in SPLITS
-    }
+
+    def compute() -> dict[str, torch.Tensor]:
+        out = {}
+        for name in SPLITS:
+            out[f"{name}.labels"], out[f"{name}.index"] = compute_labels(
+                subject, texts[name], which, position, max_tokens, batch_size, progress, desc=f"labels {name}"
+            )
+        return out
+
+    file = None
+    if cache_dir is not None:
+        head = {"version": LABELS_VERSION, "model": model_digest(subject.model), "position": position}
+        head |= {"neurons": [n.as_dict() for n in neurons], "max_tokens": max_tokens}
+        head["batch_size"] = batch_size
+        file = Path(cache_dir) / f"{content_key(head, *texts.items())}.safetensors"
+    cached, _ = load_or_compute(file, compute, metadata={"format": LABELS_VERSION})
+    labels = {name: (cached[f"{name}.labels"], cached[f"{name}.index"]) for name in SPLITS}
     return assemble_targets(
         neurons, position, max_tokens, batch_size, texts, labels, getattr(splits, "groups", {})
     )

@@ -132,7 +132,11 @@ class TokenReadout(Readout):
         return logits[..., self.answer_ids.to(logits.device)]
 
     def probs(self, logits: torch.Tensor) -> torch.Tensor:
-        return self.answer_logits(logits).float().softmax(-1)
+        return self.probs_of_answers(self.answer_logits(logits))
+
+    def probs_of_answers(self, answer_logits: torch.Tensor) -> torch.Tensor:
+        """The softmax restricted to the answer tokens, from their logits alone. [N, n_classes]"""
+        return answer_logits.float().softmax(-1)
 
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
         """Expected class index (expected digit). [N]"""

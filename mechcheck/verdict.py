@@ -1,19 +1,25 @@
 """Pre-registered rules that turn the battery's results into verdicts on H1, H2-in, H2-out and H3.
 
 Each verdict is `{"verdict": "supported" | "not_supported" | "inconclusive", "rule": str,
-"evidence": {...}}`. The rules are fixed here, before any result is seen; thresholds are module
-constants. An *effect* is one metric with its CI, judged against the nulls (controls) that
-`compares` it:
+"evidence": {...}, "fragile": [thresholds whose ±20 % change flips it]}`. The rules and their
+thresholds are fixed here before any result is seen. They judge *information*: an edit's effect is
+the share of the report's r² with the label that the edit removes (Δr² / r²), never how far it
+pushes the report.
 
-- **present**: |value| ≥ the minimum effect size, the CI lies entirely beyond every null's upper
-  quantile (95th percentile of the null's |effect|), and every null's BH-adjusted q < ALPHA;
-- **absent**: the CI's largest magnitude is below the minimum effect size, or |value| is within
-  every null (≤ each null's upper quantile);
-- **unclear** otherwise. A null with fewer than MIN_NULL finite values is a failed control.
+An edit's effect on a head is
+- **present** when its share ≥ MIN_SHARE, its CI excludes 0, its rank p among the matched null
+  draws survives BH (q < ALPHA, over the primary tests) and it is *specific*: it removes a larger
+  share of the label's information than of every control head's (CI of the difference above 0);
+- **absent** when the share's CI lies below MIN_SHARE;
+- **unspecific** when it would be present but a control head loses as much; **unclear** otherwise;
+  **failed** when its null has fewer than MIN_NULL draws.
 
-H1, H2-in and H2-out are `inconclusive` unless the report is *learned* (it beat every baseline),
-and whenever evidence they need is missing, unclear, or a control failed. The hypotheses are not
-exclusive, except that H1 (never reads the neuron) cannot hold when an H2 does.
+The report must first be *informative* (r² ≥ MIN_R2 and a permutation p < ALPHA), else H1 and
+H2 are inconclusive. H1 and H2 are not exclusive: a report may be partly each,
+and the shares say how much. Finally the battery is checked on the planted twins of the same model
+and neuron: a hypothesis whose twin is not found (no power) or that a twin of another mechanism
+shows (a false positive) is inconclusive for the checkpoint, with that reason. A verdict that
+changes when any threshold moves by ±20 % is marked fragile.
 """
 
 from __future__ import annotations
@@ -22,199 +28,252 @@ from typing import Any
 
 import numpy as np
 
-MIN_EFFECT = 0.1  # mean |Δreport| in SDs of the label
-MIN_SLOPE = 0.2  # report units per unit of the neuron (the report is calibrated in neuron units)
-MIN_SKILL = 0.1  # R² against the fixed labels
-ALPHA = 0.05  # BH-adjusted q (or permutation p) a difference must beat
-H3_MAX_RATIO = 0.5  # std(after) / std(before) must be below this for "nearly constant"
-MIN_NULL = 5  # finite values a null needs to count as a control
+MIN_R2 = 0.05  # the report's r² with the label, to be worth analysing
+MIN_SHARE = 0.05  # the share of the report's label r² an edit must remove to count
+ALPHA = 0.05  # BH-adjusted q (rank p among matched null draws) an effect must beat
+H1_MIN_SHARE = 0.5  # share of the report's r² that must survive removing the neuron and its W_in span
+H3_MAX_RATIO = 0.5  # std(after) / std(before) below this is "nearly constant"
+MIN_NULL = 100  # null draws a primary test needs
+THRESHOLDS = ("MIN_R2", "MIN_SHARE", "ALPHA", "H1_MIN_SHARE", "H3_MAX_RATIO")
+FRAGILITY = (0.8, 1.2)
+HYPOTHESES = ("H1", "H2_in", "H2_out", "H3")
+EXPECTED = {"H1": "H1", "H2_in": "H2_in", "H2_out": "H2_out", "null": None}  # twin → what it plants
 
 Probes = dict[str, dict[str, Any]]
 
 
+def defaults() -> dict[str, float]:
+    return {name: globals()[name] for name in THRESHOLDS}
+
+
 def _verdict(verdict: str, rule: str, evidence: dict[str, Any]) -> dict[str, Any]:
-    return {"verdict": verdict, "rule": rule, "evidence": evidence}
+    return {"verdict": verdict, "rule": " ".join((rule or "").split()), "evidence": evidence}
 
 
-def effect(probes: Probes, probe: str, key: str, minimum: float) -> dict[str, Any]:
-    """An effect is present when |value| ≥ its minimum (MIN_EFFECT label SDs, or MIN_SLOPE), its CI
-    lies beyond the 95th percentile of every null that controls it, and every null's BH q < ALPHA;
-    absent when its CI stays below the minimum or |value| is within every null; unclear otherwise;
-    a null with fewer than MIN_NULL values is a failed control."""
-    entry = (probes.get(probe) or {}).get("metrics", {}).get(key)
+def effect(
+    probes: Probes, test: str, head: str, t: dict[str, float], min_null: int = MIN_NULL
+) -> dict[str, Any]:
+    """An edit's effect on a head is present when share ≥ MIN_SHARE with a CI excluding 0, q < ALPHA
+    among its matched null draws and larger than every control head's share (specific); absent when
+    the share's CI lies below MIN_SHARE; failed when the null has fewer than MIN_NULL draws."""
+    entry = (((probes.get(test) or {}).get("heads") or {}).get(head)) or None
     if entry is None:
-        return {"metric": f"{probe}.{key}", "status": "missing"}
-    controls = {k: c for k, c in probes[probe].get("controls", {}).items() if c.get("compares") == key}
-    value, (lo, hi) = entry["value"], entry["ci"]
-    evidence = {"metric": f"{probe}.{key}", "value": value, "ci": [lo, hi], "minimum": minimum}
-    failed = [k for k, c in controls.items() if len(c.get("null") or []) < MIN_NULL]
-    uppers = {k: c["upper"] for k, c in controls.items() if k not in failed}
-    qs = {k: c.get("q", c.get("p", 1.0)) for k, c in controls.items() if k not in failed}
-    evidence |= {"null_upper": uppers, "q": qs}
-    if failed or not controls or not np.isfinite(value):
-        return evidence | {"status": "failed", "failed_controls": failed or ["no null"]}
-    magnitude, top = abs(value), max(abs(lo), abs(hi))
-    clears = all(lo > u or hi < -u for u in uppers.values()) and all(q < ALPHA for q in qs.values())
-    if magnitude >= minimum and clears:
-        return evidence | {"status": "present"}
-    if top < minimum or all(magnitude <= u for u in uppers.values()):
-        return evidence | {"status": "absent"}
-    return evidence | {"status": "unclear"}
+        return {"test": test, "status": "missing"}
+    share, null = entry["share"], entry["null"]
+    q = null.get("q_experiment", null.get("q", null.get("p", 1.0)))
+    spec = {c: s["ci"][0] > 0 for c, s in (entry.get("specificity") or {}).items()}
+    ev = {"test": test, "share": share, "dr2": entry["dr2"], "q": q, "null_n": null.get("n", 0),
+          "null_p95": null.get("p95"), "specific": spec}  # fmt: skip
+    if null.get("n", 0) < min_null or not np.isfinite(share["value"]):
+        return ev | {"status": "failed"}
+    lo, hi = share["ci"]
+    if share["value"] >= t["MIN_SHARE"] and lo > 0 and q < t["ALPHA"]:
+        return ev | {"status": "present" if all(spec.values()) else "unspecific"}
+    if hi < t["MIN_SHARE"]:
+        return ev | {"status": "absent"}
+    return ev | {"status": "unclear"}
 
 
-def both(a: dict[str, Any], b: dict[str, Any]) -> str:
-    """Two readings of one effect (mean and resample ablation): agree, or unclear."""
-    statuses = {a["status"], b["status"]}
-    if len(statuses) == 1:
-        return a["status"]
-    return "failed" if "failed" in statuses else "missing" if "missing" in statuses else "unclear"
+def informative(probes: Probes, head: str, t: dict[str, float]) -> dict[str, Any]:
+    """Informative: the head's clean r² with its label ≥ MIN_R2 and its rank p among label
+    permutations < ALPHA (an r² is never negative, so only the permutation null can say "none")."""
+    probe = probes.get("informative") or {}
+    key = "report.r2" if head == "report" else f"{head}.r2"
+    entry = (probe.get("metrics") or {}).get(key)
+    null = (probe.get("controls") or {}).get(f"{key}.permuted_labels") or {}
+    if entry is None:
+        return {"status": "missing", "why": "the informative probe did not run"}
+    p = null.get("p")
+    ok = entry["value"] >= t["MIN_R2"] and p is not None and p < t["ALPHA"]
+    return {"status": "yes" if ok else "no", "r2": entry, "permutation_p": p, "min_r2": t["MIN_R2"]}
 
 
-def learned(probes: Probes) -> dict[str, Any]:
-    """Learned: report skill ≥ MIN_SKILL, permutation p < ALPHA, and the skill's CI low end above the
-    input-only skill and above the upper quantile of the untrained-readout and shuffled-label nulls."""
-    base = probes.get("baselines")
-    if base is None:
-        return {"status": "missing", "why": "the baselines probe did not run"}
-    skill = base["metrics"]["report.skill"]
-    controls = base["controls"]
-    bars = {
-        "input_only": controls["input_only.skill"]["value"],
-        "untrained_readout": controls["untrained_readout.skill"]["upper"],
-        "shuffled_labels": controls["shuffled_labels.skill"]["upper"],
-    }
-    ok = (
-        skill["value"] >= MIN_SKILL
-        and skill.get("p_permutation", 0.0) < ALPHA
-        and all(skill["ci"][0] > v for v in bars.values() if np.isfinite(v))
-    )
-    return {"status": "yes" if ok else "no", "skill": skill, "baselines": bars, "min_skill": MIN_SKILL}
-
-
-def _gate(name: str, rule: str, learn: dict[str, Any], evidence: dict[str, Any]) -> dict[str, Any] | None:
+def _decide(rule: str, found: dict[str, Any], learn: dict[str, Any]) -> dict[str, Any]:
+    evidence = {"learned": learn, "effect": found}
     if learn["status"] != "yes":
-        why = "the report did not beat its baselines" if learn["status"] == "no" else learn["why"]
-        return _verdict("inconclusive", rule, {"learned": learn, "why": why, **evidence})
-    return None
+        return _verdict(
+            "inconclusive", rule, evidence | {"why": "the report carries too little of the label"}
+        )
+    status = found["status"]
+    if status == "present":
+        return _verdict("supported", rule, evidence)
+    if status == "absent":
+        return _verdict("not_supported", rule, evidence)
+    why = {
+        "unspecific": "the edit removes as much of a control head's information",
+        "failed": "too few null draws",
+        "missing": "the test did not run",
+    }.get(status, "the effect is unclear")
+    return _verdict("inconclusive", rule, evidence | {"why": why})
 
 
-def h2_in(probes: Probes, learn: dict[str, Any]) -> dict[str, Any]:
-    """H2-in is supported when the report is learned and mean-ablating the neuron's W_in span in the
-    residual it reads, with the neuron pinned to its clean value, changes the report (present vs the
-    random-subspace and other neurons' W_in nulls, ≥ MIN_EFFECT label SDs); not supported when that
-    effect is absent."""
-    rule = h2_in.__doc__ or ""
-    pinned = effect(probes, "direction_ablation", "in_pinned", MIN_EFFECT)
-    evidence = {"in_pinned": pinned}
-    return _gate("H2_in", rule, learn, evidence) or _decide(
-        rule, evidence, [pinned["status"]], [pinned["status"]]
-    )
+def h2_out(probes: Probes, head: str, t: dict[str, float]) -> dict[str, Any]:
+    """H2-out is supported when interchanging the neuron at the label position (its only route is
+    its write, W_out·a) removes a present share of the report's label information (`neuron`); not
+    supported when that share is absent."""
+    return _decide(h2_out.__doc__, effect(probes, "neuron", head, t), informative(probes, head, t))
 
 
-def h2_out(probes: Probes, learn: dict[str, Any]) -> dict[str, Any]:
-    """H2-out is supported when the report is learned and (a) ablating the neuron (mean and resample)
-    changes it beyond random neurons, (b) mean-ablating the W_out direction after layer L and every
-    later layer does, beyond random and other neurons' directions, and (c) injecting along W_out
-    moves it with |slope| ≥ MIN_SLOPE beyond random directions; not supported when both (a) and (b)
-    are absent."""
-    rule = h2_out.__doc__ or ""
-    mean = effect(probes, "ablation", "mean.mean_abs_delta", MIN_EFFECT)
-    resample = effect(probes, "ablation", "resample.mean_abs_delta", MIN_EFFECT)
-    out = effect(probes, "direction_ablation", "out", MIN_EFFECT)
-    inject = effect(probes, "direction_injection", "slope", MIN_SLOPE)
-    evidence = {"ablation_mean": mean, "ablation_resample": resample, "out": out, "injection": inject}
-    ablation = both(mean, resample)
-    gate = _gate("H2_out", rule, learn, evidence)
-    return gate or _decide(
-        rule, evidence, [ablation, out["status"], inject["status"]], [ablation, out["status"]]
-    )
+def h2_in(probes: Probes, head: str, t: dict[str, float]) -> dict[str, Any]:
+    """H2-in is supported when interchanging the neuron's W_in span at the label position with the
+    neuron pinned (`in_bypass`) removes a present share of the report's label information; not
+    supported when that share is absent."""
+    return _decide(h2_in.__doc__, effect(probes, "in_bypass", head, t), informative(probes, head, t))
 
 
-def h1(probes: Probes, learn: dict[str, Any], h2in: dict[str, Any], h2out: dict[str, Any]) -> dict[str, Any]:
-    """H1 is supported when the report is learned, neither H2 is supported, and every causal effect
-    of the neuron and its directions on the report is absent (ablation mean/resample, patching p5→p95,
-    W_in ablation with the neuron pinned, W_out ablation, W_out injection); not supported when an H2
-    is supported or any of those effects is present."""
-    rule = h1.__doc__ or ""
-    reads = {
-        "ablation": both(effect(probes, "ablation", "mean.mean_abs_delta", MIN_EFFECT),
-                         effect(probes, "ablation", "resample.mean_abs_delta", MIN_EFFECT)),
-        "patching": effect(probes, "patching", "range_effect", MIN_EFFECT)["status"],
-        "in_pinned": effect(probes, "direction_ablation", "in_pinned", MIN_EFFECT)["status"],
-        "out": effect(probes, "direction_ablation", "out", MIN_EFFECT)["status"],
-        "injection": effect(probes, "direction_injection", "slope", MIN_SLOPE)["status"],
-    }  # fmt: skip
-    evidence = {"effects": reads, "H2_in": h2in["verdict"], "H2_out": h2out["verdict"]}
-    gate = _gate("H1", rule, learn, evidence)
-    if gate:
-        return gate
-    if "supported" in (h2in["verdict"], h2out["verdict"]) or "present" in reads.values():
-        return _verdict("not_supported", rule, {"learned": learn, **evidence})
-    if all(s == "absent" for s in reads.values()):
-        return _verdict("supported", rule, {"learned": learn, **evidence})
-    return _verdict(
-        "inconclusive", rule, {"learned": learn, **evidence, "why": "some effects unclear or missing"}
-    )
+def h1(probes: Probes, head: str, t: dict[str, float]) -> dict[str, Any]:
+    """H1 (a separate model of the text) is supported when at least H1_MIN_SHARE of the report's
+    label r² survives removing the neuron and its W_in span at every non-sink position (`remainder`,
+    CI low end ≥ H1_MIN_SHARE); not supported when the surviving share's CI lies below it."""
+    rule, learn = h1.__doc__, informative(probes, head, t)
+    entry = (((probes.get("remainder") or {}).get("heads") or {}).get(head)) or None
+    if entry is None:
+        return _verdict("inconclusive", rule, {"learned": learn, "why": "the remainder test did not run"})
+    share = entry["share"]
+    survival = {"value": 1 - share["value"], "ci": [1 - share["ci"][1], 1 - share["ci"][0]]}
+    evidence = {"learned": learn, "survival": survival, "min_share": t["H1_MIN_SHARE"],
+                "null_survival_mean": 1 - entry["null"].get("mean", np.nan)}  # fmt: skip
+    if learn["status"] != "yes":
+        return _verdict(
+            "inconclusive", rule, evidence | {"why": "the report carries too little of the label"}
+        )
+    if survival["ci"][0] >= t["H1_MIN_SHARE"]:
+        return _verdict("supported", rule, evidence)
+    if survival["ci"][1] < t["H1_MIN_SHARE"]:
+        return _verdict("not_supported", rule, evidence)
+    return _verdict("inconclusive", rule, evidence | {"why": "the surviving share straddles the bar"})
 
 
-def h3(probes: Probes) -> dict[str, Any]:
+def h3(probes: Probes, t: dict[str, float]) -> dict[str, Any]:
     """H3 is supported when the neuron's std ratio after/before training has its CI below H3_MAX_RATIO
-    and lies below the 5th percentile of random neurons' ratios (the collapse is specific); not
-    supported when the ratio's CI low end is at least H3_MAX_RATIO. Decided on the neuron alone,
-    whether or not the report learned."""
-    rule = h3.__doc__ or ""
-    var = probes.get("variance")
-    if var is None:
-        return _verdict("inconclusive", rule, {"why": "the variance probe did not run"})
-    ratio, null = var["metrics"]["std_ratio"], var["controls"]["std_ratio.random_neurons"]
-    evidence = {"std_ratio": ratio, "random_neurons_lower": null.get("lower"), "max_ratio": H3_MAX_RATIO}
-    if len(null.get("null") or []) < MIN_NULL or not np.isfinite(ratio["value"]):
-        return _verdict("inconclusive", rule, evidence | {"failed_controls": ["std_ratio.random_neurons"]})
-    if ratio["ci"][1] < H3_MAX_RATIO and ratio["value"] < null["lower"]:
+    and ranks below the layer's active neurons' ratios (rank p < ALPHA): a collapse specific to the
+    neuron; not supported when the ratio's CI low end is at least H3_MAX_RATIO."""
+    rule = h3.__doc__
+    probe = probes.get("collapse")
+    if probe is None:
+        return _verdict("inconclusive", rule, {"why": "the collapse probe did not run"})
+    ratio = probe["metrics"]["std_ratio"]
+    null = probe["controls"]["std_ratio.layer_neurons"]
+    evidence = {
+        "std_ratio": ratio,
+        "layer_p": null.get("p"),
+        "layer_p05": null.get("p05"),
+        "max_ratio": t["H3_MAX_RATIO"],
+    }
+    if not np.isfinite(ratio["value"]):
+        return _verdict("inconclusive", rule, evidence | {"why": "the neuron has no spread"})
+    if ratio["ci"][1] < t["H3_MAX_RATIO"] and null.get("p", 1.0) < t["ALPHA"]:
         return _verdict("supported", rule, evidence)
-    if ratio["ci"][0] >= H3_MAX_RATIO:
+    if ratio["ci"][0] >= t["H3_MAX_RATIO"]:
         return _verdict("not_supported", rule, evidence)
-    return _verdict(
-        "inconclusive",
-        rule,
-        evidence
-        | {
-            "why": "the ratio is not clearly below or above the bar, "
-            "or the collapse is not specific to the neuron"
-        },
+    why = (
+        "the collapse is not specific to the neuron"
+        if ratio["ci"][1] < t["H3_MAX_RATIO"]
+        else "the ratio straddles the bar"
     )
+    return _verdict("inconclusive", rule, evidence | {"why": why})
 
 
-def _decide(rule: str, evidence: dict[str, Any], needed: list[str], against: list[str]) -> dict[str, Any]:
-    if all(s == "present" for s in needed):
-        return _verdict("supported", rule, evidence)
-    if all(s == "absent" for s in against):
-        return _verdict("not_supported", rule, evidence)
-    failed = [k for k, v in evidence.items() if isinstance(v, dict) and v.get("status") == "failed"]
-    return _verdict("inconclusive", rule, evidence | ({"failed_controls": failed} if failed else {}))
+def head_verdicts(probes: Probes, head: str, t: dict[str, float]) -> dict[str, dict[str, Any]]:
+    return {"H1": h1(probes, head, t), "H2_in": h2_in(probes, head, t), "H2_out": h2_out(probes, head, t)}
 
 
-def verdicts(probes: Probes) -> dict[str, dict[str, Any]]:
-    """All four verdicts from the (seed-aggregated) probe results of one battery."""
-    learn = learned(probes)
-    h2in, h2out = h2_in(probes, learn), h2_out(probes, learn)
-    return {"H1": h1(probes, learn, h2in, h2out), "H2_in": h2in, "H2_out": h2out, "H3": h3(probes)}
+def twin_check(twins: dict[str, dict[str, dict[str, Any]]]) -> dict[str, list[str]]:
+    """Per hypothesis, what the twins say against trusting it here: its own twin not found (no
+    power), or a twin of another mechanism found to show it (a false positive)."""
+    problems: dict[str, list[str]] = {h: [] for h in ("H1", "H2_in", "H2_out")}
+    for twin, verdicts in twins.items():
+        planted = EXPECTED.get(twin)
+        for h in problems:
+            got = verdicts[h]["verdict"]
+            if h == planted and got != "supported":
+                problems[h].append(f"its twin (twin.{twin}) came out {got}: no power here")
+            elif h != planted and got == "supported":
+                problems[h].append(f"twin.{twin} (planted {planted or 'nothing'}) came out {h} supported")
+    return problems
+
+
+def decide(probes: Probes, t: dict[str, float] | None = None) -> dict[str, Any]:
+    """Verdicts of the report and of every twin, with the twin check applied to the report's."""
+    t = defaults() | (t or {})
+    heads = list(((probes.get("neuron") or {}).get("heads") or {}).keys())
+    twins = {h.split(".", 1)[1]: head_verdicts(probes, h, t) for h in heads if h.startswith("twin.")}
+    report = head_verdicts(probes, "report", t) | {"H3": h3(probes, t)}
+    for h, problems in twin_check(twins).items():
+        if problems and report[h]["verdict"] != "inconclusive":
+            report[h] = _verdict("inconclusive", report[h]["rule"], report[h]["evidence"] | {
+                "why": "the battery cannot tell these apart here: " + "; ".join(problems),
+                "before_twin_check": report[h]["verdict"]})  # fmt: skip
+        elif problems:
+            report[h]["evidence"]["twin_problems"] = problems
+    return {"verdicts": report, "twins": twins}
+
+
+def verdicts(probes: Probes) -> dict[str, Any]:
+    """The report's verdicts, the twins' verdicts, and which verdicts are fragile (flip when one
+    threshold moves by ±20 %)."""
+    base = decide(probes)
+    fragile: dict[str, list[str]] = {h: [] for h in HYPOTHESES}
+    for name in THRESHOLDS:
+        for factor in FRAGILITY:
+            moved = decide(probes, {name: defaults()[name] * factor})["verdicts"]
+            for h in HYPOTHESES:
+                if moved[h]["verdict"] != base["verdicts"][h]["verdict"]:
+                    fragile[h].append(f"{name} × {factor}: {moved[h]['verdict']}")
+    for h in HYPOTHESES:
+        base["verdicts"][h]["fragile"] = fragile[h]
+    return base
+
+
+def experiment_level(batteries: list[dict[str, Any]]) -> None:
+    """BH over the primary tests of a whole experiment (every condition, neuron and head family
+    together), in place: each primary test's null gets `q_experiment`, and the verdicts are decided
+    again with it. `batteries` are results.json dicts of format 2 (several-neuron ones included)."""
+    from mechcheck.battery.information import bh
+
+    views = []
+    for results in batteries:
+        views += results.get("per_neuron", [results])
+    views = [v for v in views if isinstance(v.get("probes"), dict)]
+    heads = {h for v in views for p in v["probes"].values() if p.get("primary") for h in p.get("heads", {})}
+    for head in sorted(heads):
+        entries = [p["heads"][head]["null"] for v in views for p in v["probes"].values()
+                   if p.get("primary") and head in p.get("heads", {})]  # fmt: skip
+        for entry, q in zip(entries, bh([e.get("p", 1.0) for e in entries]), strict=True):
+            entry["q_experiment"] = q
+    for v in views:
+        v.update(verdicts(v["probes"]))
+
+
+def shares(probes: Probes, head: str = "report") -> dict[str, Any]:
+    """The share of the head's label r² each edit removes, with CIs (the `remainder` entry is the
+    share that *survives*: carried by neither the neuron nor its W_in span)."""
+    out = {}
+    for test, key in (("neuron", "neuron"), ("in_bypass", "W_in bypass"), ("in_total", "W_in total"),
+                      ("out_direct", "neuron, direct write")):  # fmt: skip
+        entry = (((probes.get(test) or {}).get("heads") or {}).get(head)) or None
+        if entry:
+            out[key] = entry["share"]
+    entry = (((probes.get("remainder") or {}).get("heads") or {}).get(head)) or None
+    if entry:
+        s = entry["share"]
+        out["neither (survives)"] = {"value": 1 - s["value"], "ci": [1 - s["ci"][1], 1 - s["ci"][0]]}
+        sink = (entry.get("comparisons") or {}).get("sink")
+        if sink:
+            out["sinks"] = sink["share"]
+    return out
 
 
 def rules_table() -> str:
     """The pre-registered rules as a markdown table (for the README)."""
-    rows = [
-        ("learned (gate for H1, H2)", learned),
-        ("H1", h1),
-        ("H2_in", h2_in),
-        ("H2_out", h2_out),
-        ("H3", h3),
-        ("effect present / absent", effect),
-    ]
+    rows = [("informative (gate for H1, H2)", informative), ("H1", h1), ("H2_in", h2_in), ("H2_out", h2_out),
+            ("H3", h3), ("effect present / absent", effect), ("twins", twin_check)]  # fmt: skip
     lines = ["| hypothesis | rule |", "|---|---|"]
     for name, fn in rows:
         text = " ".join((fn.__doc__ or "").split()).replace("|", "\\|")
         lines.append(f"| {name} | {text} |")
-    names = ("MIN_EFFECT", "MIN_SLOPE", "MIN_SKILL", "ALPHA", "H3_MAX_RATIO", "MIN_NULL")
-    consts = ", ".join(f"{n} = {globals()[n]}" for n in names)
-    return "\n".join(lines) + f"\n\nThresholds: {consts}.\n"
+    consts = ", ".join(f"{n} = {globals()[n]}" for n in (*THRESHOLDS, "MIN_NULL"))
+    return (
+        "\n".join(lines) + f"\n\nThresholds: {consts}. A verdict that flips when one of them moves by ±20 %"
+        " is marked fragile.\n"
+    )

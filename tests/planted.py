@@ -15,6 +15,15 @@ In an orthonormal basis e0..e31 (random per seed):
 Readouts (linear, on the final norm; their weight is v ⊘ final gain, scaled by least squares):
 H1 reads e2, H2_in reads e1, H2_out reads e3, null reads e4 (uncalibrated). H3: the checkpoint's
 trained model is the base with the neuron's gate/up rows zeroed (constant 0) and the H2_out head.
+
+H1_sink (`sink_base`): an attention sink, as in the real SmolLM2 neuron. Every text starts with
+the token "x" (which `random_texts` never produces), embedded as C·e0 + 40·e1 + 40·e6: its
+residual norm is ~3.5× the rest and the neuron fires ~15× its largest value on ordinary tokens.
+Layer 2's head 0 attends to it from every position (q reads the constant e0, k reads e6, both in
+the head's lowest-frequency RoPE pair, dims 3/7 of head_dim 8, so rotation is negligible) and
+copies its normed e1 coordinate (v) into the fresh direction e7 (o_proj): a constant of every
+text, which the H1 readout reads beside e2 (the neuron's copy). Editing the W_in span at the
+sink moves every report by the same amount — motion without information.
 """
 
 from __future__ import annotations
@@ -30,10 +39,13 @@ from mechcheck.subject import Site, Subject, gather_position, weights_digest
 from mechcheck.testing import random_texts, tiny_model
 
 CASES = ("H1", "H2_in", "H2_out", "H3", "null")
+SINK_CASE, SINK_TOKEN = "H1_sink", "x"
+SINK_SIZE, SINK_SCORE, SINK_COPY = 40.0, 2.0, 0.5  # sink embedding; q·k gain; e7 per unit of v
 NEURON = Neuron(1, 5)
-D_MODEL, D_MLP, N_LAYERS = 32, 16, 3
+D_MODEL, D_MLP, N_LAYERS = 32, 64, 3
 C, W_OUT_NORM = 16.0, 0.1
 READS = {"H1": 2, "H2_in": 1, "H2_out": 3, "H3": 3, "null": 4}
+SINK_READS = (2, 7)
 
 
 def _basis(seed: int) -> torch.Tensor:
@@ -102,17 +114,51 @@ def _fit_readout(
     return readout
 
 
+def with_sink(texts: list[str]) -> list[str]:
+    return [f"{SINK_TOKEN} {t}" for t in texts]
+
+
+def sink_base(seed: int):
+    """planted_base plus the attention sink of case H1_sink (see the module docstring)."""
+    model, tok = planted_base(seed)
+    q = _basis(seed)
+    sink = tok.convert_tokens_to_ids(SINK_TOKEN)
+    attn = model.model.layers[2].self_attn
+    gain = model.model.layers[2].input_layernorm.weight
+    head_dim = model.config.hidden_size // model.config.num_attention_heads
+    low = head_dim // 2 - 1  # RoPE pairs (i, i + head_dim/2); the last pair rotates slowest
+    fresh = q[:, 6:8]  # e6, e7: only the sink (key) and the head (copy) write there
+    with torch.no_grad():
+        emb, down = model.model.embed_tokens.weight, model.model.layers[NEURON.layer].mlp.down_proj.weight
+        emb.sub_((emb @ fresh) @ fresh.T)
+        down.sub_(fresh @ (fresh.T @ down))
+        emb[sink] = C * q[:, 0] + SINK_SIZE * (q[:, 1] + q[:, 6])
+        attn.q_proj.weight[:head_dim] = 0.0  # head 0
+        attn.k_proj.weight[:head_dim] = 0.0  # kv head 0 (heads 0 and 1)
+        attn.v_proj.weight[:head_dim] = 0.0
+        attn.q_proj.weight[low] = SINK_SCORE * q[:, 0] / gain
+        attn.k_proj.weight[low] = q[:, 6] / gain
+        attn.v_proj.weight[0] = q[:, 1] / gain
+        attn.o_proj.weight[:, 0] = SINK_COPY * q[:, 7]
+    return model, tok
+
+
 def write_planted(root: str | Path, case: str, seed: int, n_eval: int = 64) -> Path:
     """Write the base model dir and a checkpoint for `case`; returns the checkpoint path."""
     root = Path(root)
-    model, tok = planted_base(seed)
-    base_dir = root / f"base-{seed}"
+    sink = case == SINK_CASE
+    model, tok = sink_base(seed) if sink else planted_base(seed)
+    base_dir = root / (f"base-sink-{seed}" if sink else f"base-{seed}")
     if not base_dir.exists():
         model.save_pretrained(base_dir)
         tok.save_pretrained(base_dir)
     subject = Subject(model, tok, str(base_dir))
-    direction = _basis(seed)[:, READS[case]]
-    readout = _fit_readout(subject, direction, random_texts(200, seed=seed), calibrate=case != "null")
+    q = _basis(seed)
+    direction = q[:, list(SINK_READS)].sum(1) / len(SINK_READS) ** 0.5 if sink else q[:, READS[case]]
+    fit_texts, texts = random_texts(200, seed=seed), random_texts(n_eval, seed=10_000 + seed)
+    if sink:
+        fit_texts, texts = with_sink(fit_texts), with_sink(texts)
+    readout = _fit_readout(subject, direction, fit_texts, calibrate=case != "null")
     trained = None
     if case == "H3":
         trained, _ = planted_base(seed)
@@ -125,11 +171,10 @@ def write_planted(root: str | Path, case: str, seed: int, n_eval: int = 64) -> P
         "condition": "unfrozen" if case == "H3" else "frozen", "target_mode": "fixed", "seed": seed,
         "weights_sha256": weights_digest(neuron_weights(subject, NEURON)), "planted": case,
     }  # fmt: skip
-    texts = random_texts(n_eval, seed=10_000 + seed)
     return write_checkpoint(
         root / f"{case}-{seed}", run, readout, model=trained, predictions={"texts": texts}
     )
 
 
 # Frugal battery settings for tests (the defaults are for real models).
-TEST_OPTIONS = BatteryOptions(n_random=8, n_null_texts=32, n_bootstrap=500)
+TEST_OPTIONS = BatteryOptions(n_null=100, n_null_secondary=5, n_bootstrap=500)

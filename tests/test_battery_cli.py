@@ -10,7 +10,7 @@ import pytest
 import torch
 from planted import write_planted
 
-from mechcheck.battery.ablation import NULL_NEURONS
+from mechcheck.battery.runner import load_probes
 from mechcheck.checkpoint import write_checkpoint
 from mechcheck.cli import main
 from mechcheck.readout import LinearReadout
@@ -51,18 +51,23 @@ def test_cli_runs_the_battery_and_writes_a_self_contained_directory(planted, tmp
     out = tmp_path / "out"
     assert main(["test", str(planted), "--out", str(out), "-q"]) == 0
     stdout = capsys.readouterr().out
-    assert "H2_out: supported" in stdout
+    assert "H2_out: supported\n" in stdout and "H2_in: not_supported" in stdout and "results: " in stdout
     results = json.loads((out / "results.json").read_text())
-    assert results["format"] == "mechcheck-results/1"
+    assert results["format"] == "mechcheck-results/2"
     assert results["checkpoints"] == [str(planted)] and results["run"]["planted"] == "H2_out"
-    assert results["eval"] == {"source": "checkpoint test split", "n_texts": 48, "n_labels": 48}
+    assert results["eval"] == {"source": "checkpoint test split", "n_texts": 48, "n_labels": 48, "seeds": [0]}
     assert results["verdicts"]["H2_out"]["verdict"] == "supported"
-    assert set(results["timing"]) >= {"total_s", "per_probe_s", "bare_forward_s"}
+    assert set(results["timing"]) >= {"total_s", "per_probe_s", "bare_forward_s", "ratio_to_bare_forward"}
     assert "curves" not in results["runs"][0]
-    probe = results["probes"]["ablation"]
-    assert probe["hypotheses"] == ["H1", "H2_out"] and len(probe["per_seed"]) == 1
-    assert len(probe["controls"]["mean.random_neurons"]["null"]) == NULL_NEURONS  # 10 of the 15 others
-    assert (out / "predictions" / "seed-0.json").is_file() and (out / "report.md").is_file()
+    # every registered probe ran, except the one that needs several neurons, which says why
+    assert set(results["probes"]) == set(load_probes()) - {"cross_talk"}
+    assert "one neuron" in results["skipped"]["cross_talk"]
+    neuron = results["probes"]["neuron"]
+    assert neuron["hypotheses"] == ["H2_out"] and neuron["kind"] == "information"
+    assert neuron["heads"]["report"]["null"]["n"] == 100  # the default: ≥ 100 matched draws
+    assert results["config"]["n_null"] == 100
+    assert (out / "predictions" / "seed-0.json").is_file() and (out / "battery" / "seed-0.json").is_file()
+    assert (out / "report.md").is_file()
     # a second run into the same directory is refused, and the first results are kept
     before = (out / "results.json").read_text()
     fails(capsys, str(planted), "--out", str(out), match="--overwrite")
@@ -73,13 +78,26 @@ def test_cli_runs_the_battery_and_writes_a_self_contained_directory(planted, tmp
 def test_a_hand_written_checkpoint_runs_on_a_corpus_and_says_what_it_skipped(bare, tmp_path, capsys):
     corpus = corpus_file(tmp_path / "texts.txt", 400)
     out = tmp_path / "out"
-    argv = ["test", str(bare), "--corpus", corpus, "--probes", "variance,baselines", "--out", str(out), "-q"]
+    argv = [
+        "test",
+        str(bare),
+        "--corpus",
+        corpus,
+        "--probes",
+        "informative,collapse",
+        "--out",
+        str(out),
+        "-q",
+    ]
     assert main(argv) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["eval"]["source"] == corpus and results["eval"]["n_texts"] >= 20
     assert set(results["skipped"]) == {"verify_base", "predictions"}
-    assert set(results["probes"]) == {"variance", "baselines"}
+    assert set(results["probes"]) == {"informative", "collapse"}
     assert results["verdicts"]["H3"]["verdict"] == "not_supported"  # frozen: the neuron is unchanged
+    assert results["probes"]["collapse"]["metrics"]["std_ratio"]["value"] == pytest.approx(1.0)
+    for h in ("H1", "H2_in", "H2_out"):  # their tests were not selected
+        assert results["verdicts"][h]["verdict"] == "inconclusive"
     assert not (out / "predictions").exists()
 
 
@@ -117,7 +135,7 @@ def test_unknown_probe(planted, tmp_path, capsys):
         capsys,
         str(planted),
         "--probes",
-        "ablation,telepathy",
+        "neuron,telepathy",
         "--out",
         str(tmp_path / "o"),
         match="telepathy",

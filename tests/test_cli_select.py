@@ -114,9 +114,10 @@ def test_bad_input_is_one_line_and_writes_nothing(case, tiny_dir, corpus, tmp_pa
             str(_opt_dir(tmp_path / "opt")),
             ["unsupported architecture 'opt'", "gpt2, gpt_neox"],
         )
-    elif case in ("layer_out_of_range", "negative_layer"):
-        layer = "4" if case == "layer_out_of_range" else "-1"
-        extra, expected = ["--layers", f"1,{layer}"], [f"layer {layer} is out of range", "layers 0..3"]
+    elif case == "layer_out_of_range":
+        extra, expected = ["--layers", "1,4"], ["layer 4 is out of range", "layers 0..3"]
+    elif case == "negative_layer":
+        extra, expected = ["--layers", "1,-1"], ["argument --layers", "must be at least 0, got -1"]
     elif case == "empty_corpus":
         texts, expected = tmp_path / "empty.txt", ["no usable text"]
         texts.write_text("")
@@ -128,7 +129,7 @@ def test_bad_input_is_one_line_and_writes_nothing(case, tiny_dir, corpus, tmp_pa
     elif case == "unknown_criterion":
         extra, expected = ["--criterion", "widest"], ["unknown criterion 'widest'", "bimodality"]
     else:
-        extra, expected = ["--top", "0"], ["--top must be a positive integer"]
+        extra, expected = ["--top", "0"], ["--top: must be at least 1"]
     out = tmp_path / "results" / "neurons.json"
     assert main(["select", "--model", model, "--corpus", str(texts), "--out", str(out), "-q", *extra]) == 2
     one_line_error(capsys, *expected)

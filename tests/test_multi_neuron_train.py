@@ -118,7 +118,7 @@ def test_every_condition_trains_a_vector_readout(tmp_path, tiny_dir, corpus_file
         ("neurons = [{layer = 0, index = 1, sign = 1}]", "unknown key 'sign'"),
         ("neurons = [{layer = 0}]", "index"),
         ("neurons = [{layer = 9, index = 1}, {layer = 0, index = 1}]", "layer"),
-        ("neurons = []", "neuron.neurons is empty"),
+        ("neurons = []", "neuron: neurons is empty"),
     ],
 )
 def test_bad_neuron_lists_are_one_line_errors(tmp_path, tiny_dir, corpus_file, capsys, neuron, message):  # noqa: F811
@@ -148,7 +148,8 @@ def test_pipeline_runs_and_reports_several_neurons(tmp_path, tiny_dir):
         "[neuron]\nneurons = [{layer = 1, index = 3}, {layer = 2, index = 9}]\n"
         '[train]\nconditions = ["frozen", "after_target"]\nmax_steps = 4\nbatch_size = 8\neval_every = 2\n'
         "drift_texts = 4\neval_train_texts = 8\n"
-        '[battery]\nprobes = ["cross_talk", "variance"]\nn_random = 4\nn_bootstrap = 50\n'
+        '[battery]\nprobes = ["cross_talk", "collapse"]\n'
+        "n_null = 10\nn_null_secondary = 4\nn_bootstrap = 50\n"
     )
     out = tmp_path / "run"
     assert main(["run", str(toml), "--out", str(out), "-q"]) == 0

@@ -10,7 +10,8 @@ import pytest
 
 from mechcheck.cli import main
 from mechcheck.experiment import load_experiment
-from mechcheck.pipeline import claim_run_dir
+from mechcheck.ownership import hold
+from mechcheck.rundir import claim_run_dir
 from mechcheck.testing import random_texts, save_tiny
 
 EXPERIMENTS = Path(__file__).parent.parent / "experiments"
@@ -37,8 +38,7 @@ eval_train_texts = 8
 seeds = [0]
 {override}
 [battery]
-probes = ["variance"]
-n_random = 2
+probes = ["collapse"]
 n_bootstrap = 50
 max_eval = 30
 """
@@ -165,7 +165,10 @@ def test_changed_train_config_reruns_train_and_downstream(first_run, tmp_path: P
     folder, out = copy_run(first_run, tmp_path)
     before = records(out)
     override = '[[train.override]]\ncondition = "after_target"\nmax_steps = 3\n'
-    assert run(write_experiment(tmp_path, folder, override=override), out) == 0
+    changed = write_experiment(tmp_path, folder, override=override)
+    assert run(changed, out) == 2  # a changed experiment needs --overwrite
+    assert records(out) == before
+    assert run(changed, out, "--overwrite") == 0
     after = records(out)
     assert after["corpus"] == before["corpus"] and after["select"] == before["select"]
     for name in ("train", "test/frozen-fixed", "test/after_target-fixed", "report"):
@@ -177,7 +180,7 @@ def test_changed_train_config_reruns_train_and_downstream(first_run, tmp_path: P
 def test_battery_change_reruns_only_the_battery(first_run, tmp_path: Path) -> None:
     folder, out = copy_run(first_run, tmp_path)
     before = records(out)
-    assert run(write_experiment(tmp_path, folder, n_bootstrap=60), out) == 0
+    assert run(write_experiment(tmp_path, folder, n_bootstrap=60), out, "--overwrite") == 0
     after = records(out)
     for name in ("corpus", "select", "train"):
         assert after[name] == before[name], name
@@ -216,14 +219,16 @@ def test_refuses_a_foreign_dir_even_with_overwrite(first_run, tmp_path: Path, ca
     (foreign / "notes.txt").write_text("keep me")
     for extra in ((), ("--overwrite",)):
         assert run(folder / "tiny.toml", foreign, *extra) == 2
-        assert "holds no mechcheck run" in capsys.readouterr().err
+        assert "holds no mechcheck output" in capsys.readouterr().err
     assert (foreign / "notes.txt").read_text() == "keep me"
 
 
 def test_overwrite_replaces_a_run(first_run, tmp_path: Path) -> None:
     _, out = copy_run(first_run, tmp_path)
-    claim_run_dir(out, "other", overwrite=True)
-    assert out.is_dir() and not any(out.iterdir())
+    (out / "notes.txt").write_text("mine")
+    with hold(out) as output:
+        assert claim_run_dir(output, "other", {}, overwrite=True) == "replaced"
+    assert sorted(p.name for p in out.iterdir()) == [".mechcheck.json", "notes.txt"]
 
 
 def test_bad_experiment_fails_before_writing(first_run, tmp_path: Path, capsys) -> None:

@@ -194,7 +194,7 @@ def test_constant_schedule_keeps_the_rate_after_warm_up() -> None:
         ('split_by = "row"', 'split_by = "row"\nsplit_seed = "both"', "corpus.split_seed 'both'"),
         ('lr_schedule = "constant"', 'lr_schedule = "linear"', "train.lr_schedule 'linear'"),
         ('readout_site = "resid_final"', 'readout_site = "resid_mid"', "train.readout_site 'resid_mid'"),
-        ("patience = 5", "patience = 5\ndrift_cap = 0.0", "train.drift_cap must be positive"),
+        ("patience = 5", "patience = 5\ndrift_cap = 0.0", "train.drift_cap must be above 0"),
         ("patience = 5", "patience = 5\nlr_grid = [1e-4, 1e-4]", "train.lr_grid must list distinct"),
     ],
 )

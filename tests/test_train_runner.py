@@ -234,7 +234,7 @@ def test_existing_output_is_never_overwritten_silently(tmp_path, tiny_dir, corpu
     assert (out / "frozen-fixed/seed-0/run.json").read_text() == first
     assert main(["train", str(toml), "--out", str(out), "-q", "--overwrite", "--seeds", "0,1"]) == 0
     assert (out / "frozen-fixed/seed-1/run.json").is_file()
-    with pytest.raises(UserError, match="set both neuron.layer and neuron.index"):
+    with pytest.raises(UserError, match="set both layer and index"):
         toml = write_toml(tmp_path, tiny_dir, corpus_file, "layer = 1", "")
         train_experiment(load_experiment(toml), tmp_path / "other")
 

@@ -167,11 +167,19 @@ def test_run_writes_comparable_metrics_and_round_trips(tmp_path, corpus_file, ti
     in_units = ck.readout.in_units(x[torch.arange(len(enc["input_ids"])), enc["attention_mask"].sum(1) - 1])
     assert np.allclose(in_units.numpy(), preds["predictions"], atol=1e-4)
     # the battery runs unchanged on it (the report is the expected value over the answer classes)
-    options = BatteryOptions(n_random=4, n_null_texts=8, n_bootstrap=100, batch_size=8, min_labels=5)
+    options = BatteryOptions(n_null=10, n_null_secondary=2, n_bootstrap=100, batch_size=8, min_labels=5)
     results = run_battery([folder], options=options)
     assert set(results["verdicts"]) == {"H1", "H2_in", "H2_out", "H3"}
-    assert results["probes"] and "geometry" in results["probes"]
-    assert any("not linear" in n for n in results["probes"]["geometry"]["notes"])
+    ran = {"informative", "neuron", "in_bypass", "in_total", "remainder", "collapse"}
+    assert ran <= set(results["probes"])
+    # the report is read after the prompt, not at the label position: the direct write has no path
+    assert "out_direct" not in results["probes"]
+    assert "not read at the label position" in results["skipped"]["out_direct"]
+    # the report the battery scores is the prompted checkpoint's expected value in neuron units
+    report_r2 = results["probes"]["informative"]["metrics"]["report.r2"]["value"]
+    r = np.corrcoef(preds["labels"], preds["predictions"])[0, 1]
+    assert results["eval"]["n_texts"] == len(preds["texts"])
+    assert report_r2 == pytest.approx(r**2, abs=1e-4)
 
 
 @pytest.mark.parametrize(

@@ -1,10 +1,18 @@
 """The battery's contract: the `Probe` base class, the `PROBES` registry, `ProbeResult` and options.
 
 A probe is a small class registered under a unique name. It declares the hypotheses it bears on
-and what it needs, and `run(ctx)` returns a `ProbeResult`: metrics and controls with confidence
-intervals, figure *data*, and notes. It never prints and never writes files. The context it gets
-(`mechcheck.battery.context.Context`) holds the subjects, the evaluation set and a cached clean
-pass per batch, and runs every intervention through `Subject.run`.
+and what it needs, and `run(ctx)` returns a `ProbeResult`. Two kinds:
+
+- an *information test* (`mechcheck.battery.scoring.InformationTest`) returns, per head, the
+  reports under its edits and the Δr² of its matched null draws (`tests`); the runner turns them
+  into Δr², shares, CIs over articles and seeds, rank p-values and specificity, for every seed
+  together;
+- a *descriptive* probe returns metrics and controls with confidence intervals (`metrics`,
+  `controls`).
+
+Either may add figure *data* and notes. A probe never prints and never writes files. The context
+it gets (`mechcheck.battery.context.Context`) holds the subjects, the evaluation set and the
+cached clean pass; every edit runs through `mechcheck.battery.engine.Engine`.
 """
 
 from __future__ import annotations
@@ -19,21 +27,22 @@ if TYPE_CHECKING:
     from mechcheck.battery.context import Context
 
 HYPOTHESES = ("H1", "H2_in", "H2_out", "H3")
-NEEDS = ("base_model", "trained_model", "labels", "linear_readout", "several_neurons")
+NEEDS = ("base_model", "trained_model", "labels", "linear_readout", "several_neurons", "report_at_label")
 FIGURE_KINDS = ("line", "bar", "hist", "scatter", "heatmap")
 
 
 @dataclass(frozen=True)
 class BatteryOptions:
-    """How much evidence to gather. Defaults are frugal: nulls run on a subset of the texts."""
+    """How much evidence to gather. Every null is measured on the same texts as its effect."""
 
-    n_random: int = 20  # random neurons / directions per null
+    n_null: int = 100  # matched null draws per primary test
+    n_null_secondary: int = 4  # null draws of the all-position (secondary) edits (a pass from L each)
     n_bootstrap: int = 1000
     ci: float = 0.95
     max_eval: int = 300  # evaluation texts (a seeded subsample of the test split)
-    n_null_texts: int = 32  # texts (whole batches) on which the nulls are measured
     batch_size: int = 16
     max_tokens: int = 128
+    max_queries: int = 512  # edited tokens stacked per row in one continuation (memory vs speed)
     min_labels: int = 20  # fewer labels than this: no CI is worth reporting
     seed: int = 0
 
@@ -50,17 +59,26 @@ class ProbeResult:
     controls: dict[str, dict[str, Any]] = field(default_factory=dict)
     figures: dict[str, dict[str, Any]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    test: dict[str, Any] | None = None  # an information test's per-text data (see scoring)
+    samples: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-text data of a metric
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "metrics": self.metrics,
             "controls": self.controls,
             "figures": self.figures,
             "notes": self.notes,
         }
+        out |= {"samples": self.samples} if self.samples else {}
+        return out | ({"test": self.test} if self.test is not None else {})
 
     def check(self, name: str) -> ProbeResult:
-        """Refuse a malformed result: every metric and control needs a value and a two-sided CI."""
+        """Refuse a malformed result: every metric and control needs a value and a two-sided CI, an
+        information test its edits and nulls for every head."""
+        if self.test is not None:
+            edited, null = self.test.get("edited"), self.test.get("null")
+            if not edited or "effect" not in edited or not isinstance(null, dict):
+                raise ValueError(f"probe {name!r}: an information test needs its effect edit and nulls")
         for kind, entries in (("metric", self.metrics), ("control", self.controls)):
             for key, entry in entries.items():
                 if "value" not in entry or len(entry.get("ci", ())) != 2:
@@ -79,6 +97,7 @@ class Probe:
     needs: ClassVar[tuple[str, ...]] = ()
     order: ClassVar[int] = 50  # probes run in (order, name) order; later ones may read earlier results
     intervenes: ClassVar[bool] = False  # edits the forward pass (the conformance test checks the edits land)
+    primary: ClassVar[bool] = False  # a primary test: BH-corrected with the others, decides verdicts
 
     def run(self, ctx: Context) -> ProbeResult:
         raise TypeError(f"{type(self).__name__} must implement run(ctx)")

@@ -1,8 +1,12 @@
-"""Which texts the battery evaluates on: the checkpoint's own test split, else `--corpus`'s.
+"""Which texts the battery evaluates on, and their articles: the checkpoint's own test split, else
+`--corpus`'s.
 
 A checkpoint written by the trainer carries its test texts in predictions.json; a hand-written
 one (only run.json's required fields) is evaluated on the test split of `--corpus`. Either way
-at most `max_eval` texts are kept (a seeded subsample, in the original order).
+at most `max_eval` texts are kept (a seeded subsample, in the original order). The bootstrap
+resamples articles (the corpus's groups, which the split keeps together): from predictions.json's
+`groups` when the trainer saved them, else by looking the texts up in the run's corpus; a text
+found nowhere is its own group.
 """
 
 from __future__ import annotations
@@ -42,8 +46,39 @@ def check_eval_size(n: int, minimum: int, source: Any) -> None:
         )
 
 
-def eval_texts(ck: Checkpoint, corpus: str | None, options: BatteryOptions) -> tuple[list[str], Any]:
-    """(texts, source): the checkpoint's test texts, or `corpus`'s test split; checked for size."""
+def _groups(ck: Checkpoint, texts: list[str], corpus: str | None) -> list[str]:
+    """The article of each text (see the module docstring)."""
+    preds = ck.predictions() if (ck.path / "predictions.json").is_file() else None
+    saved = preds.get("groups") if isinstance(preds, dict) else None
+    saved_texts = _saved_texts(preds)
+    if isinstance(saved, list) and saved_texts and len(saved) == len(saved_texts):
+        table = dict(zip(saved_texts, map(str, saved), strict=True))
+        return [table.get(t, t) for t in texts]
+    recorded = ck.run.get("corpus")
+    spec = corpus
+    if spec is None and isinstance(recorded, dict) and isinstance(recorded.get("spec"), dict):
+        spec = recorded["spec"].get("source")
+    if not isinstance(spec, str) or not spec:
+        return list(texts)
+    from mechcheck.corpus import load_corpus
+
+    try:
+        found = load_corpus(spec, seed=options_seed(ck))
+    except (UserError, OSError, ValueError):
+        return list(texts)
+    table = dict(zip(found.texts, found.groups, strict=True))
+    return [str(table.get(t, t)) for t in texts]
+
+
+def options_seed(ck: Checkpoint) -> int:
+    spec = (ck.run.get("corpus") or {}).get("card", {}) if isinstance(ck.run.get("corpus"), dict) else {}
+    return int(spec.get("seed", 0)) if isinstance(spec, dict) else 0
+
+
+def eval_texts(
+    ck: Checkpoint, corpus: str | None, options: BatteryOptions
+) -> tuple[list[str], list[str], Any]:
+    """(texts, groups, source): the checkpoint's test texts, or `corpus`'s test split; checked for size."""
     try:
         texts = _saved_texts(ck.predictions())
     except (ValueError, UnicodeDecodeError) as err:
@@ -63,4 +98,4 @@ def eval_texts(ck: Checkpoint, corpus: str | None, options: BatteryOptions) -> t
         )
         texts = [texts[i] for i in keep]
     check_eval_size(len(texts), options.min_labels, source)
-    return texts, source
+    return texts, _groups(ck, texts, corpus), source

@@ -1,18 +1,15 @@
-"""`mechcheck test`: run every registered probe on one or more checkpoints of a run, aggregate over
-seeds, decide the verdicts, write `results.json` + `predictions/seed-<k>.json`, render the report.
+"""`mechcheck test`: run every registered probe on one or more checkpoints (the seeds of one run),
+pool the seeds, decide the verdicts, and write `results.json` plus the per-seed data behind it.
 
-Probes are discovered by importing every module of this package, so a new probe file shows up
-here (and in results.json and the report) with nothing else touched.
+Probes are discovered by importing every module of `mechcheck.battery.probes`, so a new probe file
+shows up here (and in results.json and the report) with nothing else touched. The report is not
+rendered here: `mechcheck report DIR` (or the pipeline's report stage) renders it from the files.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
-import json
 import pkgutil
-import shutil
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -23,23 +20,24 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-import mechcheck.battery as package
+import mechcheck.battery.probes as package
+from mechcheck.battery.aggregate import Pooled, add_qvalues, aggregate_control, aggregate_test
 from mechcheck.battery.base import PROBES, BatteryOptions, Probe, ProbeResult
-from mechcheck.battery.context import Context, build_context
-from mechcheck.battery.cross_talk import matrix as cross_talk_matrix
+from mechcheck.battery.context import Context, build_context, is_prompted
 from mechcheck.battery.evaluation import eval_texts
-from mechcheck.battery.stats import aggregate_controls, aggregate_metrics, bh_adjust
-from mechcheck.checkpoint import Checkpoint, read_checkpoint, verify_base
+from mechcheck.battery.scoring import heads
+from mechcheck.checkpoint import Checkpoint, read_checkpoints, verify_base
 from mechcheck.errors import UserError
-from mechcheck.outputs import claim_dir, versions, write_json
+from mechcheck.outputs import claim_dir, remove_path, versions, write_json
 from mechcheck.readout import neuron_key
-from mechcheck.verdict import verdicts
+from mechcheck.verdict import shares, verdicts
 
-FORMAT = "mechcheck-results/1"
+FORMAT = "mechcheck-results/2"
+DATA = "battery"  # per-seed data: what every edit did to every head, per text
 
 
 def load_probes() -> list[str]:
-    """Import every module of the battery package (registering its probes); names in run order."""
+    """Import every probe module (registering its probes); names in run order."""
     for module in pkgutil.iter_modules(package.__path__):
         importlib.import_module(f"{package.__name__}.{module.name}")
     return sorted(PROBES.names(), key=lambda n: (PROBES.get(n).order, n))
@@ -65,6 +63,10 @@ def unmet_need(probe: type[Probe], ctx: Context) -> str | None:
             return f"the readout {ctx.readout.kind!r} is not linear"
         if need == "several_neurons" and len(ctx.targets) < 2:
             return "the checkpoint reports one neuron (cross-talk needs several)"
+        if need == "report_at_label" and (is_prompted(ctx.readout) or ctx.position == "max"):
+            return (
+                "the report is not read at the label position, so the neuron's write has no direct path to it"
+            )
     return None
 
 
@@ -77,7 +79,7 @@ def _check_out(out: Path, overwrite: bool) -> None:
 
 
 def _load(paths: Sequence[str | Path]) -> list[Checkpoint]:
-    checkpoints = [read_checkpoint(p) for p in paths]
+    checkpoints = read_checkpoints(paths)  # each read and checked, each counted once
     for ck in checkpoints:
         if ck.label_model != ck.base_model:
             raise UserError(
@@ -89,60 +91,71 @@ def _load(paths: Sequence[str | Path]) -> list[Checkpoint]:
         for field in ("base_model", "neuron", "neurons", "position", "condition", "target_mode"):
             if ck.run.get(field) != first.run.get(field):
                 raise UserError(
-                    f"{ck.path} and {first.path} differ in {field}: only seeds of one run can be "
-                    "tested together"
+                    f"{ck.path} and {first.path} differ in {field}: "
+                    "only seeds of one run can be tested together"
                 )
     return checkpoints
 
 
 @dataclass
 class SeedRun:
-    """One checkpoint's battery: probe results, skipped probes, seconds, the bare-forward time."""
+    """One checkpoint's battery on one neuron: probe results, the heads' data, timing."""
 
+    seed: Any
     results: dict[str, ProbeResult]
     skipped: dict[str, str]
+    heads: dict[str, dict[str, Any]]  # head → {"label", "clean"} per text
+    head_info: dict[str, Any]
+    texts: list[str]
+    groups: list[str]
     timing: dict[str, float]
-    bare_forward_s: float
-    n_labels: int
+    interventions: int
+
+
+def run_view(ctx: Context, names: list[str], progress: bool, desc: str) -> tuple[dict, dict, dict]:
+    results, skipped, timing = {}, {}, {}
+    for name in tqdm(names, desc=desc, disable=not progress, leave=False):
+        probe = PROBES.get(name)
+        reason = unmet_need(probe, ctx)
+        if reason:
+            skipped[name] = reason
+            continue
+        ctx.start_probe(name)
+        start = time.perf_counter()
+        results[name] = ctx.results[name] = probe().run(ctx).check(name)
+        timing[name] = time.perf_counter() - start
+    return results, skipped, timing
 
 
 def run_checkpoint(
-    ck: Checkpoint,
-    base,
-    texts: list[str],
-    source: Any,
-    names: list[str],
-    options: BatteryOptions,
-    progress: bool,
-) -> list[SeedRun]:
+    ck: Checkpoint, base, texts, groups, names, options, progress
+) -> tuple[list[SeedRun], list[float]]:
     """Every probe on one checkpoint, once per reported neuron (a several-neuron checkpoint is tested
-    as k single-neuron views: neuron i with row i of the readout). Probes whose needs are unmet are
-    skipped, with the reason."""
+    as k single-neuron views: neuron i with row i of the readout); returns the runs and the times of
+    one bare forward over the same texts, measured before and after the probes (the machine's load
+    may change while the battery runs)."""
     trained = ck.load_subject(base)
     options = replace(options, max_tokens=_max_tokens(ck, options))
-    runs = []
+    runs, bare = [], []
     for neuron, readout in ck.views():
         start = time.perf_counter()
-        ctx = build_context(
-            trained, base, readout, neuron, ck.position, texts, options, str(source), ck.run, progress,
-            targets=ck.neurons,
-        )  # fmt: skip
+        ctx = build_context(trained, base, readout, neuron, ck.position, texts, groups, options, ck.run,
+                            progress, targets=ck.neurons)  # fmt: skip
         timing = {"clean_passes": time.perf_counter() - start}
-        results, skipped = {}, {}
-        desc = f"probes ({ck.path.name}, {neuron_key(neuron)})"
-        for name in tqdm(names, desc=desc, disable=not progress, leave=False):
-            probe = PROBES.get(name)
-            reason = unmet_need(probe, ctx)
-            if reason:
-                skipped[name] = reason
-                continue
-            ctx.start_probe(name)
-            start = time.perf_counter()
-            results[name] = ctx.results[name] = probe().run(ctx).check(name)
-            timing[name] = time.perf_counter() - start
-        bare = bare_forward_seconds(ctx) if not runs else 0.0  # the same batches for every view
-        runs.append(SeedRun(results, skipped, timing, bare, ctx.eval.n))
-    return runs
+        if not bare:
+            bare.append(bare_forward_seconds(ctx))
+        results, skipped, probe_time = run_view(
+            ctx, names, progress, f"probes ({ck.path.name}, {neuron_key(neuron)})"
+        )
+        timing |= probe_time
+        hs = heads(ctx)
+        data = {n: {"label": h.label.tolist(), "clean": h.clean.tolist()} for n, h in hs.heads.items()}
+        runs.append(SeedRun(ck.run.get("seed", len(runs)), results, skipped, data, hs.describe(),
+                            list(ctx.eval.texts), ctx.eval.groups.tolist(), timing,
+                            len(ctx.interventions)))  # fmt: skip
+        if len(bare) == 1:
+            bare.append(bare_forward_seconds(ctx))
+    return runs, bare
 
 
 def bare_forward_seconds(ctx: Context) -> float:
@@ -164,34 +177,36 @@ def _max_tokens(ck: Checkpoint, options: BatteryOptions) -> int:
     return options.max_tokens
 
 
-def aggregate(
-    per_seed: list[dict[str, ProbeResult]], names: list[str], ci: float
-) -> dict[str, dict[str, Any]]:
-    """Per probe: metrics (mean, CI envelope over seeds), pooled nulls, first seed's figures, notes."""
-    probes = {}
+def aggregate(seeds: list[SeedRun], names: list[str], options: BatteryOptions) -> dict[str, dict[str, Any]]:
+    """Every probe pooled over the seeds (see `aggregate`), then BH over the primary tests."""
+    pool = Pooled([np.asarray(s.groups) for s in seeds], options.n_bootstrap, options.ci, options.seed)
+    probes: dict[str, dict[str, Any]] = {}
     for name in names:
-        runs = [r[name] for r in per_seed if name in r]
-        if not runs:
+        runs = [s.results[name] for s in seeds if name in s.results]
+        if len(runs) != len(seeds):
             continue
-        metrics = aggregate_metrics([r.metrics for r in runs]) if runs[0].metrics else {}
-        controls = aggregate_controls([r.controls for r in runs], metrics, ci) if runs[0].controls else {}
-        probes[name] = {
-            "hypotheses": list(PROBES.get(name).hypotheses),
-            "metrics": metrics,
-            "controls": controls,
-            "figures": runs[0].figures,
-            "notes": list(dict.fromkeys(n for r in runs for n in r.notes)),
-            "per_seed": [{"metrics": r.metrics, "controls": r.controls} for r in runs],
-        }
-    _add_qvalues(probes)
+        cls = PROBES.get(name)
+        entry: dict[str, Any] = {"hypotheses": list(cls.hypotheses), "primary": cls.primary,
+                                 "figures": runs[0].figures,
+                                 "notes": list(dict.fromkeys(n for r in runs for n in r.notes))}  # fmt: skip
+        if runs[0].test is not None:
+            tests = [r.test for r in runs]
+            entry |= {"kind": "information", "where": tests[0]["where"], "null_about": tests[0]["null_about"],
+                      "info": [t["info"] for t in tests],
+                      "heads": aggregate_test(pool, tests, [s.heads for s in seeds])}  # fmt: skip
+        else:
+            metrics = {k: pool.sample([r.samples[k] for r in runs]) for k in runs[0].samples}
+            for k in runs[0].metrics:
+                values = [r.metrics[k]["value"] for r in runs]
+                metrics[k] = {"value": float(np.mean(values)), "ci": [float(min(values)), float(max(values))]}
+            controls = {}
+            for k, c in runs[0].controls.items():
+                value = metrics.get(c["compares"], {}).get("value", np.nan)
+                controls[k] = aggregate_control([r.controls[k] for r in runs], value)
+            entry |= {"kind": "descriptive", "metrics": metrics, "controls": controls}
+        probes[name] = entry
+    add_qvalues(probes, [n for n in names if PROBES.get(n).primary])
     return probes
-
-
-def _add_qvalues(probes: dict[str, dict[str, Any]]) -> None:
-    """Benjamini–Hochberg over every null comparison in the battery (seed-aggregated)."""
-    entries = [c for p in probes.values() for c in p["controls"].values() if "p" in c]
-    for control, q in zip(entries, bh_adjust([c["p"] for c in entries]), strict=True):
-        control["q"] = q
 
 
 def run_battery(
@@ -220,41 +235,48 @@ def run_battery(
                 "run.json has no weights_sha256: the base model's W_in/W_out were not checked"
             )
     evals = [eval_texts(ck, corpus, options) for ck in cks]
-    runs = [
-        run_checkpoint(ck, base, texts, source, names, options, progress)
-        for ck, (texts, source) in zip(cks, evals, strict=True)
-    ]
-    timing: dict[str, float] = {}
-    for views in runs:
-        for run in views:
-            for k, v in run.timing.items():
-                timing[k] = timing.get(k, 0.0) + v
-    bare = sum(run.bare_forward_s for views in runs for run in views)
+    per_ck, bare = [], []
+    for ck, (texts, groups, _) in zip(cks, evals, strict=True):
+        runs, seconds = run_checkpoint(ck, base, texts, groups, names, options, progress)
+        per_ck.append(runs)
+        bare.append(seconds)
     per_neuron = []
     for i, neuron in enumerate(cks[0].neurons):
-        views = [v[i] for v in runs]
-        probes_i = aggregate([v.results for v in views], names, options.ci)
-        skipped_i = {name: reason for v in views for name, reason in v.skipped.items()}
-        per_neuron.append({"neuron": neuron.as_dict(), "probes": probes_i, "skipped": skipped_i,
-                           "verdicts": verdicts(probes_i), "n_labels": views[0].n_labels})  # fmt: skip
+        seeds = [runs[i] for runs in per_ck]
+        pooled = aggregate(seeds, names, options)
+        decided = verdicts(pooled)
+        per_neuron.append({
+            "neuron": neuron.as_dict(), "probes": pooled, "verdicts": decided["verdicts"],
+            "twins": decided["twins"], "shares": shares(pooled),
+            "twin_shares": {h: shares(pooled, h) for h in seeds[0].heads if h.startswith("twin.")},
+            "heads": seeds[0].head_info,
+            "skipped": {name: reason for s in seeds for name, reason in s.skipped.items()},
+            "n_labels": len(seeds[0].texts), "seeds": [s.seed for s in seeds],
+        })  # fmt: skip
     results = _results(cks, evals, per_neuron, skipped, options)
-    results["timing"] = {
-        "total_s": time.perf_counter() - start - bare,  # the bare-forward measurement is not the battery
-        "per_probe_s": timing,
-        "bare_forward_s": bare,
-    }
-    results["timing"]["ratio_to_bare_forward"] = results["timing"]["total_s"] / bare if bare > 0 else None
+    spent = sum(sum(b) for b in bare)  # the bare-forward measurements are not the battery
+    total = time.perf_counter() - start - spent
+    timing: dict[str, float] = {}
+    for runs in per_ck:
+        for run in runs:
+            for k, v in run.timing.items():
+                timing[k] = timing.get(k, 0.0) + v
+    forward = sum(sum(b) / len(b) for b in bare)  # one bare forward per checkpoint: before/after mean
+    results["timing"] = {"total_s": total, "per_probe_s": timing, "bare_forward_s": forward,
+                         "bare_forward_before_after_s": bare,
+                         "ratio_to_bare_forward": total / forward if forward > 0 else None}  # fmt: skip
     if out is not None:
-        write_results(Path(out), results, cks, overwrite)
+        write_results(Path(out), results, cks, per_ck, overwrite)
     return results
 
 
 def _results(cks, evals, per_neuron: list[dict[str, Any]], skipped, options) -> dict[str, Any]:
     """One neuron: `neuron`, `probes`, `verdicts`, `skipped` at the top (the DESIGN.md contract).
-    Several: `neurons`, one such entry per neuron under `per_neuron` (each with its own verdicts), and
-    the `cross_talk` matrix assembled from every neuron's row."""
+    Several: `neurons`, one such entry per neuron under `per_neuron`, and the `cross_talk` matrix."""
+    from mechcheck.battery.probes.cross_talk import matrix
+
     first, one = cks[0], per_neuron[0] if len(per_neuron) == 1 else None
-    texts, source = evals[0]
+    texts, _, source = evals[0]
     skipped = {**skipped, **(one["skipped"] if one else {})}
     if first.predictions() is None:
         skipped["predictions"] = (
@@ -265,22 +287,27 @@ def _results(cks, evals, per_neuron: list[dict[str, Any]], skipped, options) -> 
         "checkpoints": [str(ck.path) for ck in cks],
         "run": first.run,
         "runs": [{k: v for k, v in ck.run.items() if k != "curves"} for ck in cks],
-    }
-    if one:
-        results["neuron"] = first.neuron.as_dict()
-    else:
-        results["neurons"] = [n.as_dict() for n in first.neurons]
-    results |= {
         "position": first.position,
         "condition": first.run.get("condition"),
         "target_mode": first.run.get("target_mode"),
-        "eval": {"source": source, "n_texts": len(texts), "n_labels": per_neuron[0]["n_labels"]},
+        "eval": {
+            "source": source,
+            "n_texts": len(texts),
+            "n_labels": per_neuron[0]["n_labels"],
+            "seeds": per_neuron[0]["seeds"],
+        },  # fmt: skip
     }
     if one:
-        results |= {"probes": one["probes"], "skipped": skipped, "verdicts": one["verdicts"]}
+        results["neuron"] = first.neuron.as_dict()
+        results |= {k: one[k] for k in ("probes", "verdicts", "twins", "shares", "twin_shares", "heads")}
+        results["skipped"] = skipped
     else:
-        results |= {"per_neuron": per_neuron, "skipped": skipped}
-        results["cross_talk"] = cross_talk_matrix(results["neurons"], per_neuron)
+        results |= {
+            "neurons": [n.as_dict() for n in first.neurons],
+            "per_neuron": per_neuron,
+            "skipped": skipped,
+        }
+        results["cross_talk"] = matrix(results["neurons"], per_neuron)
     return results | {"config": options.as_dict(), "versions": versions()}
 
 
@@ -292,51 +319,28 @@ def _finite(value: Any) -> Any:
         return {k: _finite(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_finite(v) for v in value]
+    if isinstance(value, np.floating | np.integer):
+        return _finite(value.item())
     return value
 
 
-def write_results(out: Path, results: dict[str, Any], cks: list[Checkpoint], overwrite: bool) -> None:
+def write_results(out: Path, results: dict[str, Any], cks: list[Checkpoint], per_ck, overwrite: bool) -> None:
+    """results.json, each checkpoint's predictions (predictions/seed-k.json) and the battery's
+    per-seed data (battery/seed-k[-neuron].json)."""
     out = claim_dir(out, overwrite)
-    preds_dir = out / "predictions"
-    if preds_dir.exists():
-        shutil.rmtree(preds_dir)
-    for k, ck in enumerate(cks):
+    for folder in ("predictions", DATA):
+        if (out / folder).exists():
+            remove_path(out / folder)  # never follows a link
+    several = len(cks[0].neurons) > 1
+    for k, (ck, runs) in enumerate(zip(cks, per_ck, strict=True)):
+        seed = ck.run.get("seed", k)
         preds = ck.predictions()
         if preds is not None:
-            seed = ck.run.get("seed", k)
-            write_json(preds_dir / f"seed-{seed}.json", preds)
-    write_json(out / "results.json", _finite(json.loads(json.dumps(results, default=_plain))))
-    from mechcheck.report import render_report
-
-    render_report(out)
-
-
-def _plain(value: Any) -> Any:
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
-
-
-def test_command(args: argparse.Namespace) -> int:
-    """`mechcheck test CKPT [CKPT…] [--corpus FILE] [--probes a,b] --out DIR`."""
-    options = BatteryOptions(seed=0 if args.seed is None else args.seed)
-    if args.quiet:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-    results = run_battery(
-        args.checkpoints, corpus=args.corpus, probes=args.probes, options=options, out=args.out,
-        overwrite=args.overwrite, progress=not args.quiet,
-    )  # fmt: skip
-    for entry in results.get("per_neuron") or [results]:
-        n = entry["neuron"]
-        prefix = f"L{n['layer']}/{n['index']} " if "per_neuron" in results else ""
-        for name, v in entry["verdicts"].items():
-            sys.stdout.write(f"{prefix}{name}: {v['verdict']}\n")
-    t = results["timing"]
-    ratio = t.get("ratio_to_bare_forward")
-    sys.stdout.write(f"results: {Path(args.out) / 'results.json'} ({t['total_s']:.1f} s"
-                     + (f", {ratio:.1f}x a bare forward)\n" if ratio else ")\n"))  # fmt: skip
-    return 0
+            write_json(out / "predictions" / f"seed-{seed}.json", preds)
+        for neuron, run in zip(ck.neurons, runs, strict=True):
+            suffix = f"-{neuron_key(neuron)}" if several else ""
+            data = {"seed": seed, "neuron": neuron.as_dict(), "texts": run.texts, "groups": run.groups,
+                    "heads": run.heads,
+                    "tests": {n: r.test for n, r in run.results.items() if r.test is not None}}  # fmt: skip
+            write_json(out / DATA / f"seed-{seed}{suffix}.json", _finite(data))
+    write_json(out / "results.json", _finite(results))

@@ -29,9 +29,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from mechcheck.config import build, read_toml
+from mechcheck.config import Check, Index, Name, NonNegative, Probability, Seed, Text, build, read_toml
 from mechcheck.errors import UserError
 from mechcheck.experiment import CorpusConfig, Experiment, TrainConfig
 
@@ -43,25 +43,25 @@ DEFAULT_CONDITIONS = ["frozen", "after_target"]
 class ModelConfig:
     """`[[models]]`: one model and the neuron of it that the other model is asked to report too."""
 
-    name: str
-    model: str
-    layer: int
-    index: int
+    name: Name  # names folders
+    model: Text
+    layer: Index
+    index: Index
 
 
 @dataclass(frozen=True)
 class CrossConfig:
     """`[cross]`: the statistics of the matrix."""
 
-    n_bootstrap: int = 2000
-    ci: float = 0.95
-    min_advantage: float = 0.02  # skill margin a self-report needs besides its CI above 0 (see matrix.py)
+    n_bootstrap: Annotated[int, Check(ge=100)] = 2000
+    ci: Probability = 0.95
+    min_advantage: NonNegative = 0.02  # skill margin a self-report needs beside its CI above 0 (matrix.py)
 
 
 @dataclass(frozen=True)
 class CrossExperiment:
     name: str = "cross_prediction"
-    seed: int = 0
+    seed: Seed = 0
     position: str = "last"
     models: tuple[ModelConfig, ...] = ()
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
@@ -104,21 +104,12 @@ def check_cross(e: CrossExperiment) -> None:
         raise UserError(f"the two [[models]] share the name {a.name!r}; give each its own")
     if _same_model(a.model, b.model):
         raise UserError(f"both [[models]] are {a.model!r}: cross-prediction needs two different models")
-    for m in e.models:
-        if not m.name or not m.name.replace("_", "").replace("-", "").isalnum():
-            raise UserError(f"model name {m.name!r}: use letters, digits, '-' or '_' (it names folders)")
-        if m.layer < 0 or m.index < 0:
-            raise UserError(f"model {m.name!r}: layer and index must be non-negative")
     if e.position not in ("last", "max", "mean"):
         raise UserError(
             f"position {e.position!r}: cross-prediction needs one label per text (last, max or mean); "
             "the models tokenise differently, so `all` has no common label rows"
         )
     _check_train(e.train)
-    if not 0 < e.cross.ci < 1 or e.cross.n_bootstrap < 100:
-        raise UserError("cross.ci must lie in (0, 1) and cross.n_bootstrap be at least 100")
-    if e.cross.min_advantage < 0:
-        raise UserError(f"cross.min_advantage must be at least 0, got {e.cross.min_advantage}")
 
 
 def _check_train(t: TrainConfig) -> None:
@@ -139,11 +130,6 @@ def _check_train(t: TrainConfig) -> None:
         raise UserError(f"readout {t.readout!r}: cross-prediction trains the linear head only")
     if t.readout_frozen:
         raise UserError("train.readout_frozen = true would train nothing in the frozen condition")
-    if not t.seeds:
-        raise UserError("no seeds to train: set train.seeds")
-    for name in ("batch_size", "eval_every", "patience", "epochs"):
-        if getattr(t, name) < 1:
-            raise UserError(f"train.{name} must be at least 1, got {getattr(t, name)}")
     for override in t.override:
         if override.condition not in CONDITIONS:
             raise UserError(f"[[train.override]] for {override.condition!r}: use {' or '.join(CONDITIONS)}")

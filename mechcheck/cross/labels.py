@@ -7,7 +7,6 @@ saved in text order per split (one row per text), so self and other cells score 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +15,19 @@ import torch
 from mechcheck.errors import UserError
 from mechcheck.outputs import write_json
 from mechcheck.readout import Neuron
+from mechcheck.records import INDEX, NEURON, NUMBER, STR, ListOf, Obj, read_record
 from mechcheck.targets import SPLITS, TargetSet
 
 LABELS_FORMAT = "mechcheck-cross-labels/1"
+LABELS_RECORD = Obj(
+    {
+        "neuron": NEURON, "position": STR, "max_tokens": INDEX,
+        "card": Obj({"standardisation": Obj({"mean": NUMBER, "std": NUMBER}, required=("mean", "std"))},
+                    required=("standardisation",)),
+        "labels": Obj({s: ListOf(NUMBER) for s in SPLITS}, required=SPLITS),
+    },
+    required=("neuron", "position", "max_tokens", "card", "labels"),
+)  # fmt: skip
 
 
 def write_labels(path: Path, name: str, spec: str, targets: TargetSet) -> None:
@@ -39,7 +48,7 @@ def write_labels(path: Path, name: str, spec: str, targets: TargetSet) -> None:
 
 def read_labels(path: Path, splits: dict[str, list[str]]) -> tuple[dict[str, Any], TargetSet]:
     """The saved record and its target set over `splits` (which must be the texts it was built on)."""
-    record = json.loads(Path(path).read_text())
+    record = read_record(path, LABELS_RECORD)
     labels = {s: torch.tensor(record["labels"][s], dtype=torch.float32) for s in SPLITS}
     for s in SPLITS:
         if len(labels[s]) != len(splits[s]):

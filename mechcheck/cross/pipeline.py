@@ -16,7 +16,6 @@ saved loop state.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -28,8 +27,11 @@ from mechcheck.cross.experiment import CrossExperiment, read_cross
 from mechcheck.cross.labels import read_labels, write_labels
 from mechcheck.errors import UserError
 from mechcheck.outputs import versions, write_json
-from mechcheck.pipeline import MARKER, Pipeline, claim_run_dir, identity
+from mechcheck.ownership import hold
+from mechcheck.pipeline import Pipeline
 from mechcheck.readout import Neuron
+from mechcheck.records import DICT, STR, MapOf, Obj, read_record
+from mechcheck.rundir import MARKER, claim_run_dir, identity, write_run_record
 from mechcheck.stages import Stage, digest
 from mechcheck.subject import Subject, weights_digest
 
@@ -133,8 +135,8 @@ class CrossPipeline:
     def provenance(self, reporter: str, label: str, record: dict[str, Any]) -> dict[str, Any]:
         """What a cell's run.json says besides the training: whose neuron, read by whom, on what."""
         e = self.experiment
-        weights = json.loads((self.out / "labels" / label / "weights.json").read_text())
-        card = json.loads((self.out / "corpus" / "card.json").read_text())
+        weights = read_record(self.out / "labels" / label / "weights.json", MapOf(STR))
+        card = read_record(self.out / "corpus" / "card.json", DICT)
         return {
             "base_model": e.model(reporter).model,
             "label_model": e.model(label).model,
@@ -171,10 +173,11 @@ def cell_hash(e: CrossExperiment, reporter: str, label: str, condition: str, see
 
 
 def _finished(folder: Path) -> str | None:
-    """The configuration hash of a finished checkpoint in `folder` (None when there is none)."""
+    """The configuration hash of a finished checkpoint in `folder` (None when there is none or it is
+    unreadable: the cell is trained afresh)."""
     try:
-        return json.loads((folder / "run.json").read_text()).get("config_hash")
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return read_record(folder / "run.json", Obj({"config_hash": STR})).get("config_hash")
+    except UserError:
         return None
 
 
@@ -217,14 +220,11 @@ def cross_run_command(args: argparse.Namespace, data: dict[str, Any]) -> int:
 
         hf_logging.disable_progress_bar()
     subjects = {m.name: load_model(experiment, m.name) for m in experiment.models}
-    out, name = Path(args.out), identity(experiment, args.experiment)
-    claim_run_dir(out, name, args.overwrite)
-    config = to_dict(experiment)
-    write_json(
-        out / MARKER,
-        {"identity": name, "file": str(args.experiment), "config": config, "hash": digest(config)},
-    )
-    path = run_cross(experiment, out, progress=not args.quiet, subjects=subjects)
+    name, config = identity(experiment, args.experiment), to_dict(experiment)
+    with hold(args.out) as output:
+        claim_run_dir(output, name, config, args.overwrite)
+        write_run_record(output.out, name, args.experiment, config, output.marker["run_id"])
+        path = run_cross(experiment, output.out, progress=not args.quiet, subjects=subjects)
     print(f"report: {path}")
     return 0
 
@@ -232,10 +232,10 @@ def cross_run_command(args: argparse.Namespace, data: dict[str, Any]) -> int:
 def is_cross_run(folder: str | Path) -> bool:
     """Whether `folder` is a cross-prediction run (its experiment.json names two models)."""
     try:
-        config = json.loads((Path(folder) / MARKER).read_text()).get("config") or {}
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        config = read_record(Path(folder) / MARKER, Obj({"config": DICT})).get("config") or {}
+    except UserError:
         return False
-    return isinstance(config, dict) and "models" in config
+    return "models" in config
 
 
 def cross_report_command(args: argparse.Namespace) -> int:

@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from matplotlib.figure import Figure
 
 from mechcheck.cross.matrix import cross_matrix
 from mechcheck.errors import UserError
-from mechcheck.outputs import write_json
+from mechcheck.outputs import save_figure, write_json, write_text
 from mechcheck.report.views import read_json
 
 FIGURE = "figures/cross_skills.png"
@@ -59,11 +58,7 @@ def render_cross(folder: str | Path) -> Path:
     matrix["experiment"] = config
     write_json(folder / "results.json", matrix)
     skills_figure(matrix, folder / FIGURE)
-    path = folder / "report.md"
-    tmp = path.with_name("report.md.tmp")
-    tmp.write_text(markdown(matrix, runs))
-    os.replace(tmp, path)
-    return path
+    return write_text(folder / "report.md", markdown(matrix, runs))
 
 
 def _config(path: Path) -> tuple[dict[str, Any], tuple[str, ...], list[str], dict[str, Any]]:
@@ -190,6 +185,4 @@ def skills_figure(matrix: dict[str, Any], path: Path) -> Path:
         ax.set_ylabel("test skill (1 − MSE/Var)")
         ax.set_title(condition, fontsize=9)
         ax.legend(fontsize=7)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, metadata={"Software": None})
-    return path
+    return save_figure(fig, path, dpi=110, metadata={"Software": None})

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from mechcheck.checkpoint import write_checkpoint
+from mechcheck.checkpoint import params_digest, write_checkpoint
 from mechcheck.config import to_dict
 from mechcheck.experiment import TrainConfig
 from mechcheck.subject import Site, Subject
@@ -37,7 +37,7 @@ from mechcheck.train.loop import Task, train_loop
 from mechcheck.train.lr_sweep import sweep_lr
 from mechcheck.train.monitors import Drift, Evaluator, predict_split, regression_metrics
 from mechcheck.train.record import fold_readout
-from mechcheck.train.run import init_readout, params_digest, ridge_or_sgd, train_eval_chunks
+from mechcheck.train.run import init_readout, ridge_or_sgd, train_eval_chunks
 from mechcheck.train.sources import FINAL_NORM, FeatureSource, ResumeSource, Source, cache_sites
 from mechcheck.train.state import StateStore
 

@@ -1,23 +1,31 @@
 """The cross-talk section of a several-neuron run: the k×k matrix from results.json `cross_talk`.
 
-Entry (i, j) is mean |Δreport_i| / SD(label_i) when neuron j is mean-ablated (row i comes from the
-`cross_talk` probe on neuron i's view); the diagonal is each report's own neuron, the rest is
-cross-talk. A cell is marked when the effect is present by the verdicts' rule against random
-neurons of neuron j's layer.
+Rebuilt battery: entry (i, j) is the information report i loses about label i (Δr²) when neuron j
+is interchanged at the label position, with its CI and rank p among neurons matched to i. First
+battery (withdrawn): mean |Δreport_i| / SD(label_i) under mean ablation, against random neurons.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from mechcheck.battery.base import heatmap_figure
 from mechcheck.report import figures as fig
 from mechcheck.report.markdown import Figures
 from mechcheck.report.tables import MISSING, fmt, fmt_ci, md_table
 from mechcheck.report.views import ConditionView, RunView
 
 
+def heatmap_spec(title: str, values, rows: list[str], columns: list[str], xlabel: str, ylabel: str) -> dict:
+    return {"kind": "heatmap", "title": title, "x": columns, "y": rows, "series": {title: values},
+            "xlabel": xlabel, "ylabel": ylabel}  # fmt: skip
+
+
 def _cell(matrix: dict[str, Any], i: int, j: int) -> str:
+    if "p" in matrix and "present" not in matrix:
+        try:
+            return f"{fmt_ci(matrix['value'][i][j], matrix['ci'][i][j])} (p {fmt(matrix['p'][i][j])})"
+        except (KeyError, IndexError, TypeError):
+            return MISSING
     try:
         text = fmt_ci(matrix["value"][i][j], matrix["ci"][i][j])
         marked = matrix["present"][i][j]
@@ -27,13 +35,24 @@ def _cell(matrix: dict[str, Any], i: int, j: int) -> str:
     return f"{'**' if marked else ''}{text}{'**' if marked else ''} (null p95 {upper})"
 
 
+LEGEND_V2 = (
+    "Δr² of report i about label i when neuron j (column) is interchanged at the label position, with a "
+    "95 % bootstrap CI over articles and its rank p among neurons matched to neuron i on write magnitude. "
+    "The diagonal is each report's own neuron; off-diagonal entries are cross-talk."
+)
+LEGEND_V1 = (
+    "First battery (withdrawn): mean |Δreport_i| / SD(label_i) when neuron j (column) is mean-ablated, "
+    "with the 95th percentile of the same ablation of random neurons of neuron j's layer."
+)
+
+
 def matrix_section(c: ConditionView, matrix: dict[str, Any], figs: Figures) -> str:
     keys = [str(k) for k in matrix.get("keys") or []]
     rows = [
         [f"report of {key}", *(_cell(matrix, i, j) for j in range(len(keys)))] for i, key in enumerate(keys)
     ]
     title = f"{c.condition} ({c.target_mode}): cross-talk"
-    spec = heatmap_figure(
+    spec = heatmap_spec(
         title, matrix.get("value") or [], [f"report {k}" for k in keys], [f"ablate {k}" for k in keys],
         "mean-ablated neuron", "report",
     )  # fmt: skip
@@ -42,11 +61,7 @@ def matrix_section(c: ConditionView, matrix: dict[str, Any], figs: Figures) -> s
         [
             f"## Cross-talk: {c.condition} ({c.target_mode})",
             "",
-            "Mean |Δreport_i| / SD(label_i) when neuron j (column) is mean-ablated, on every evaluation "
-            "text, with a 95 % bootstrap CI over texts and the 95th percentile of the same ablation of "
-            "random neurons of neuron j's layer. Bold: present by the verdicts' rule (≥ MIN_EFFECT, CI "
-            "above the null's p95, BH q < ALPHA). The diagonal is each report's own neuron; off-diagonal "
-            "entries are cross-talk.",
+            LEGEND_V2 if "present" not in matrix else LEGEND_V1,
             "",
             md_table(["", *(f"ablate {k}" for k in keys)], rows),
             "",

@@ -15,6 +15,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from mechcheck.outputs import save_figure
 from mechcheck.report.stats import array
 
 DPI = 110
@@ -27,9 +28,7 @@ def _figure(n_axes: int = 1, width: float = 5.0, height: float = 3.6) -> tuple[F
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, metadata={"Software": None})
-    return path
+    return save_figure(fig, path, dpi=DPI, metadata={"Software": None})
 
 
 def _legend(ax: Axes) -> None:

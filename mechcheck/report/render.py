@@ -7,12 +7,12 @@ it overwrites report.md and the figures it draws, and never touches the results.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 from mechcheck.errors import UserError
-from mechcheck.outputs import claim_file
+from mechcheck.outputs import claim_file, write_text
+from mechcheck.report import information_md
 from mechcheck.report.battery_md import battery_section
 from mechcheck.report.cross_talk_md import cross_talk_sections
 from mechcheck.report.markdown import Figures, condition_section, header_section, threats_section
@@ -36,10 +36,26 @@ def stages_section(view: RunView) -> str:
     return "## Pipeline stages\n\n" + md_table(["stage", "seconds (when it ran)", "input hash"], rows)
 
 
+WITHDRAWN = (
+    "> **Withdrawn verdicts.** The battery results below come from the first battery (results format 1), "
+    "which judged how far an edit *pushed* the report instead of what information it removed, against "
+    "unmatched nulls (see the project's BATTERY_AUDIT). Its verdicts are not evidence; re-run `mechcheck "
+    "test` to get the rebuilt battery's."
+)
+
+
 def render_markdown(view: RunView, figs: Figures) -> str:
-    parts = [header_section(view), verdict_section(view)]
+    old = [c for c in view.conditions if not information_md.is_v2(c)]
+    parts = [header_section(view)]
+    if old:
+        parts += [WITHDRAWN, verdict_section(view)]
+    else:
+        parts.append(information_md.verdict_section(view))
     parts += [condition_section(c, figs) for c in view.conditions]
-    parts += [battery_section(c, figs) for c in view.conditions]
+    parts += [
+        information_md.battery_section(c, figs) if information_md.is_v2(c) else battery_section(c, figs)
+        for c in view.conditions
+    ]
     parts.append(cross_talk_sections(view, figs))
     if view.reference == "study":
         parts.append(reference_section(view))
@@ -58,11 +74,7 @@ def render_report(folder: str | Path) -> Path:
     view = load_view(folder)
     figs = Figures(folder / FIGURES, FIGURES)
     text = render_markdown(view, figs)
-    path = folder / REPORT
-    tmp = path.with_name(REPORT + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+    return write_text(folder / REPORT, text)
 
 
 def report_command(args: argparse.Namespace) -> int:
@@ -129,6 +141,6 @@ def compare_command(args: argparse.Namespace) -> int:
             raise UserError(
                 f"--out {args.out}: choose another name; results.json and report.md belong to runs"
             )
-        claim_file(args.out, args.overwrite).write_text(table)
+        write_text(claim_file(args.out, args.overwrite), table)
     sys.stdout.write(table)
     return 0

@@ -3,7 +3,8 @@
 Two layouts are understood:
 
 - a battery directory (`mechcheck test --out DIR`): `results.json` with
-  `format = "mechcheck-results/1"` and `predictions/seed-<k>.json` — one condition;
+  `format = "mechcheck-results/2"` (or `/1`, the first battery's) and `predictions/seed-<k>.json`
+  — one condition;
 - a pipeline run (`mechcheck run --out runs/NAME`): `results.json` with
   `format = "mechcheck-run/1"` embedding each condition's battery results and curves, and the
   predictions under each condition's battery directory.
@@ -11,19 +12,42 @@ Two layouts are understood:
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mechcheck import records
 from mechcheck.errors import UserError
+from mechcheck.records import DICT, NEURON, RUN, STR, ListOf, MapOf, Obj
 from mechcheck.report.stats import column
 from mechcheck.report.tables import get
 
 RESULTS_FORMAT = "mechcheck-results/1"
+RESULTS_FORMATS = (RESULTS_FORMAT, "mechcheck-results/2")
 RUN_FORMAT = "mechcheck-run/1"
+NEURON_KEYS = ("probes", "verdicts", "twins", "shares", "twin_shares", "heads")  # per neuron in per_neuron
 _SEED_FILE = re.compile(r"seed-(\d+)\.json$")
+# the fields the report reads, with their types (results.json: DESIGN.md's contract)
+VERDICTS = MapOf(Obj({"verdict": STR, "rule": STR, "evidence": DICT}, required=("verdict",)))
+_BATTERY = {
+    "run": RUN, "runs": ListOf(RUN), "neuron": NEURON, "neurons": ListOf(NEURON), "position": STR,
+    "condition": STR, "target_mode": STR, "eval": DICT, "probes": MapOf(DICT), "skipped": MapOf(STR),
+    "verdicts": VERDICTS, "config": DICT, "versions": DICT, "timing": DICT, "cross_talk": DICT,
+    "checkpoints": ListOf(STR), "twins": MapOf(VERDICTS), "shares": MapOf(DICT), "twin_shares": MapOf(DICT),
+    "heads": MapOf(DICT),
+}  # fmt: skip
+BATTERY_RESULTS = Obj(
+    _BATTERY | {"per_neuron": ListOf(Obj({"neuron": NEURON, "probes": MapOf(DICT), "verdicts": VERDICTS,
+                                          "skipped": MapOf(STR), "twins": MapOf(VERDICTS),
+                                          "shares": MapOf(DICT), "heads": MapOf(DICT)}))},
+    nullable=("position", "condition", "target_mode"),
+)  # fmt: skip
+CONDITION = Obj({"key": STR, "dir": STR, "results": BATTERY_RESULTS, "curves": MapOf(ListOf(DICT))})
+RUN_RESULTS = Obj({
+    "name": STR, "experiment": DICT, "header": DICT, "selection": DICT, "conditions": ListOf(CONDITION),
+    "stages": MapOf(DICT),
+})  # fmt: skip
 
 
 @dataclass
@@ -115,7 +139,7 @@ def neuron_views(view: ConditionView) -> list[ConditionView]:
         results = {k: v for k, v in view.results.items() if k not in ("per_neuron", "neurons", "cross_talk")}
         if i == 0 and "cross_talk" in view.results:
             results["cross_talk"] = view.results["cross_talk"]
-        results |= {"neuron": n, "probes": entry.get("probes"), "verdicts": entry.get("verdicts")}
+        results |= {"neuron": n, **{k: entry.get(k) for k in NEURON_KEYS if k in entry}}
         results["skipped"] = {**(view.results.get("skipped") or {}), **(entry.get("skipped") or {})}
         results["run"] = _neuron_run(view.run, i, n)
         results["runs"] = [_neuron_run(r, i, n) for r in view.runs]
@@ -126,10 +150,7 @@ def neuron_views(view: ConditionView) -> list[ConditionView]:
 
 
 def read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"{path} is missing or not valid JSON: {err}") from err
+    return records.read_json(path)  # one line for unreadable, invalid or too deeply nested JSON
 
 
 def load_predictions(folder: Path) -> dict[int, dict[str, Any]]:
@@ -139,8 +160,8 @@ def load_predictions(folder: Path) -> dict[int, dict[str, Any]]:
         return found
     for path in sorted(folder.glob("seed-*.json")):
         match = _SEED_FILE.search(path.name)
-        data = read_json(path)
-        if match and isinstance(data, dict):
+        data = records.check_predictions(records.read_json(path), str(path))
+        if match:
             found[int(match.group(1))] = data
     return found
 
@@ -226,7 +247,11 @@ def load_view(folder: str | Path) -> RunView:
     data = read_json(path)
     fmt = data.get("format") if isinstance(data, dict) else None
     if fmt == RUN_FORMAT:
+        records.check(data, RUN_RESULTS, str(path))
         return _run_view(folder, data)
-    if fmt == RESULTS_FORMAT:
+    if fmt in RESULTS_FORMATS:
+        records.check(data, BATTERY_RESULTS, str(path))
         return _battery_view(folder, data)
-    raise UserError(f"{path}: unknown format {fmt!r}; expected {RESULTS_FORMAT} or {RUN_FORMAT}")
+    raise UserError(
+        f"{path}: unknown format {fmt!r}; expected one of {', '.join(RESULTS_FORMATS)} or {RUN_FORMAT}"
+    )

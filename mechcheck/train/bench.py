@@ -5,7 +5,8 @@ set, the length-sorted training chunks of every split, the drift reference (orig
 log-probs), and two lazily built caches: the frozen condition's final-norm features and the
 after-target residual leaving the neuron's layer. With a `TextTable` of the texts the model reads
 (`mechcheck.train.table`: one pass over every text of the experiment, shared by its seeds) both
-caches are slices of the table; without one they are computed here (the features on disk).
+caches are slices of the table; without one they are computed here (the features on disk, the
+residual on disk in `resid_dir` when given, for other processes running cells of the same experiment).
 
 With a prompted (token) readout the chunks hold the prompted texts — what the model reads and the
 readout answers — while the target set's labels stay those of the raw texts (see
@@ -24,11 +25,14 @@ from mechcheck.checkpoint import base_weights_sha256
 from mechcheck.readout import Readout
 from mechcheck.subject import Site, Subject
 from mechcheck.targets import SPLITS, TargetSet, make_chunks
+from mechcheck.tensor_cache import content_key, load_or_compute, model_digest
 from mechcheck.train.frozen_fit import cached_features
 from mechcheck.train.monitors import Drift
 from mechcheck.train.readouts import prompted_texts
 from mechcheck.train.sources import Chunks, cache_sites
 from mechcheck.train.table import TextTable
+
+RESID_VERSION = "mechcheck-resid/1"
 
 
 class Bench:
@@ -43,10 +47,12 @@ class Bench:
         prompt: Readout | None = None,
         table: TextTable | None = None,
         original: dict[str, torch.Tensor] | None = None,
+        resid_dir: Path | None = None,
     ):
         start = time.perf_counter()
         self.table = table
         self.subject, self.targets, self.cache_dir, self.progress = subject, targets, cache_dir, progress
+        self.resid_dir = resid_dir
         self.batch_size, self.prompted = batch_size, prompt is not None
         t = targets
         self.texts = {s: list(t.texts(s)) for s in SPLITS}  # what the model reads
@@ -84,7 +90,8 @@ class Bench:
         return self._features is not None or (self.table is not None and self.table.features is not None)
 
     def resid(self) -> dict[str, list[torch.Tensor]]:
-        """The original model's residual leaving the (deepest) neuron's layer, per chunk of each split."""
+        """The original model's residual leaving the (deepest) neuron's layer, per chunk of each split
+        (a slice of the table when there is one; else kept in a file in `resid_dir` when given)."""
         if self._resid is None and self.table is not None and self.table.resid is not None:
             assert self.table.layer == self.targets.layer, "the table's residual is of another layer"
             self._resid = {
@@ -95,12 +102,31 @@ class Bench:
             start = time.perf_counter()
             site = Site("resid_post", self.targets.layer)
             position = self.targets.position
-            self._resid = {
-                s: cache_sites(self.subject, self.chunks[s], site, position, self.progress, f"resid {s}")
-                for s in SPLITS
-            }
+
+            def compute() -> dict[str, torch.Tensor]:
+                return {
+                    f"{s}/{i}": resid
+                    for s in SPLITS
+                    for i, resid in enumerate(
+                        cache_sites(self.subject, self.chunks[s], site, position, self.progress, f"resid {s}")
+                    )
+                }
+
+            def valid(flat: dict[str, torch.Tensor]) -> bool:
+                return len(flat) == sum(len(self.chunks[s]) for s in SPLITS)
+
+            flat, _ = load_or_compute(self._resid_file(site), compute, valid, {"format": RESID_VERSION})
+            self._resid = {s: [flat[f"{s}/{i}"] for i in range(len(self.chunks[s]))] for s in SPLITS}
             self.seconds["resid_cache"] = time.perf_counter() - start
         return self._resid
+
+    def _resid_file(self, site: Site) -> Path | None:
+        if self.resid_dir is None:
+            return None
+        head = {"version": RESID_VERSION, "model": model_digest(self.subject.model), "layer": site.layer}
+        head |= {"position": self.targets.position, "max_tokens": self.max_tokens}
+        head["batch_size"] = self.batch_size
+        return self.resid_dir / f"{content_key(head, *self.texts.items())}.safetensors"
 
     def restore(self) -> None:
         restore_weights(self.subject.model, self.original)

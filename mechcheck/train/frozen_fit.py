@@ -9,24 +9,21 @@ through the one training loop; the checkpoint keeps the better on validation.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from sklearn.linear_model import Ridge
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
+from mechcheck.offline import cache_root
 from mechcheck.readout import LinearReadout
 from mechcheck.subject import Subject
 from mechcheck.targets import SPLITS, TargetSet
+from mechcheck.tensor_cache import content_key, load_or_compute, model_digest
 from mechcheck.train.monitors import fit_metrics
 from mechcheck.train.sources import Chunks, final_norm_features
 
@@ -35,28 +32,13 @@ ALPHA_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3)  # multiplied by train.ri
 
 
 def default_cache_dir() -> Path:
-    env = os.environ.get("MECHCHECK_CACHE")
-    return Path(env) / "features" if env else Path.home() / ".cache" / "mechcheck" / "features"
-
-
-def model_digest(model: torch.nn.Module) -> str:
-    """sha256 over every tensor in the state dict (name, dtype, shape, bytes), in name order."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
+    return cache_root() / "features"
 
 
 def feature_key(subject: Subject, targets: TargetSet, batch_size: int) -> str:
-    h = hashlib.sha256()
     head = {"version": CACHE_VERSION, "position": targets.position, "max_tokens": targets.max_tokens}
     head |= {"batch_size": batch_size, "model": model_digest(subject.model), "site": "final_norm"}
-    h.update(json.dumps(head, sort_keys=True).encode())
-    for split in SPLITS:
-        h.update(json.dumps([split, list(targets.texts(split))]).encode())
-    return h.hexdigest()
+    return content_key(head, *([split, list(targets.texts(split))] for split in SPLITS))
 
 
 def cached_features(
@@ -71,24 +53,19 @@ def cached_features(
     batch_size = len(chunks["train"][0].ids)
     key = feature_key(subject, targets, batch_size)
     file = Path(cache_dir) / f"{key}.safetensors" if cache_dir is not None else None
-    if file is not None and file.is_file():
-        try:
-            features = {k: v.clone() for k, v in load_file(file).items()}  # own, aligned memory
-            if all(features[s].shape[0] == len(targets.labels(s)) for s in SPLITS):
-                info = {"key": key, "file": str(file), "cached": True}
-                return features, {**info, "seconds": time.perf_counter() - start}
-        except (SafetensorError, OSError, KeyError):
-            pass  # unreadable cache entry: recompute and replace it
-    features = {
-        s: final_norm_features(subject, chunks[s], targets.position, progress, desc=f"features {s}")
-        for s in SPLITS
-    }
-    if file is not None:
-        file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = file.with_name(file.name + f".{os.getpid()}.tmp")
-        save_file(features, tmp, metadata={"format": CACHE_VERSION, "key": key})
-        os.replace(tmp, file)
-    info = {"key": key, "file": str(file) if file else None, "cached": False}
+
+    def compute() -> dict[str, torch.Tensor]:
+        return {
+            s: final_norm_features(subject, chunks[s], targets.position, progress, desc=f"features {s}")
+            for s in SPLITS
+        }
+
+    def valid(features: dict[str, torch.Tensor]) -> bool:
+        return all(features[s].shape[0] == len(targets.labels(s)) for s in SPLITS)
+
+    meta = {"format": CACHE_VERSION, "key": key}
+    features, cached = load_or_compute(file, compute, valid, meta)
+    info = {"key": key, "file": str(file) if file else None, "cached": cached}
     return features, {**info, "seconds": time.perf_counter() - start}
 
 

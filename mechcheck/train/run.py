@@ -11,7 +11,6 @@ cross-entropy on the label's class token through the LM head for token readouts
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from typing import Any
 
 import torch
 
-from mechcheck.checkpoint import write_checkpoint
+from mechcheck.checkpoint import params_digest, write_checkpoint
 from mechcheck.config import to_dict
 from mechcheck.errors import UserError
 from mechcheck.experiment import TrainConfig
@@ -94,16 +93,6 @@ def init_readout(
         readout.bias.zero_()
     readout.requires_grad_(not frozen)
     return readout
-
-
-def params_digest(model: torch.nn.Module, names: set[str]) -> str:
-    """sha256 over the named parameters' bytes, in name order."""
-    h = hashlib.sha256()
-    for name, p in sorted(model.named_parameters()):
-        if name in names:
-            h.update(name.encode())
-            h.update(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def make_source(bench: Bench, condition: Condition, readout: Readout) -> Source:

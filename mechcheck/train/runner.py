@@ -15,31 +15,34 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from mechcheck.config import to_dict
+from mechcheck.config import Seeds, check_value, to_dict
 from mechcheck.corpus import Splits
 from mechcheck.errors import UserError
 from mechcheck.experiment import Experiment, load_experiment, split_seed
-from mechcheck.outputs import claim_dir, versions, write_json
+from mechcheck.outputs import BOOKKEEPING, claim_dir, versions, write_json
+from mechcheck.ownership import hold
 from mechcheck.readout import READOUTS, TARGET_KINDS, Neuron
+from mechcheck.records import DICT, read_record
 from mechcheck.splits import SPLIT_BY
 from mechcheck.subject import POSITIONS, Subject
 from mechcheck.targets import SPLITS, TargetSet
 from mechcheck.train.bench import Bench
-from mechcheck.train.conditions import CONDITIONS, plan
+from mechcheck.train.conditions import CONDITIONS, TARGET_MODES, plan
 from mechcheck.train.frozen_fit import default_cache_dir
 from mechcheck.train.loop import LR_SCHEDULES
 from mechcheck.train.readouts import check_readout, fit_token_readout, is_token, prompted_texts
 from mechcheck.train.record import config_hash
 from mechcheck.train.run import READOUT_SITES, readout_site, train_run
 from mechcheck.train.sources import FINAL_NORM
-from mechcheck.train.table import TextTable, build_table
+from mechcheck.train.table import TextTable, cached_table
 
 
 def run_dir(out: Path, condition: str, mode: str, seed: int) -> Path:
@@ -59,15 +62,8 @@ def check_experiment(experiment: Experiment, seeds: Sequence[int]) -> list[tuple
     if experiment.neuron.position not in POSITIONS:
         choices = ", ".join(POSITIONS)
         raise UserError(f"neuron.position {experiment.neuron.position!r}: choose one of {choices}")
-    if (experiment.neuron.layer is None) != (experiment.neuron.index is None):
-        raise UserError("set both neuron.layer and neuron.index to fix the neuron, or neither to select one")
-    check_neurons(experiment)
     check_study_options(experiment)
-    if not seeds:
-        raise UserError("no seeds to train: give --seeds or train.seeds")
-    for name in ("batch_size", "eval_every", "patience", "epochs"):
-        if getattr(cfg, name) < 1:
-            raise UserError(f"train.{name} must be at least 1, got {getattr(cfg, name)}")
+    check_value(Seeds, tuple(seeds), "the seeds to train (--seeds or train.seeds)")
     return pairs
 
 
@@ -95,29 +91,8 @@ def check_study_options(experiment: Experiment) -> None:
         raise UserError(
             f"train.readout_site applies to the linear head; readout {cfg.readout!r} reads logits"
         )
-    if cfg.drift_cap is not None and not cfg.drift_cap > 0:
-        raise UserError(f"train.drift_cap must be positive, got {cfg.drift_cap}")
     if any(not lr > 0 for lr in cfg.lr_grid) or len(set(cfg.lr_grid)) != len(cfg.lr_grid):
         raise UserError(f"train.lr_grid must list distinct positive learning rates, got {list(cfg.lr_grid)}")
-
-
-def check_neurons(experiment: Experiment) -> None:
-    """`neuron.neurons` (several fixed neurons): not with layer/index, distinct, linear readout only."""
-    n = experiment.neuron
-    if n.neurons is None:
-        return
-    if not n.neurons:
-        raise UserError("neuron.neurons is empty: list the neurons, or leave it out to use layer/index")
-    if n.layer is not None or n.index is not None:
-        raise UserError("set either neuron.layer/neuron.index or neuron.neurons, not both")
-    pairs = [(ref.layer, ref.index) for ref in n.neurons]
-    if len(set(pairs)) != len(pairs):
-        raise UserError(f"neuron.neurons lists a neuron twice: {pairs}")
-    if len(pairs) > 1 and experiment.train.readout != "linear":
-        raise UserError(
-            f"train.readout {experiment.train.readout!r} reports one neuron; several neurons "
-            "(neuron.neurons) need the linear (vector) readout"
-        )
 
 
 def choose_neuron(
@@ -144,10 +119,11 @@ def choose_neuron(
 
 def build_tables(
     experiment: Experiment, subject: Subject, neurons: tuple[Neuron, ...], texts: Sequence[str],
-    pairs: list[tuple[Any, str]], n_seeds: int, progress: bool,
+    pairs: list[tuple[Any, str]], n_seeds: int, progress: bool, cache: Path | None = None,
 ) -> tuple[TextTable, TextTable]:  # fmt: skip
     """(labels table, table of what the model reads): one pass over every text of the experiment (two
-    for token readouts, whose model reads the prompted texts)."""
+    for token readouts, whose model reads the prompted texts); with `cache`, kept in files there for
+    the other processes of the experiment (`mechcheck.train.table.cached_table`)."""
     cfg, c, position = experiment.train, experiment.corpus, experiment.neuron.position
     sources = {condition.source for condition, _ in pairs}
     trained = sum(condition.source != "features" for condition, _ in pairs) * n_seeds
@@ -155,16 +131,18 @@ def build_tables(
     layer = max(n.layer for n in neurons) if "resume" in sources else None
     if not is_token(cfg.readout):
         site = readout_site(subject, cfg)
-        table = build_table(
-            subject, texts, neurons, position, c.max_tokens, resid_layer=layer,
+        table = cached_table(
+            cache, subject, texts, neurons, position, c.max_tokens, resid_layer=layer,
             feature_site=site if features else None, progress=progress,
         )  # fmt: skip
         return table, table
-    labels = build_table(subject, texts, neurons, position, c.max_tokens, progress=progress, desc="labels")
+    labels = cached_table(
+        cache, subject, texts, neurons, position, c.max_tokens, progress=progress, desc="labels"
+    )
     prompt = READOUTS.get(cfg.readout).fit(subject.tokenizer, labels.labels)  # for its prompt only
     prompted, max_tokens = prompted_texts(subject, labels.texts, prompt, c.max_tokens)
-    model = build_table(
-        subject, prompted, neurons, position, max_tokens, labels=False, resid_layer=layer,
+    model = cached_table(
+        cache, subject, prompted, neurons, position, max_tokens, labels=False, resid_layer=layer,
         feature_site=FINAL_NORM if features else None, progress=progress, desc="prompted texts",
     )  # fmt: skip
     return labels, model
@@ -178,24 +156,29 @@ def neuron_record(neurons: TargetSet | Sequence[Neuron]) -> dict[str, Any]:
     return {"neurons": [n.as_dict() for n in neurons]}
 
 
-def _write_target(out: Path, record: dict[str, Any], merge: bool) -> None:
+def _write_target(out: Path, record: dict[str, Any], merge: bool, write: bool = True) -> None:
     """target.json: the neuron, how it was chosen, and per seed its target card and corpus (split);
-    `merge`: add this seed to the file's seeds (refusing a different neuron or target set)."""
+    `merge`: add this seed to the file's seeds (refusing a different neuron or target set); with
+    `write=False` (a cell beside others) it must be there already, and match."""
     file = out / "target.json"
-    if merge and file.is_file():
-        old = json.loads(file.read_text())
+    if not write and not file.is_file():
+        raise UserError(f"{file} is missing: the experiment's prepare cell writes it before any run")
+    if (merge or not write) and file.is_file():
+        old = read_record(file, DICT)
         same = all(old.get(k) == record.get(k) for k in ("neuron", "neurons"))
         new = json.loads(json.dumps(record["seeds"]))
-        same = same and all(old.get("seeds", {}).get(k, v) == v for k, v in new.items())
+        seeds = old.get("seeds") if isinstance(old.get("seeds"), dict) else {}
+        same = same and all(seeds.get(k, v) == v for k, v in new.items())
         if not same:
             raise UserError(f"{file}: --resume with a different neuron or target set; use --overwrite")
-        record = {**record, "seeds": {**old.get("seeds", {}), **new}}
-    write_json(file, record)
+        record = {**record, "seeds": {**seeds, **new}}
+    if write:
+        write_json(file, record)
 
 
 def _read_run(out: Path, key: tuple[int, str, str]) -> dict[str, Any]:
     seed, condition, mode = key
-    return json.loads((run_dir(out, condition, mode, seed) / "run.json").read_text())
+    return read_record(run_dir(out, condition, mode, seed) / "run.json", DICT)
 
 
 def split_record(splits: Splits, seed: int, experiment: Experiment) -> dict[str, Any]:
@@ -216,7 +199,7 @@ def _claim_run(folder: Path, digest: str, resume: bool, overwrite: bool) -> bool
         if overwrite:
             shutil.rmtree(folder)
         elif resume:
-            saved = json.loads((folder / "run.json").read_text()).get("config_hash")
+            saved = read_record(folder / "run.json", DICT).get("config_hash")
             if saved != digest:
                 raise UserError(f"{folder}: --resume with a different configuration; use --overwrite")
             return False
@@ -239,12 +222,19 @@ def train_experiment(
     on_step: Callable[[int], None] | None = None,
     splits: tuple[Splits, dict[int, Splits]] | None = None,
     selection: dict[str, Any] | None = None,
+    cells: Collection[tuple[str, str, int]] | None = None,
+    shared_cache: Path | None = None,
 ) -> list[dict[str, Any]]:
     """Train every planned run; returns their run.json dicts (finished ones read back on --resume).
 
     `splits`: (the selection split, each seed's split) as the corpus stage made them (else made here
     from the experiment, `mechcheck.corpus.experiment_splits`); `selection`: how the select stage
-    chose the experiment's fixed neuron (recorded as is)."""
+    chose the experiment's fixed neuron (recorded as is). `cells` narrows the runs to these
+    (condition, target mode, seed) triples, for an executor that runs each in its own process
+    (`mechcheck.executor`): an empty set trains nothing and only prepares — it writes target.json and
+    fills the caches the planned runs read — and a non-empty one leaves target.json as the prepare
+    cell wrote it. `shared_cache` is a folder for those caches (the original model's table of
+    labels, features and residuals) that every such process reads."""
     seeds = tuple(experiment.train.seeds if seeds is None else seeds)
     pairs = check_experiment(experiment, seeds)
     out = claim_dir(out, overwrite, resume)
@@ -262,18 +252,26 @@ def train_experiment(
         (seed, c.name, mode): config_hash(experiment, c.name, mode, seed)
         for seed in seeds
         for c, mode in pairs
+        if cells is None or (c.name, mode, seed) in cells
     }
     pending = {
         key
         for key, digest in plan_runs.items()
         if _claim_run(run_dir(out, *key[1:], key[0]), digest, resume, overwrite)
     }
-    todo = [seed for seed in seeds if any(key[0] == seed for key in pending)]
+    prepare_only = cells is not None and not cells
+    todo = [seed for seed in seeds if prepare_only or any(key[0] == seed for key in pending)]
+    shared = None if shared_cache is None else Path(shared_cache)
     if todo:
         neuron, chosen = choose_neuron(experiment, subject, select_split.train, progress)
         neurons = (neuron,) if isinstance(neuron, Neuron) else neuron
         texts = [t for seed in todo for name in SPLITS for t in getattr(per_seed[seed], name)]
-        labels, model_table = build_tables(experiment, subject, neurons, texts, pairs, len(todo), progress)
+        if shared is not None:  # every cell's process reads the same table: all seeds' texts
+            texts = [t for seed in seeds for name in SPLITS for t in getattr(per_seed[seed], name)]
+        n_seeds = len(todo) if shared is None else len(seeds)
+        labels, model_table = build_tables(
+            experiment, subject, neurons, texts, pairs, n_seeds, progress, shared and shared / "tables"
+        )  # fmt: skip
         original = {k: v.detach().clone() for k, v in subject.model.state_dict().items()}
         base = {
             "base_model": experiment.subject.model, **neuron_record(neurons),
@@ -281,7 +279,7 @@ def train_experiment(
             "neuron_selection": selection or chosen, "versions": versions(),
         }  # fmt: skip
     cfg, c = experiment.train, experiment.corpus
-    cache_dir = cache_dir or default_cache_dir()
+    cache_dir = cache_dir or (shared / "features" if shared else default_cache_dir())
     prepared = time.perf_counter() - start
     runs = []
     for seed in seeds:
@@ -295,7 +293,10 @@ def train_experiment(
         record["selection"] = base["neuron_selection"]
         record["seeds"] = {str(seed): {"target": targets.card, "corpus": corpus}}
         table = {"texts": len(labels.texts), "seconds": labels.seconds}
-        _write_target(out, record | {"table": table}, merge=resume or seed != todo[0])
+        merge, write = resume or seed != todo[0], cells is None or prepare_only
+        _write_target(out, record | {"table": table}, merge, write)
+        if prepare_only:
+            continue
         prompt = fit_token_readout(cfg.readout, subject, targets) if is_token(cfg.readout) else None
         bench = Bench(
             subject, targets, cfg.batch_size, cfg.drift_texts, cache_dir, progress, prompt, model_table,
@@ -309,6 +310,8 @@ def train_experiment(
         }  # fmt: skip
         for condition, mode in pairs:
             key = (seed, condition.name, mode)
+            if key not in plan_runs:
+                continue
             if key not in pending:
                 runs.append(_read_run(out, key))
                 continue
@@ -328,6 +331,14 @@ def train_experiment(
                 )  # fmt: skip
             )
     return runs
+
+
+def legacy_train_dir(out: Path) -> bool:
+    """A `mechcheck train` output written before the ownership marker: a target.json and only
+    `<condition>-<target mode>` folders beside it."""
+    names = [p.name for p in out.iterdir() if p.name not in ("target.json", *BOOKKEEPING)]
+    pattern = re.compile(rf"[a-z_]+-({'|'.join(TARGET_MODES)})")
+    return (out / "target.json").is_file() and all(pattern.fullmatch(n) for n in names)
 
 
 def summary_line(run: dict[str, Any]) -> str:
@@ -383,10 +394,15 @@ def train_command(args: argparse.Namespace) -> int:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-    runs = train_experiment(
-        experiment, args.out, seeds=args.seeds, resume=args.resume, overwrite=args.overwrite,
-        progress=not args.quiet,
-    )  # fmt: skip
+    seeds = experiment.train.seeds if args.seeds is None else args.seeds
+    pairs = check_experiment(experiment, seeds)
+    entries = ("target.json", *(f"{c.name}-{m}" for c, m in pairs))
+    with hold(args.out) as output:
+        output.claim("train", entries, overwrite=args.overwrite, resume=args.resume, legacy=legacy_train_dir)
+        runs = train_experiment(
+            experiment, output.out, seeds=seeds, resume=args.resume, overwrite=args.overwrite,
+            progress=not args.quiet,
+        )  # fmt: skip
     for run in runs:
         print(summary_line(run))
     print(f"checkpoints: {args.out}/<condition>-<target_mode>/seed-<k>/; target set: {args.out}/target.json")

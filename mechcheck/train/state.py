@@ -21,6 +21,15 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from mechcheck.errors import UserError
+from mechcheck.outputs import make_dirs, remove_path
+from mechcheck.records import DICT, INDEX, NUMBER, STR, ListOf, Obj, read_record
+
+LOOP = Obj(
+    {"config_hash": STR, "step": INDEX, "best_val": NUMBER, "best_step": INDEX, "bad_evals": INDEX,
+     "best_saved_step": INDEX, "curves": ListOf(DICT)},
+    required=("config_hash",), nullable=("best_val", "best_step", "best_saved_step"),
+)  # fmt: skip
+STATE = Obj({"loop": LOOP, "optimizer": DICT, "scheduler": DICT}, required=("loop", "optimizer", "scheduler"))
 
 
 @dataclass
@@ -95,9 +104,10 @@ class StateStore:
         best: dict[str, torch.Tensor] | None,
     ) -> None:
         new, current = self._new, self._current()
-        if new.exists():
-            shutil.rmtree(new)
-        new.mkdir(parents=True)
+        if new.exists() or new.is_symlink():
+            remove_path(new)
+        make_dirs(new.parent)
+        new.mkdir()
         save_file(_tensors(params), new / "params.safetensors")
         opt_tensors, opt_meta = optimizer_tensors(optimizer)
         save_file(_tensors(opt_tensors), new / "optimizer.safetensors")
@@ -134,14 +144,15 @@ class StateStore:
         if folder is None:
             raise UserError(f"no training state to resume in {self.folder}")
         try:
-            meta = json.loads((folder / "state.json").read_text())
+            meta = read_record(folder / "state.json", STATE)
             loop = LoopState(**meta["loop"])
+            extra = {"optimizer_meta": meta["optimizer"], "scheduler": meta["scheduler"]}
             tensors = {
                 name: load_file(folder / f"{name}.safetensors") for name in ("params", "optimizer", "rng")
             }
             best_file = folder / "best.safetensors"
             tensors["best"] = load_file(best_file) if best_file.is_file() else None
-        except (OSError, ValueError, KeyError, TypeError, SafetensorError) as err:
+        except (OSError, ValueError, KeyError, TypeError, SafetensorError, UserError) as err:
             raise UserError(
                 f"{folder}: the saved training state is corrupt ({err}); use --overwrite"
             ) from err
@@ -151,7 +162,7 @@ class StateStore:
                 f"{loop.config_hash[:12]}, now {config_hash[:12]}); use the same experiment and seed, "
                 "or --overwrite"
             )
-        return loop, {**tensors, "optimizer_meta": meta["optimizer"], "scheduler": meta["scheduler"]}
+        return loop, {**tensors, **extra}
 
     def remove(self) -> None:
         for folder in (self.folder, self._old, self._new):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -26,6 +27,9 @@ from tqdm import tqdm
 from mechcheck.readout import Neuron, report_positions, target_columns
 from mechcheck.subject import Site, Subject, gather_position
 from mechcheck.targets import LABEL_BATCH, SPLITS, Chunk, TargetSet, assemble_targets, make_chunks, n_rows
+from mechcheck.tensor_cache import content_key, load_or_compute, model_digest
+
+TABLE_VERSION = "mechcheck-table/1"
 
 
 @dataclass
@@ -135,6 +139,66 @@ def build_table(
         texts, offsets, out_labels, out_features, out_resid if resid_site else None, resid_layer,
         tuple(neurons), position, max_tokens, time.perf_counter() - start,
     )  # fmt: skip
+
+
+def cached_table(
+    cache: Path | None,
+    subject: Subject,
+    texts: Sequence[str],
+    neurons: Sequence[Neuron],
+    position: str,
+    max_tokens: int,
+    *,
+    labels: bool = True,
+    resid_layer: int | None = None,
+    feature_site: Site | None = None,
+    progress: bool = False,
+    desc: str = "original model",
+) -> TextTable:
+    """`build_table`, kept in a file in `cache` (when given) keyed by the model's weights and
+    everything the table depends on, so that the other processes of an experiment read it."""
+
+    def build() -> TextTable:
+        return build_table(
+            subject, texts, neurons, position, max_tokens, labels=labels, resid_layer=resid_layer,
+            feature_site=feature_site, progress=progress, desc=desc,
+        )  # fmt: skip
+
+    if cache is None:
+        return build()
+    texts = tuple(dict.fromkeys(texts))
+    head = {"version": TABLE_VERSION, "model": model_digest(subject.model), "position": position}
+    head |= {"neurons": [n.as_dict() for n in neurons], "max_tokens": max_tokens, "labels": labels}
+    head |= {"resid_layer": resid_layer, "features": None if feature_site is None else str(feature_site)}
+    file = Path(cache) / f"{content_key(head, texts)}.safetensors"
+    made: list[TextTable] = []
+
+    def compute() -> dict[str, torch.Tensor]:
+        made.append(build())
+        return _table_tensors(made[0])
+
+    tensors, _ = load_or_compute(file, compute, metadata={"format": TABLE_VERSION})
+    if made:
+        return made[0]
+    resid = None
+    if "resid" in tensors:
+        resid = list(torch.split(tensors["resid"], tensors["resid_lengths"].tolist()))
+    return TextTable(
+        texts, tensors["offsets"], tensors.get("labels"), tensors.get("features"), resid, resid_layer,
+        tuple(neurons), position, max_tokens, 0.0,
+    )  # fmt: skip
+
+
+def _table_tensors(table: TextTable) -> dict[str, torch.Tensor]:
+    out = {"offsets": table.offsets}
+    if table.labels is not None:
+        out["labels"] = table.labels
+    if table.features is not None:
+        out["features"] = table.features
+    if table.resid is not None:
+        out["resid"] = torch.cat(table.resid)
+        out["resid_lengths"] = torch.tensor([r.shape[0] for r in table.resid], dtype=torch.long)
+    return out
 
 
 def _rows_per_text(chunks: Sequence[Chunk], n_texts: int) -> torch.Tensor:

@@ -1,0 +1,159 @@
+"""Shared machinery of the information tests: heads, donors, the engine, and `InformationTest`.
+
+A new test is a subclass that says which edit it makes and which matched draws are its null:
+
+    @register("my_test")
+    class MyTest(InformationTest):
+        hypotheses = ("H2_out",)
+        def edits(self, ctx):
+            effect = (donor_unit(ctx, ctx.layer, ctx.neuron.index, donors(ctx)),)
+            null = [(donor_unit(ctx, ly, i, donors(ctx)),) for ly, i in matched(ctx).units]
+            return {"effect": effect}, null, "neurons matched on write magnitude"
+
+and it gets, from the runner, Δr² with its CI over articles (and seeds), the share of the report's
+information, motion and signed shift, its rank p among the null draws (BH-corrected with the other
+primary tests), specificity against the control heads, and the same numbers for every planted twin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from mechcheck.battery.base import Probe, ProbeResult
+from mechcheck.battery.context import Context
+from mechcheck.battery.engine import Draw, Engine, Readings
+from mechcheck.battery.heads import Heads
+from mechcheck.battery.information import r2
+from mechcheck.battery.nulls import Neurons, derangement, matched_neurons
+
+CHUNK = 64  # draws scored at a time (bounds the memory of the readings)
+
+
+def heads(ctx: Context) -> Heads:
+    return ctx.once("heads", lambda rng: Heads(ctx, rng))
+
+
+def engine(ctx: Context) -> Engine:
+    return ctx.once("engine", lambda rng: Engine(ctx, ctx.options.max_queries))
+
+
+def donors(ctx: Context) -> np.ndarray:
+    """One derangement of the evaluation texts, shared by every interchange (same donor pairs for
+    an effect and its null)."""
+    return ctx.once("donors", lambda rng: derangement(ctx.eval.n, rng))
+
+
+def matched(ctx: Context, same_layer: bool = False) -> Neurons:
+    """Neurons matched on write magnitude, shared by the tests that compare with neurons."""
+    key = "matched_neurons.same_layer" if same_layer else "matched_neurons"
+    n = ctx.options.n_null
+    return ctx.once(key, lambda rng: matched_neurons(ctx, n, rng, same_layer=same_layer))
+
+
+def score_readings(ctx: Context, readings: Readings) -> dict[str, np.ndarray]:
+    return heads(ctx).reports(readings)
+
+
+def score(ctx: Context, draws: Sequence[Draw], where: str) -> dict[str, np.ndarray]:
+    """Every head's report under each draw, scored in chunks. {head: [n, D]}"""
+    out: dict[str, list[np.ndarray]] = {}
+    for start in range(0, len(draws), CHUNK):
+        got = score_readings(ctx, engine(ctx).run(draws[start : start + CHUNK], where))
+        for name, values in got.items():
+            out.setdefault(name, []).append(values)
+    return {name: np.concatenate(parts, axis=1) for name, parts in out.items()}
+
+
+def delta_r2(label: np.ndarray, clean: np.ndarray, edited: np.ndarray) -> np.ndarray:
+    """r²(label, clean) − r²(label, edited[:, d]) for each draw d. [D]"""
+    return float(r2(label, clean)) - r2(label, np.asarray(edited).T)
+
+
+class InformationTest(Probe):
+    """An edit, its comparisons and its matched null, scored on every head (see the module)."""
+
+    intervenes = True
+    where: str = "label"
+    needs = ("labels",)
+
+    def edits(self, ctx: Context) -> tuple[dict[str, Draw], list[Draw], str]:
+        """({"effect": draw, other comparisons…}, null draws, what the null is)."""
+        raise TypeError(f"{type(self).__name__} must implement edits(ctx)")
+
+    def where_for(self, ctx: Context) -> str:
+        return self.where
+
+    def reports(self, ctx: Context, named: dict[str, Draw], null: list[Draw]) -> dict[str, np.ndarray]:
+        """Reports of every head under the named draws then the null draws. {head: [n, D]}"""
+        return score(ctx, [*named.values(), *null], self.where_for(ctx))
+
+    def info(self, ctx: Context) -> dict[str, Any]:
+        """Anything the test wants recorded about its draws (matching, dimensions)."""
+        return {}
+
+    def run(self, ctx: Context) -> ProbeResult:
+        named, null, about = self.edits(ctx)
+        got = self.reports(ctx, named, null)
+        hs = heads(ctx).heads
+        k = len(named)
+        edited = {name: {h: got[h][:, i].tolist() for h in hs} for i, name in enumerate(named)}
+        nulls = {h: delta_r2(hs[h].label, hs[h].clean, got[h][:, k:]).tolist() for h in hs}
+        test = {"where": self.where_for(ctx), "edited": edited, "null": nulls, "null_about": about,
+                "info": self.info(ctx)}  # fmt: skip
+        return ProbeResult(test=test)
+
+
+# --- the neuron's input span and its matched subspaces ------------------------------------------
+def in_basis(ctx: Context):
+    """Orthonormal basis of the neuron's `W_in` span (folded; gate and up for gated MLPs) in the
+    trained model — or in the base model when training emptied it (a neuron that reads nothing). [d, k]"""
+    from mechcheck.battery.vectors import in_directions, orthonormal
+
+    def build(rng):
+        trained = orthonormal(list(in_directions(ctx.trained, ctx.neuron).values()))
+        base = orthonormal(list(in_directions(ctx.base, ctx.neuron).values()))
+        return trained if trained.shape[1] == base.shape[1] else base
+
+    return ctx.once("in_basis", build)
+
+
+def _mlp_in_cov(ctx: Context) -> np.ndarray:
+    return np.cov(ctx.eval.mlp_in_p.double().cpu().numpy(), rowvar=False)
+
+
+def subspaces(ctx: Context):
+    """`n_null` random subspaces of layer L's MLP input, variance-matched to the `W_in` span at p."""
+    from mechcheck.battery.nulls import matched_subspaces
+
+    basis = in_basis(ctx).double().cpu().numpy()
+
+    def build(rng):
+        return matched_subspaces(_mlp_in_cov(ctx), basis, basis.shape[1], ctx.options.n_null, rng)
+
+    return ctx.once("subspaces", build)
+
+
+def label_basis(ctx: Context):
+    """The most label-predictive directions of layer L's MLP input at p outside the `W_in` span,
+    as many as the span has. [d, k]"""
+    import torch
+
+    from mechcheck.battery.nulls import label_subspace
+
+    basis = in_basis(ctx)
+
+    def build(rng):
+        x = ctx.eval.mlp_in_p.double().cpu().numpy()
+        found = label_subspace(x, ctx.labels, basis.double().cpu().numpy(), basis.shape[1])
+        return torch.as_tensor(found, dtype=basis.dtype)
+
+    return ctx.once("label_basis", build)
+
+
+def as_basis(ctx: Context, b: np.ndarray):
+    import torch
+
+    return torch.as_tensor(b, dtype=ctx.eval.mlp_in_p.dtype)

@@ -1,0 +1,130 @@
+"""Cell executors: the train and test stages of `mechcheck run` as a graph of cells.
+
+One tiny experiment — two seeds × two conditions (`frozen`, `after_target`), the whole battery —
+runs once with the local executor. The cell graph must give the same results.json files, every
+metric equal (results_compare.py says what is left out: timing and where caches were read from):
+in this process (always), after a failed cell and a rerun; and as Ray tasks on a local Ray
+cluster of 2 CPUs (where Ray is installed: `pip install -e ".[ray]"`; CI installs it).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from results_compare import run_results
+from test_pipeline import write_experiment
+
+from mechcheck import executor
+from mechcheck.cli import main
+from mechcheck.errors import UserError
+from mechcheck.executor import Cell, InProcessExecutor
+from mechcheck.experiment import load_experiment
+from mechcheck.pipeline import run_pipeline
+from mechcheck.testing import random_texts, save_tiny
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+FAILING = ("after_target", "fixed", 1)
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory) -> tuple[Path, Path]:
+    """The experiment file and its run with the local executor."""
+    folder = tmp_path_factory.mktemp("cells")
+    save_tiny(folder / "model", "llama", seed=0)
+    (folder / "corpus.txt").write_text("\n".join(random_texts(340, seed=1, min_words=5, max_words=12)) + "\n")
+    toml = write_experiment(folder, folder, name="cells", n_bootstrap=20)
+    text = toml.read_text().replace("seeds = [0]", "seeds = [0, 1]").replace('probes = ["variance"]\n', "")
+    text = text.replace("max_texts = 300", "max_texts = 340")  # each seed's own split: >= 20 test texts
+    toml.write_text(text.replace("max_eval = 30", "max_eval = 20"))  # no probe list: every probe runs
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MECHCHECK_CACHE", str(folder / "cache"))
+        assert main(["run", str(toml), "--out", str(folder / "local" / "cells"), "-q"]) == 0
+    return toml, folder / "local" / "cells"
+
+
+def statuses(out: Path) -> dict[str, str]:
+    return {c["name"]: c["status"] for c in json.loads((out / "cells.json").read_text())["cells"]}
+
+
+def test_a_failed_cell_stops_only_what_needs_it() -> None:
+    def boom() -> None:
+        raise RuntimeError("boom\nsecond line")
+
+    cells = [Cell("a", lambda: None), Cell("b", boom, ("a",)), Cell("c", lambda: None, ("b",))]
+    cells += [Cell("d", lambda: None, ("a", "not-in-this-graph"))]
+    outcomes = InProcessExecutor().run(cells)
+    assert {n: o.status for n, o in outcomes.items()} == {
+        "a": "done", "b": "failed", "c": "not_run", "d": "done"
+    }  # fmt: skip
+    assert outcomes["b"].error == "RuntimeError: boom" and "Traceback" in outcomes["b"].detail
+    assert outcomes["c"].detail == "needs b"
+
+
+def test_bad_executors_are_one_line_before_anything_is_written(local_run, tmp_path, monkeypatch, capsys):
+    toml, _ = local_run
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    for spec, said in (("ray", "needs Ray, which is not installed: pip install -e '.[ray]'"),
+                       ("spark", "--executor 'spark': choose local, ray, or ray://HOST:PORT")):  # fmt: skip
+        assert main(["run", str(toml), "--out", str(tmp_path / spec), "-q", "--executor", spec]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and said in err[0], err
+        assert not (tmp_path / spec).exists()
+
+
+def test_failed_cell_then_rerun_in_process_equals_local(local_run, tmp_path, monkeypatch) -> None:
+    """A failing training cell: the others finish, what needs it does not start, one line says so;
+    the rerun runs only those cells, and the results equal the local executor's."""
+    toml, local = local_run
+    monkeypatch.setenv("MECHCHECK_CACHE", str(tmp_path / "cache"))
+    experiment, out = load_experiment(toml), tmp_path / "cells"
+    train_cell = executor.train_cell
+
+    def flaky(experiment, folder, runs, shared, **given) -> None:
+        if FAILING in runs:
+            raise RuntimeError("simulated failure")
+        train_cell(experiment, folder, runs, shared, **given)
+
+    monkeypatch.setattr(executor, "train_cell", flaky)
+    with pytest.raises(UserError, match=r"^2 of 7 cells did not finish .*train/after_target-fixed/seed-1: "
+                                        r"RuntimeError: simulated failure; test/after_target-fixed: not run, "
+                                        r"needs train/after_target-fixed/seed-1$"):  # fmt: skip
+        run_pipeline(experiment, out, executor=InProcessExecutor())
+    assert statuses(out) == {
+        "train/prepare": "done", "train/frozen-fixed/seed-0": "done", "train/frozen-fixed/seed-1": "done",
+        "train/after_target-fixed/seed-0": "done", "train/after_target-fixed/seed-1": "failed",
+        "test/frozen-fixed": "done", "test/after_target-fixed": "not_run",
+    }  # fmt: skip
+    assert sorted(p.name for p in (out / "cache").iterdir()) == ["tables"]  # one table, read by every cell
+    assert not (out / "report.md").exists()
+    finished = {p: p.stat().st_mtime_ns for p in out.glob("train/*/seed-*/run.json")}
+    frozen_test = (out / "test/frozen-fixed/stage.json").read_text()
+
+    monkeypatch.setattr(executor, "train_cell", train_cell)
+    run_pipeline(experiment, out, executor=InProcessExecutor())
+    assert statuses(out) == {
+        "train/prepare": "done", "train/after_target-fixed/seed-1": "done", "test/after_target-fixed": "done"
+    }  # fmt: skip
+    assert all(p.stat().st_mtime_ns == t for p, t in finished.items())
+    assert (out / "test/frozen-fixed/stage.json").read_text() == frozen_test
+    assert run_results(out) == run_results(local)
+
+    records = {p: p.read_text() for p in out.rglob("stage.json")}
+    run_pipeline(experiment, out, executor=InProcessExecutor())  # all done: nothing runs again
+    assert statuses(out) == {} and {p: p.read_text() for p in out.rglob("stage.json")} == records
+
+
+@pytest.mark.ray
+def test_ray_on_two_cpus_equals_local(local_run, tmp_path) -> None:
+    ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]'")
+    toml, local = local_run
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    try:
+        out = tmp_path / "ray" / "cells"
+        assert main(["run", str(toml), "--out", str(out), "-q", "--executor", "ray"]) == 0
+    finally:
+        ray.shutdown()
+    assert set(statuses(out).values()) == {"done"} and len(statuses(out)) == 7
+    assert run_results(out) == run_results(local)
