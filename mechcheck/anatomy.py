@@ -49,6 +49,7 @@ class Anatomy(ABC):
     layers_path: ClassVar[str]
     final_norm_path: ClassVar[str]
     mlp_name: ClassVar[str] = "mlp"
+    post_mlp_norm_name: ClassVar[str] = ""  # a norm between the MLP output and the residual add, if any
     pre_mlp_norm_name: ClassVar[str]
     down_proj_name: ClassVar[str]
 
@@ -78,6 +79,11 @@ class Anatomy(ABC):
 
     def down_proj_path(self, layer: int) -> str:
         return f"{self.mlp_path(layer)}.{self.down_proj_name}"
+
+    def mlp_out_path(self, layer: int) -> str:
+        """The module whose output is what the MLP adds to the residual stream (`mlp_out`)."""
+        post = self.post_mlp_norm_name
+        return f"{self.layer_path(layer)}.{post}" if post else self.mlp_path(layer)
 
     def pre_mlp_norm_path(self, layer: int) -> str:
         return f"{self.layer_path(layer)}.{self.pre_mlp_norm_name}"
@@ -149,7 +155,18 @@ class Anatomy(ABC):
 
     def post_mlp_norm(self, layer: int) -> nn.Module | None:
         """A norm between the MLP output and the residual add, if the architecture has one."""
-        return None
+        if not self.post_mlp_norm_name:
+            return None
+        return self.module(f"{self.layer_path(layer)}.{self.post_mlp_norm_name}")
+
+    def check_coordinate(self, layer: int, index: int) -> None:
+        """A residual-basis coordinate of layer `layer`'s MLP output (the study's target kind)."""
+        self.check_neuron(layer)
+        if not 0 <= index < self.d_model:
+            raise UserError(
+                f"coordinate {index} is out of range: layer {layer}'s MLP output has coordinates "
+                f"0..{self.d_model - 1}"
+            )
 
     def check_neuron(self, layer: int, index: int | None = None) -> None:
         if not 0 <= layer < self.n_layers:
@@ -218,11 +235,9 @@ class Gemma2Anatomy(GatedAnatomy):
 
     model_types = ("gemma2", "gemma3_text")
     pre_mlp_norm_name = "pre_feedforward_layernorm"
-
-    def post_mlp_norm(self, layer: int) -> nn.Module:
-        # The MLP output is RMS-normalised per token before the residual add, so the neuron writes
-        # along gain ⊙ W_out, rescaled by 1 / RMS(mlp_out) of each token: not exactly linear.
-        return self.module(f"{self.layer_path(layer)}.post_feedforward_layernorm")
+    # The MLP output is RMS-normalised per token before the residual add, so the neuron writes
+    # along gain ⊙ W_out, rescaled by 1 / RMS(mlp_out) of each token: not exactly linear.
+    post_mlp_norm_name = "post_feedforward_layernorm"
 
     def norm_gain(self, norm: nn.Module) -> torch.Tensor:
         return norm.weight.detach() + 1.0

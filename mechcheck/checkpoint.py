@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from mechcheck.errors import UserError
 from mechcheck.outputs import make_dirs, remove_path, write_json, write_text
-from mechcheck.readout import READOUTS, Neuron, Readout, neuron_key
+from mechcheck.readout import NEURON, READOUTS, Neuron, Readout, neuron_key
 from mechcheck.records import RUN_FIELDS, RUN_NULLABLE, STR, ListOf, Obj, check, check_predictions, read_json
 from mechcheck.subject import POSITIONS, Subject, load_subject, refuse_pickle, weights_digest
 
@@ -150,8 +150,13 @@ def params_digest(model: torch.nn.Module, names: set[str]) -> str:
 
 
 def neuron_weights(subject: Subject, neuron: Neuron) -> dict[str, torch.Tensor]:
-    """The neuron's raw `W_in` (by name) and `W_out`, as hashed into run.json."""
+    """The neuron's raw `W_in` (by name) and `W_out`, as hashed into run.json; for the study's mlp_out
+    coordinate k, the down projection's row that writes it (`W_down_row`)."""
     a = subject.anatomy
+    if neuron.kind != NEURON:
+        a.check_coordinate(neuron.layer, neuron.index)
+        w = a.down_proj(neuron.layer).weight.detach()  # nn.Linear [d_model, d_mlp]; GPT-2 Conv1D transposed
+        return {"W_down_row": (w[neuron.index] if a._down_in_dim == 1 else w[:, neuron.index]).clone()}
     weights = {f"W_in.{k}": v for k, v in a.W_in(neuron.layer, neuron.index, folded=False).items()}
     weights["W_out"] = a.W_out(neuron.layer, neuron.index, folded=False)
     return weights
@@ -168,8 +173,15 @@ def base_weights_sha256(subject: Subject, neurons: Sequence[Neuron]) -> dict[str
 def verify_base(checkpoint: Checkpoint, base: Subject) -> None:
     """Refuse, before any work, a checkpoint that does not fit `base`: a neuron the base model lacks,
     a readout of another width or vocabulary, a `model/` of another architecture, or W_in/W_out or
-    frozen parameters that differ from those in run.json."""
+    frozen parameters that differ from those in run.json; and a target the battery cannot test (the
+    study's mlp_out coordinates)."""
     for neuron in checkpoint.neurons:
+        if neuron.kind != NEURON:
+            raise UserError(
+                f"{checkpoint.path}: its target is {neuron.kind} {neuron.index} of layer {neuron.layer} (the "
+                "original study's target kind), not an MLP neuron; the battery tests neurons. Its training "
+                "measurements (skill, the coordinate's std before/after) are in run.json"
+            )
         try:
             base.anatomy.check_neuron(neuron.layer, neuron.index)
         except UserError as err:
@@ -247,7 +259,10 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     if ("neuron" in run) == ("neurons" in run):
         raise UserError(f"{run_file}: needs exactly one of 'neuron' (one neuron) and 'neurons' (several)")
     listed = run["neurons"] if "neurons" in run else [run["neuron"]]
-    neurons = tuple(Neuron(n["layer"], n["index"]) for n in listed)
+    try:
+        neurons = tuple(Neuron.from_dict(n) for n in listed)
+    except ValueError as err:
+        raise UserError(f"{run_file}: malformed neuron field: {err}") from err
     if len(set(neurons)) != len(neurons):
         raise UserError(f"{run_file}: 'neurons' must list distinct neurons")
     if run["position"] not in POSITIONS:

@@ -105,6 +105,7 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="scan → train → battery → report, resumable")
     p.add_argument("experiment")
     p.add_argument("--out", required=True)
+    p.add_argument("--variants", type=_str_list, default=None, help="only these [[variant]]s (default: all)")
     p.add_argument(
         "--executor", default="local",
         help="local (this process, the default), ray (a local Ray instance) or ray://HOST:PORT (a cluster)",

@@ -4,6 +4,10 @@ Every corpus is cleaned, length-filtered and deduplicated (exact, normalised-key
 MinHash near duplicates; see mechcheck.dedup) before use, and carries a JSON-serialisable
 card that says where its text came from and what was removed. Splits are made by group,
 and texts linked by any duplicate relation share a group, so no split leaks into another.
+
+One exception reproduces the original study: the `study_templates` source
+(`mechcheck.study_texts`) keeps its repeated rows, and `split_by = "row"` splits rows, not
+groups, so its duplicates cross splits as the study's did.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -37,28 +41,34 @@ from mechcheck.dedup import (
     normalised_key as normalised_key,  # re-exported: part of this module's API
 )
 from mechcheck.errors import UserError
+from mechcheck.splits import (  # noqa: F401  (re-exported: part of this module's API)
+    SPLIT_NAMES,
+    Splits,
+    length_stats,
+    make_split,
+    split_corpus,
+    split_rows,
+)
+from mechcheck.study_texts import SPEC as STUDY_SPEC
+from mechcheck.study_texts import study_corpus
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from mechcheck.experiment import Experiment
 
 NAMED_SPECS = ("default", "wiki", "fortunes", "wiki+fortunes")
-SPLIT_NAMES = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
 class Corpus:
-    texts: tuple[str, ...]  # distinct, cleaned texts, deterministic order
+    texts: tuple[str, ...]  # distinct, cleaned texts in a fixed order (study_templates: rows, repeats kept)
     groups: tuple[str, ...]  # one group key per text: the unit a split keeps together
     card: dict  # JSON-serialisable corpus card
 
     def __post_init__(self) -> None:
         if len(self.texts) != len(self.groups):
             raise ValueError(f"{len(self.texts)} texts but {len(self.groups)} groups")
-
-
-@dataclass(frozen=True)
-class Splits:
-    train: tuple[str, ...]
-    val: tuple[str, ...]
-    test: tuple[str, ...]
-    card: dict  # the corpus card plus per-split counts, groups and length stats
 
 
 @dataclass(frozen=True)
@@ -70,7 +80,8 @@ class _Source:
 def corpus_spec_help() -> str:
     return (
         "accepted corpus specs: default (= wiki, Wikipedia summaries), wiki, fortunes, "
-        "wiki+fortunes, or a path to a .txt file (one text per line) or a .jsonl file "
+        f"wiki+fortunes, {STUDY_SPEC} (the original study's templated rows), or a path to a .txt "
+        "file (one text per line) or a .jsonl file "
         '(one {"text": ...} object per line)'
     )
 
@@ -254,19 +265,6 @@ def _resolve(spec: str) -> list[_Source]:
 # --- loading, cards and splits -------------------------------------------------------
 
 
-def length_stats(texts: tuple[str, ...] | list[str]) -> dict[str, float]:
-    """Word-count distribution: min, p5, p25, median, p75, p95, max, mean."""
-    if not texts:
-        return {}
-    words = np.array([len(t.split()) for t in texts])
-    quantiles = np.percentile(words, [5, 25, 50, 75, 95]).tolist()
-    stats = {
-        "min": int(words.min()),
-        **dict(zip(("p5", "p25", "median", "p75", "p95"), quantiles, strict=True)),
-    }
-    return {**stats, "max": int(words.max()), "mean": round(float(words.mean()), 2)}
-
-
 def _check_load_args(max_texts: int | None, min_words: int, max_words: int) -> None:
     if max_texts is not None and (not isinstance(max_texts, int) or max_texts < 1):
         raise UserError(f"max_texts must be a positive integer, got {max_texts!r}")
@@ -286,6 +284,8 @@ def load_corpus(
     spec: str, *, max_texts: int | None = None, seed: int = 0, min_words: int = 5, max_words: int = 60
 ) -> Corpus:
     """Load, clean, filter and deduplicate a corpus; see corpus_spec_help() for specs."""
+    if spec == STUDY_SPEC:  # the study's generator: rows with their repeats, no cleaning (see study_texts)
+        return study_corpus(max_texts, seed)
     _check_load_args(max_texts, min_words, max_words)
     sources = _resolve(spec)
     raw = [item for source in sources for item in source.items]
@@ -329,44 +329,19 @@ def load_corpus(
     return Corpus(texts, tuple(item.group for item in final), card)
 
 
-def _check_fractions(fractions: tuple[float, float, float]) -> tuple[float, float, float]:
-    values = tuple(float(f) for f in fractions)
-    if len(values) != 3 or min(values) <= 0 or abs(sum(values) - 1) > 1e-6:
-        raise UserError(f"split fractions must be three positive numbers summing to 1, got {fractions}")
-    return values  # type: ignore[return-value]
+def experiment_splits(experiment: Experiment, seeds: Sequence[int]) -> tuple[Splits, dict[int, Splits]]:
+    """An experiment's corpus, split once per seed from one load: the selection split (the
+    experiment's seed: the neuron is scanned on its train part) and each training seed's split
+    (`mechcheck.experiment.split_seed`: by default a seed splits the corpus its own way)."""
+    from mechcheck.experiment import split_seed
 
-
-def _group_unit(group: str, seed: int) -> float:
-    digest = hashlib.sha256(f"{seed}:{group}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
-
-
-def split_corpus(
-    corpus: Corpus, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0
-) -> Splits:
-    """Split by group: sha256 of f"{seed}:{group}" decides, so no group crosses splits."""
-    train_cut, val_cut = np.cumsum(_check_fractions(fractions))[:2].tolist()
-    texts: dict[str, list[str]] = {name: [] for name in SPLIT_NAMES}
-    groups: dict[str, set[str]] = {name: set() for name in SPLIT_NAMES}
-    for text, group in zip(corpus.texts, corpus.groups, strict=True):
-        unit = _group_unit(group, seed)
-        name = "train" if unit < train_cut else "val" if unit < val_cut else "test"
-        texts[name].append(text)
-        groups[name].add(group)
-    counts = {name: len(texts[name]) for name in SPLIT_NAMES}
-    if min(counts.values()) == 0:
-        raise UserError(
-            f"corpus {corpus.card.get('spec', '?')!r} is too small to split: "
-            f"{len(corpus.texts)} texts in {len(set(corpus.groups))} groups gave {counts}"
-        )
-    card = copy.deepcopy(corpus.card)
-    card["split"] = {
-        "method": "sha256(f'{seed}:{group}') mapped to [0, 1), cut at the fractions",
-        "fractions": list(fractions),
-        "seed": seed,
-        "texts": counts,
-        "actual_fractions": {n: round(c / len(corpus.texts), 4) for n, c in counts.items()},
-        "groups": {name: len(groups[name]) for name in SPLIT_NAMES},
-        "length_words": {name: length_stats(texts[name]) for name in SPLIT_NAMES},
-    }
-    return Splits(*(tuple(texts[name]) for name in SPLIT_NAMES), card=card)
+    c, seed = experiment.corpus, experiment.seed
+    corpus = load_corpus(
+        c.source, max_texts=c.max_texts, seed=seed, min_words=c.min_words, max_words=c.max_words
+    )
+    selection = make_split(corpus, tuple(c.split), seed, c.split_by)
+    per_seed = {}
+    for train_seed in seeds:
+        k = split_seed(experiment, train_seed)
+        per_seed[train_seed] = selection if k == seed else make_split(corpus, tuple(c.split), k, c.split_by)
+    return selection, per_seed

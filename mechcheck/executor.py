@@ -200,11 +200,16 @@ def make_executor(spec: str, cpus: float = 1.0, gpus: float = 0.0) -> CellExecut
 
 
 # --- the cells of a run ----------------------------------------------------------------------
-def train_cell(experiment: Any, folder: Path, runs: frozenset, shared: Path) -> None:
-    """Train `runs` ((condition, mode, seed) triples; none: prepare) of the experiment into `folder`."""
+def train_cell(
+    experiment: Any, folder: Path, runs: frozenset, shared: Path, splits: Any = None, selection: Any = None
+) -> None:
+    """Train `runs` ((condition, mode, seed) triples; none: prepare) of the experiment into `folder`,
+    on the corpus stage's `splits` with the select stage's `selection` record."""
     from mechcheck.train.runner import train_experiment
 
-    train_experiment(experiment, folder, resume=True, cells=runs, shared_cache=shared)
+    train_experiment(
+        experiment, folder, resume=True, cells=runs, shared_cache=shared, splits=splits, selection=selection
+    )
 
 
 def battery_cell(experiment: Any, out: Path, stage: Stage) -> None:
@@ -220,12 +225,14 @@ def training_cells(pipeline: Any, train: Stage) -> list[Cell]:
     todo = [run for run in train.extra["runs"] if not (folder / run / "run.json").is_file()]
     if not todo and (folder / "target.json").is_file():
         return []
-    cells = [Cell("train/prepare", functools.partial(train_cell, experiment, folder, frozenset(), shared))]
+    given = {"splits": pipeline.seed_splits(), "selection": pipeline.run_selection()}
+    prepare = functools.partial(train_cell, experiment, folder, frozenset(), shared, **given)
+    cells = [Cell("train/prepare", prepare)]
     for run in todo:
         key, seed = run.split("/")
         condition, mode = key.split("-", 1)
         triple = frozenset({(condition, mode, int(seed.removeprefix("seed-")))})
-        fn = functools.partial(train_cell, experiment, folder, triple, shared)
+        fn = functools.partial(train_cell, experiment, folder, triple, shared, **given)
         cells.append(Cell(f"train/{run}", fn, needs=("train/prepare",)))
     return cells
 

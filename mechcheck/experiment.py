@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -23,6 +24,7 @@ from mechcheck.config import (
     read_toml,
     to_dict,
 )  # fmt: skip
+from mechcheck.errors import UserError
 
 Split = Annotated[tuple[Probability, ...], Check(non_empty=True)]
 
@@ -40,6 +42,8 @@ class CorpusConfig:
     max_words: Count = 60
     split: Split = (0.8, 0.1, 0.1)
     max_tokens: Count = 128  # texts are truncated to this many tokens
+    split_by: str = "group"  # group: leak-free (article/topic group) | row: the study's row split (leaks)
+    split_seed: str = "train"  # train: each training seed its own split | experiment: one split for all
 
     def problems(self) -> Iterator[str]:
         if self.min_words > self.max_words:
@@ -57,6 +61,14 @@ class NeuronRef:
 
 
 @dataclass(frozen=True)
+class NeuronBand:
+    """One entry of `neuron.bands`: `{name = "early", layers = [3, 4, 5, 6, 7]}`."""
+
+    name: Text
+    layers: Annotated[tuple[Index, ...], Check(non_empty=True, distinct=True)]
+
+
+@dataclass(frozen=True)
 class NeuronConfig:
     layer: Index | None = None  # set layer and index to fix the neuron; otherwise it is selected
     index: Index | None = None
@@ -65,6 +77,9 @@ class NeuronConfig:
     criterion: str = "std"  # std | quantile_span | range | study | bimodality
     position: str = "last"  # last | max | mean | all
     scan_texts: Count = 2000  # train-split texts scanned for selection
+    target: str = "neuron"  # neuron | mlp_out_coordinate (the study's target: centred MLP-output coordinate)
+    bands: tuple[NeuronBand, ...] = ()  # pre-registered: one scan, the top neuron of each band of layers
+    band: str | None = None  # which band's neuron this experiment trains (set per [[variant]])
 
     def problems(self) -> Iterator[str]:
         if (self.layer is None) != (self.index is None):
@@ -88,6 +103,7 @@ class ConditionOverride:
     epochs: Count | None = None
     max_steps: Count | None = None
     lr: Positive | None = None
+    lr_grid: tuple[Positive, ...] | None = None
     readout_lr: Positive | None = None
     readout_frozen: bool | None = None
     patience: Count | None = None
@@ -104,6 +120,11 @@ class TrainConfig:
     max_steps: Count | None = None
     batch_size: Count = 16
     lr: Positive = 3e-5  # model weights
+    lr_grid: tuple[Positive, ...] = ()  # several: train each, keep the best on val under drift_cap
+    drift_cap: Positive | None = None  # KL(original || trained) on held-out texts; states above it never win
+    lr_schedule: str = "cosine"  # cosine: warm-up then cosine decay | constant (the study's, in effect)
+    standardise: bool = True  # the linear head trains on standardised labels (the study: raw values)
+    readout_site: str = "final_norm"  # final_norm | resid_final (the study: last layer's output, pre-norm)
     readout_lr: Positive = 1e-3
     weight_decay: NonNegative = 0.01
     warmup_steps: Size = 20
@@ -145,6 +166,7 @@ class Experiment:
     neuron: NeuronConfig = field(default_factory=NeuronConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     battery: BatteryConfig = field(default_factory=BatteryConfig)
+    variant: tuple[dict[str, Any], ...] = ()  # [[variant]]: named table overrides, each run as its own cell
 
     def problems(self) -> Iterator[str]:
         if self.neuron.neurons and len(self.neuron.neurons) > 1 and self.train.readout != "linear":
@@ -155,7 +177,41 @@ class Experiment:
 
 
 def load_experiment(path: str | Path) -> Experiment:
-    return build(Experiment, read_toml(path), str(path))
+    experiment = build(Experiment, read_toml(path), str(path))
+    variants(experiment, str(path))  # every variant must build too: a bad one is an error now
+    return experiment
+
+
+def variants(experiment: Experiment, where: str = "experiment") -> dict[str, Experiment]:
+    """`[[variant]]` tables by name: each is `name` plus partial tables (`neuron = {band = "early"}`,
+    `train = {readout = "digit"}`, …) merged into the experiment's own, a complete experiment of its own
+    (unknown keys are errors as anywhere). `{}` when the experiment has none."""
+    base = config_dict(experiment)
+    del base["variant"]
+    out: dict[str, Experiment] = {}
+    for i, table in enumerate(experiment.variant):
+        table = dict(table)
+        name = table.pop("name", None)
+        here = f"{where}: [[variant]] {i + 1}"
+        if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
+            raise UserError(f"{here}: needs a name of letters, digits, '-' or '_' (it names a folder)")
+        if name in out or name == "shared":
+            raise UserError(f"{here}: the name {name!r} is {'reserved' if name == 'shared' else 'taken'}")
+        if "variant" in table or "name" in table:
+            raise UserError(f"{here}: a variant cannot hold variants or rename the experiment")
+        merged = _merge(base, table)
+        merged["name"] = f"{experiment.name}/{name}"
+        out[name] = build(Experiment, merged, f"{where} [[variant]] {name!r}")
+    return out
+
+
+def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `changes` merged in, tables recursively (a list or value replaces the old one)."""
+    merged = copy.deepcopy(base)
+    for key, value in changes.items():
+        old = merged.get(key)
+        merged[key] = _merge(old, value) if isinstance(old, dict) and isinstance(value, dict) else value
+    return merged
 
 
 def config_dict(experiment: Experiment) -> dict[str, Any]:
@@ -165,3 +221,9 @@ def config_dict(experiment: Experiment) -> dict[str, Any]:
     if config["neuron"]["neurons"] is None:
         del config["neuron"]["neurons"]
     return config
+
+
+def split_seed(experiment: Experiment, train_seed: int) -> int:
+    """The seed of the split a training seed uses: its own (`corpus.split_seed = "train"`, so a seed
+    varies the split as well as the initialisation and the data order), or the experiment's."""
+    return train_seed if experiment.corpus.split_seed == "train" else experiment.seed

@@ -5,8 +5,10 @@ Layout of `runs/NAME/`:
     .mechcheck.json            mechcheck's marker: what it wrote here (what --overwrite may delete)
     .mechcheck.lock            held while a command writes the directory (mechcheck.lock)
     experiment.json            which experiment this directory belongs to (and its config)
-    corpus/                    card.json, splits.json (the split texts)
-    select/                    neurons.json (+ the chosen neuron's histogram when it was selected)
+    corpus/                    card.json, splits.json (the selection split: the experiment's seed),
+                               splits/seed-<k>.json (each training seed's own split, the one it trains on)
+    select/                    neurons.json (+ the chosen neuron's histogram when it was selected; one per
+                               band when `neuron.bands` is set)
     train/                     the trainer's checkpoints: <condition>-<mode>/seed-<k>/, target.json
     test/<condition>-<mode>/   the battery over all seeds of that run: results.json, predictions/
     report/                    the report stage's record
@@ -17,11 +19,17 @@ hashes of what it depends on); a rerun skips a stage whose hash matches and whos
 and a killed training run continues from its saved state. Another experiment's run, or a changed
 configuration of this one, is refused without --overwrite (`mechcheck.rundir`). `mechcheck report
 runs/NAME` re-renders the report from the files alone.
+
+An experiment with `[[variant]]` tables (`experiments/study.toml`) runs each variant as its own run
+in `runs/NAME/<variant>/`; their corpus and select stages live in `runs/NAME/shared/<stage>-<hash>/`,
+so variants that agree on them (the same corpus; the same scan, whichever band they train) share
+one. `--variants a,b` runs only those.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -32,12 +40,12 @@ from tqdm import tqdm
 from mechcheck.battery.base import BatteryOptions
 from mechcheck.config import to_dict
 from mechcheck.errors import UserError
-from mechcheck.experiment import Experiment, config_dict, load_experiment
+from mechcheck.experiment import Experiment, config_dict, load_experiment, variants
 from mechcheck.outputs import write_json
 from mechcheck.ownership import hold
 from mechcheck.records import DICT, NEURON, STR, ListOf, Obj, read_record
-from mechcheck.rundir import claim_run_dir, identity, write_run_record
-from mechcheck.stages import Stage, run_stage
+from mechcheck.rundir import RUN_ENTRIES, claim_run_dir, identity, write_run_record
+from mechcheck.stages import Stage, digest, run_stage
 
 RUN_FORMAT = "mechcheck-run/1"
 MIN_EVAL_TEXTS = BatteryOptions.min_labels  # the battery's minimum for a confidence interval
@@ -49,9 +57,11 @@ CHOSEN = Obj({"neurons": ListOf(NEURON, min_len=1)}, required=("neurons",))
 class Pipeline:
     """One run directory: builds each stage from the experiment and the stages before it."""
 
-    def __init__(self, experiment: Experiment, out: Path, progress: bool):
+    def __init__(self, experiment: Experiment, out: Path, progress: bool, shared: Path | None = None):
         self.experiment, self.out, self.progress = experiment, out, progress
+        self.shared = shared  # variants: where corpus and select stages live, by input hash
         self.records: dict[str, dict[str, Any]] = {}
+        self.folders: dict[str, Path] = {}
         self._subject = None
 
     def subject(self):
@@ -61,9 +71,18 @@ class Pipeline:
             self._subject = load_subject(self.experiment.subject.model)
         return self._subject
 
-    def stage(self, name: str, inputs: dict[str, Any], outputs: tuple[str, ...], step, **extra: Any) -> Stage:
-        """The stage, run by `step` unless it is done (`step=None`: only built, for an executor)."""
-        stage = Stage(name, self.out / name, inputs, outputs, extra)
+    def stage(
+        self, name: str, inputs: dict[str, Any], outputs: tuple[str, ...], step, shareable: bool = False,
+        **extra: Any,
+    ) -> Stage:  # fmt: skip
+        """The stage, run by `step` unless it is done (`step=None`: only built, for an executor). A
+        `shareable` stage of a variant lives in the shared folder, by the hash of its inputs."""
+        folder = self.out / name
+        if shareable and self.shared is not None:
+            folder = self.shared / f"{name}-{digest(inputs)[:12]}"
+            _link(self.out / name, folder)
+        stage = Stage(name, folder, inputs, outputs, extra)
+        self.folders[name] = folder
         return stage if step is None else self.execute(stage, step)
 
     def execute(self, stage: Stage, step) -> Stage:
@@ -77,35 +96,45 @@ class Pipeline:
     # corpus ------------------------------------------------------------------------------
     def corpus(self) -> Stage:
         e = self.experiment
-        return self.stage(
-            "corpus",
-            {"corpus": to_dict(e.corpus), "seed": e.seed},
-            ("card.json", "splits.json"),
-            self._corpus,
-        )
+        seeds = sorted(set(e.train.seeds))
+        outputs = ("card.json", "splits.json", *(f"splits/seed-{s}.json" for s in seeds))
+        inputs = {"corpus": to_dict(e.corpus), "seed": e.seed, "train_seeds": seeds}
+        return self.stage("corpus", inputs, outputs, self._corpus, shareable=True)
 
     def _corpus(self, stage: Stage, previous: dict[str, Any]) -> None:
-        from mechcheck.corpus import load_corpus, split_corpus
+        from mechcheck.corpus import experiment_splits
 
-        c, seed = self.experiment.corpus, self.experiment.seed
-        corpus = load_corpus(
-            c.source, max_texts=c.max_texts, seed=seed, min_words=c.min_words, max_words=c.max_words
-        )
-        splits = split_corpus(corpus, tuple(c.split), seed=seed)
-        write_json(
-            stage.folder / "splits.json", {"train": splits.train, "val": splits.val, "test": splits.test}
-        )
-        write_json(stage.folder / "card.json", splits.card)
+        selection, per_seed = experiment_splits(self.experiment, sorted(set(self.experiment.train.seeds)))
+        write_json(stage.folder / "splits.json", selection.as_json())
+        for seed, splits in per_seed.items():
+            file = stage.folder / "splits" / f"seed-{seed}.json"
+            write_json(file, splits.as_json() | {"training_seed": seed})
+        write_json(stage.folder / "card.json", selection.card)
 
     def splits(self) -> dict[str, list[str]]:
-        return read_record(self.out / "corpus" / "splits.json", SPLITS)
+        """The selection split's texts (train/val/test lists)."""
+        return read_record(self.folders["corpus"] / "splits.json", SPLITS)
+
+    def seed_splits(self):
+        """(the selection split, {training seed: its split}) as the corpus stage wrote them."""
+        from mechcheck.corpus import Splits
+
+        folder = self.folders["corpus"]
+        selection = Splits.from_json(read_record(folder / "splits.json", DICT))
+        per_seed = {
+            seed: Splits.from_json(read_record(folder / "splits" / f"seed-{seed}.json", DICT))
+            for seed in self.experiment.train.seeds
+        }
+        return selection, per_seed
 
     # select ------------------------------------------------------------------------------
     def select(self, corpus: Stage) -> Stage:
         e = self.experiment
-        inputs = {"model": e.subject.model, "neuron": config_dict(e)["neuron"], "corpus": corpus.hash}
+        neuron = config_dict(e)["neuron"]
+        neuron.pop("band", None)  # which band a variant trains: not part of the scan (variants share it)
+        inputs = {"model": e.subject.model, "neuron": neuron, "corpus": corpus.hash}
         inputs |= {"max_tokens": e.corpus.max_tokens, "seed": e.seed}
-        return self.stage("select", inputs, ("neurons.json",), self._select)
+        return self.stage("select", inputs, ("neurons.json",), self._select, shareable=True)
 
     def _select(self, stage: Stage, previous: dict[str, Any]) -> None:
         n = self.experiment.neuron
@@ -116,44 +145,24 @@ class Pipeline:
             record = {"fixed": True, "neurons": fixed, "position": n.position}
             write_json(stage.folder / "neurons.json", record)
             return
-        from mechcheck.scan import neuron_histogram_png, select_neuron
+        from mechcheck.selection import select, write_histograms
 
-        subject = self.subject()
-        layers = list(n.layers) or [subject.n_layers // 2]
-        texts = self.splits()["train"][: n.scan_texts]
-        best, ranked, result = select_neuron(
-            subject,
-            texts,
-            layers,
-            n.position,
-            n.criterion,
-            max_tokens=self.experiment.corpus.max_tokens,
-            seed=self.experiment.seed,
-            progress=self.progress,
-        )
-        title = f"layer {best['layer']} neuron {best['index']} ({n.position}, n={result.n_rows})"
-        neuron_histogram_png(
-            result.values(best["layer"], best["index"]), stage.folder / "histogram.png", title
-        )
-        write_json(
-            stage.folder / "neurons.json",
-            {
-                "fixed": False,
-                "neurons": ranked,
-                "criterion": n.criterion,
-                "position": n.position,
-                "layers": layers,
-                "split": "train",
-                "n_texts": result.n_texts,
-                "n_rows": result.n_rows,
-                "tokens_per_s": result.tokens_per_s,
-                "histogram": "histogram.png",
-            },
-        )
+        e = self.experiment
+        texts = self.splits()["train"]
+        record, result = select(self.subject(), texts, n, e.corpus.max_tokens, e.seed, self.progress)
+        write_histograms(record, result, stage.folder)
+        write_json(stage.folder / "neurons.json", record)
+
+    def selection(self) -> dict[str, Any]:
+        return read_record(self.folders["select"] / "neurons.json", DICT)
 
     def neuron(self) -> dict[str, int]:
-        chosen = read_record(self.out / "select" / "neurons.json", CHOSEN)["neurons"][0]
-        return {"layer": chosen["layer"], "index": chosen["index"]}
+        """The neuron this experiment trains: the select stage's best, or its pick for `neuron.band`."""
+        from mechcheck.selection import chosen
+
+        read_record(self.folders["select"] / "neurons.json", CHOSEN)
+        best = chosen(self.selection(), self.experiment.neuron.band)
+        return {"layer": int(best["layer"]), "index": int(best["index"])}
 
     # train -------------------------------------------------------------------------------
     def train_experiment(self) -> Experiment:
@@ -196,8 +205,9 @@ class Pipeline:
         subject = self.subject() if self._subject is not None else None
         self._subject = None  # the trainer changes and restores the weights; never reuse it afterwards
         train_experiment(
-            self.train_experiment(), stage.folder, resume=True, progress=self.progress, subject=subject
-        )
+            self.train_experiment(), stage.folder, resume=True, progress=self.progress, subject=subject,
+            splits=self.seed_splits(), selection=self.run_selection(),
+        )  # fmt: skip
 
     def invalidate_train(self, stage: Stage, previous: dict[str, Any]) -> None:
         """Before training again: drop the runs whose configuration changed, and the target set when
@@ -213,8 +223,16 @@ class Pipeline:
                 missing_ok=True
             )  # a new target set: the trainer rewrites it
 
+    def run_selection(self) -> dict[str, Any]:
+        """How the select stage chose the trained neuron, as the checkpoints record it."""
+        from mechcheck.selection import as_run_record
+
+        return as_run_record(self.selection(), self.experiment.neuron.band)
+
     # test --------------------------------------------------------------------------------
     def test(self, train: Stage, run_now: bool = True) -> list[Stage]:
+        if self.experiment.neuron.target != "neuron":  # the battery's tests are about an MLP neuron
+            return []
         by_key: dict[str, dict[str, str]] = {}
         for run, run_hash in train.extra["runs"].items():
             key, seed = run.split("/")
@@ -262,6 +280,20 @@ class Pipeline:
 
         write_json(self.out / "results.json", combined_results(self.out, self.experiment, self.records))
         render_report(self.out)
+
+
+def _link(link: Path, target: Path) -> None:
+    """`link` → `target` as a relative symlink (a variant's view of a shared stage folder)."""
+    target.mkdir(parents=True, exist_ok=True)
+    relative = os.path.relpath(target, link.parent)
+    if link.is_symlink():
+        if os.readlink(link) == relative:
+            return
+        link.unlink()
+    elif link.exists():
+        raise UserError(f"{link} exists and is not a link to the shared stage {target}; use --overwrite")
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(relative, target_is_directory=True)
 
 
 def combined_results(out: Path, experiment: Experiment, records: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -318,14 +350,20 @@ def check_test_split(p: Pipeline) -> None:
     """The battery's evaluation texts come from the test split: refuse a too small one before training."""
     from mechcheck.battery.evaluation import check_eval_size
 
-    n = min(len(p.splits()["test"]), p.experiment.battery.max_eval)
+    if p.experiment.neuron.target != "neuron":  # no battery
+        return
+    _, per_seed = p.seed_splits()
+    n = min(min(len(s.test) for s in per_seed.values()), p.experiment.battery.max_eval)
     check_eval_size(n, MIN_EVAL_TEXTS, f"the test split of corpus {p.experiment.corpus.source!r}")
 
 
-def run_pipeline(experiment: Experiment, out: str | Path, progress: bool = False, executor=None) -> Path:
+def run_pipeline(
+    experiment: Experiment, out: str | Path, progress: bool = False, executor=None, shared: Path | None = None
+) -> Path:
     """Every stage in order (skipping those already done); returns the report's path. With a cell
-    executor (`mechcheck.executor`) the train and test stages run as its cells instead."""
-    p = Pipeline(experiment, Path(out), progress)
+    executor (`mechcheck.executor`) the train and test stages run as its cells instead. `shared`: the
+    folder of stages shared between variants (corpus, select)."""
+    p = Pipeline(experiment, Path(out), progress, shared)
     corpus = p.corpus()
     check_test_split(p)
     select = p.select(corpus)
@@ -349,18 +387,33 @@ def run_command(args: argparse.Namespace) -> int:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-    check_experiment(experiment)
+    runs = variants(experiment, str(args.experiment))
+    chosen = list(getattr(args, "variants", None) or runs)
+    unknown = [v for v in chosen if v not in runs]
+    if unknown:
+        known = ", ".join(runs) or "none: the experiment has no [[variant]]"
+        raise UserError(f"--variants {unknown[0]!r}: the experiment's variants are {known}")
+    for one in [runs[v] for v in chosen] or [experiment]:
+        check_experiment(one)
     from mechcheck.executor import make_executor
 
     executor = make_executor(args.executor, args.cell_cpus, args.cell_gpus)  # refused before writing
     name, config = identity(experiment, args.experiment), to_dict(experiment)
+    entries = (*RUN_ENTRIES, "shared", *runs) if runs else RUN_ENTRIES
     try:
         with hold(args.out) as output:
-            claim_run_dir(output, name, config, args.overwrite)
+            claim_run_dir(output, name, config, args.overwrite, entries)
             write_run_record(output.out, name, args.experiment, config, output.marker["run_id"])
-            path = run_pipeline(experiment, output.out, progress=not args.quiet, executor=executor)
+            if not runs:
+                path = run_pipeline(experiment, output.out, progress=not args.quiet, executor=executor)
+                print(f"report: {path}")
+            for v in chosen:
+                path = run_pipeline(
+                    runs[v], output.out / v, progress=not args.quiet, executor=executor,
+                    shared=output.out / "shared",
+                )  # fmt: skip
+                print(f"{v}: report: {path}")
     finally:
         if executor is not None:
             executor.close()
-    print(f"report: {path}")
     return 0

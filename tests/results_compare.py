@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-TIMING = frozenset({"timing", "seconds", "started", "tokens_per_s"})
+TIMING = frozenset({"timing", "seconds", "eval_seconds", "started", "tokens_per_s"})
 
 
 def comparable(value: Any, root: Path | None = None) -> Any:

@@ -34,9 +34,10 @@ def local_run(tmp_path_factory) -> tuple[Path, Path]:
     """The experiment file and its run with the local executor."""
     folder = tmp_path_factory.mktemp("cells")
     save_tiny(folder / "model", "llama", seed=0)
-    (folder / "corpus.txt").write_text("\n".join(random_texts(300, seed=1, min_words=5, max_words=12)) + "\n")
+    (folder / "corpus.txt").write_text("\n".join(random_texts(340, seed=1, min_words=5, max_words=12)) + "\n")
     toml = write_experiment(folder, folder, name="cells", n_bootstrap=20)
     text = toml.read_text().replace("seeds = [0]", "seeds = [0, 1]").replace('probes = ["variance"]\n', "")
+    text = text.replace("max_texts = 300", "max_texts = 340")  # each seed's own split: >= 20 test texts
     toml.write_text(text.replace("max_eval = 30", "max_eval = 20"))  # no probe list: every probe runs
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MECHCHECK_CACHE", str(folder / "cache"))
@@ -81,10 +82,10 @@ def test_failed_cell_then_rerun_in_process_equals_local(local_run, tmp_path, mon
     experiment, out = load_experiment(toml), tmp_path / "cells"
     train_cell = executor.train_cell
 
-    def flaky(experiment, folder, runs, shared) -> None:
+    def flaky(experiment, folder, runs, shared, **given) -> None:
         if FAILING in runs:
             raise RuntimeError("simulated failure")
-        train_cell(experiment, folder, runs, shared)
+        train_cell(experiment, folder, runs, shared, **given)
 
     monkeypatch.setattr(executor, "train_cell", flaky)
     with pytest.raises(UserError, match=r"^2 of 7 cells did not finish .*train/after_target-fixed/seed-1: "
@@ -96,7 +97,7 @@ def test_failed_cell_then_rerun_in_process_equals_local(local_run, tmp_path, mon
         "train/after_target-fixed/seed-0": "done", "train/after_target-fixed/seed-1": "failed",
         "test/frozen-fixed": "done", "test/after_target-fixed": "not_run",
     }  # fmt: skip
-    assert sorted(p.name for p in (out / "cache").iterdir()) == ["features", "labels", "resid"]
+    assert sorted(p.name for p in (out / "cache").iterdir()) == ["tables"]  # one table, read by every cell
     assert not (out / "report.md").exists()
     finished = {p: p.stat().st_mtime_ns for p in out.glob("train/*/seed-*/run.json")}
     frozen_test = (out / "test/frozen-fixed/stage.json").read_text()

@@ -308,7 +308,10 @@ def test_a_full_disk_while_writing_weights_is_one_line(tiny, tmp_path):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
 
-    toml = tiny["experiment"]  # the frozen condition caches its features as safetensors (30 kB)
+    toml = tmp_path / "after_target.toml"  # a trained condition writes the model's weights (> 20 kB)
+    text = tiny["experiment"].read_text()
+    toml.write_text(text.replace('conditions = ["frozen"]', 'conditions = ["after_target"]'))
+    assert "after_target" in toml.read_text()
     proc = mechcheck_process("train", str(toml), "--out", str(tmp_path / "out"), preexec_fn=small_files,
                              env={"MECHCHECK_CACHE": str(tmp_path / "cache")})  # fmt: skip
     _, err = proc.communicate(timeout=300)

@@ -113,8 +113,12 @@ def test_layout_and_one_line_of_output(first_run) -> None:
     neuron = json.loads((out / "select" / "neurons.json").read_text())["neurons"][0]
     run_json = json.loads((out / "train/frozen-fixed/seed-0/run.json").read_text())
     assert run_json["neuron"] == {"layer": neuron["layer"], "index": neuron["index"]} and neuron["layer"] == 1
-    splits = json.loads((out / "corpus" / "splits.json").read_text())
-    assert run_json["corpus"]["card"]["split"]["texts"] == {k: len(v) for k, v in splits.items()}
+    splits = json.loads((out / "corpus" / "splits" / "seed-0.json").read_text())
+    sizes = {k: len(splits[k]) for k in ("train", "val", "test")}
+    assert run_json["corpus"]["card"]["split"]["texts"] == sizes
+    assert run_json["split"]["sha256"] == splits["card"]["split"]["sha256"]  # the split it trained on
+    predictions = json.loads((out / "train/frozen-fixed/seed-0/predictions.json").read_text())
+    assert predictions["texts"] == splits["test"]
     report = (out / "report.md").read_text()
     headings = ["## Verdicts", "## Condition: frozen (fixed)", "## Condition: after_target (fixed)"]
     headings += ["## Battery: frozen (fixed)", "## Threats to validity", "## Pipeline stages"]

@@ -84,7 +84,7 @@ def test_checkpoints_carry_provenance_and_recomputable_metrics(tmp_path, tiny_di
     target = json.loads((out / "target.json").read_text())
     assert (
         target["neuron"] == {"layer": 0, "index": 3}
-        and target["corpus"]["card"]["split"]["texts"]["train"] > 0
+        and target["seeds"]["0"]["corpus"]["card"]["split"]["texts"]["train"] > 0
     )
     for name in folders:
         ckpt = read_checkpoint(out / name / "seed-0")
@@ -94,6 +94,7 @@ def test_checkpoints_carry_provenance_and_recomputable_metrics(tmp_path, tiny_di
             "seed",
             "experiment",
             "corpus",
+            "split",
             "target",
             "weights_sha256",
             "versions",

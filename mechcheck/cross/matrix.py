@@ -14,6 +14,11 @@ in the mirror case; **no advantage** otherwise. The margin is there because a CI
 negligible gap: on the planted shared-feature pair (`tests/planted_cross.py`) the owner wins by
 0.0007 with CI [0.0005, 0.0011], from the shape of its own norm, not from access to its neuron.
 Set `cross.min_advantage = 0` for the bare "CI above 0" rule.
+
+A reporter trained with a learning rate chosen under a drift cap (`train.lr_grid`, `train.drift_cap`)
+whose chosen run never trained within the cap (`metrics.trained_within_drift_cap` false) is excluded:
+both comparisons it takes part in in that condition get the verdict **excluded** (its cells are still
+listed).
 """
 
 from __future__ import annotations
@@ -116,6 +121,10 @@ def cross_matrix(
         "rule": rule(min_advantage),
         "conditions": {},
     }
+    excluded = {
+        (r["condition"], r["reporter"]) for r in runs
+        if ((r.get("run") or {}).get("metrics") or {}).get("trained_within_drift_cap") is False
+    }  # fmt: skip
     for condition in conditions:
         mine = sorted((r for r in runs if r["condition"] == condition), key=lambda r: r["seed"])
         seeds = sorted({r["seed"] for r in mine})  # skill_per_seed lists follow this order
@@ -134,6 +143,10 @@ def cross_matrix(
             if not np.array_equal(labels, got[1][0]):
                 raise UserError(f"{condition}: the {other} -> {owner} cell was scored on different labels")
             result = pair(labels, got[0][1], got[1][1], n_bootstrap, ci, seed, min_advantage)
+            out_of_cap = [name for name in (owner, other) if (condition, name) in excluded]
+            if out_of_cap:
+                result |= {"verdict": "excluded", "excluded_reporters": out_of_cap,
+                           "excluded_because": "no trained state within train.drift_cap"}  # fmt: skip
             cells = {"self_cell": f"{owner}->{owner}", "other_cell": f"{other}->{owner}"}
             table["neurons"][owner] = {**cells, "n_texts": int(labels.size), **result}
         out["conditions"][condition] = table

@@ -34,6 +34,7 @@ from mechcheck.train.bench import restore_weights
 from mechcheck.train.conditions import CONDITIONS
 from mechcheck.train.frozen_fit import cached_features
 from mechcheck.train.loop import Task, train_loop
+from mechcheck.train.lr_sweep import sweep_lr
 from mechcheck.train.monitors import Drift, Evaluator, predict_split, regression_metrics
 from mechcheck.train.record import fold_readout
 from mechcheck.train.run import init_readout, ridge_or_sgd, train_eval_chunks
@@ -111,36 +112,49 @@ def train_cell(
     config_hash: str,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Train the reporter on `targets` (fixed labels of the label model) and write the checkpoint."""
+    """Train the reporter on `targets` (fixed labels of the label model) and write the checkpoint; with
+    `train.lr_grid`, a trainable condition keeps the best rate on validation under `train.drift_cap`."""
     start = time.perf_counter()
     subject, chunks = reporter.subject, reporter.chunks
     reporter.restore()
     trainable = CONDITIONS.get(condition).trainable(subject, reporter.layer)
-    readout = init_readout(subject.d_model, seed, frozen=False).to(subject.device)
-    source = reporter.source(condition, targets)
-    drift = reporter.drift() if trainable else None
-    for name, p in subject.model.named_parameters():
-        p.requires_grad_(name in trainable)
+    store = StateStore(out.with_name(out.name + ".state"))
+
+    def train_one(run_cfg: TrainConfig, one: StateStore, again: bool):
+        reporter.restore()
+        readout = init_readout(subject.d_model, seed, frozen=False).to(subject.device)
+        source = reporter.source(condition, targets)
+        drift = reporter.drift() if trainable else None
+        for name, p in subject.model.named_parameters():
+            p.requires_grad_(name in trainable)
+        torch.manual_seed(seed)
+        train_labels = targets.standardise(targets.labels("train"))
+
+        def batch_loss(i: int) -> torch.Tensor:
+            x, _ = source.forward("train", i, grad=True)
+            return readout.loss(x, train_labels[chunks["train"][i].rows].to(x.device))
+
+        model_params = {f"model.{n}": p for n, p in subject.model.named_parameters() if n in trainable}
+        groups = {
+            "model": (model_params, run_cfg.lr),
+            "readout": (dict(readout.named_parameters(prefix="readout")), run_cfg.readout_lr),
+        }
+        eval_ids = train_eval_chunks(len(chunks["train"]), reporter.batch_size, run_cfg.eval_train_texts)
+        evaluator = Evaluator(
+            source, readout, targets, False, eval_ids, drift, subject if trainable else None
+        )
+        task = Task(groups, len(chunks["train"]), batch_loss, evaluator, "val_mse")
+        before = predict_split(source, readout, targets, "test")[0]
+        result = train_loop(task, run_cfg, seed, one, config_hash, progress, resume=again)
+        return (readout, source, drift, before), result, task.named()
+
     frozen = {name for name, _ in subject.model.named_parameters()} - trainable
     frozen_digest = params_digest(subject.model, frozen)
-    torch.manual_seed(seed)
-    train_labels = targets.standardise(targets.labels("train"))
-
-    def batch_loss(i: int) -> torch.Tensor:
-        x, _ = source.forward("train", i, grad=True)
-        return readout.loss(x, train_labels[chunks["train"][i].rows].to(x.device))
-
-    model_params = {f"model.{n}": p for n, p in subject.model.named_parameters() if n in trainable}
-    groups = {
-        "model": (model_params, cfg.lr),
-        "readout": (dict(readout.named_parameters(prefix="readout")), cfg.readout_lr),
-    }
-    eval_ids = train_eval_chunks(len(chunks["train"]), reporter.batch_size, cfg.eval_train_texts)
-    evaluator = Evaluator(source, readout, targets, False, eval_ids, drift, subject if trainable else None)
-    task = Task(groups, len(chunks["train"]), batch_loss, evaluator, "val_mse")
-    before = predict_split(source, readout, targets, "test")[0]
-    store = StateStore(out.with_name(out.name + ".state"))
-    result = train_loop(task, cfg, seed, store, config_hash, progress, resume=True)
+    lr_choice = None
+    if cfg.lr_grid and trainable:
+        (readout, source, drift, before), result, lr_choice = sweep_lr(cfg, "val_mse", train_one, store, True)
+    else:
+        (readout, source, drift, before), result, _ = train_one(cfg, store, True)
     frozen_fit = None
     if not trainable:  # frozen: ridge on the cached features replaces the SGD head when better on val
         frozen_fit = ridge_or_sgd(readout, *reporter.features(targets), targets, cfg, result)
@@ -160,11 +174,13 @@ def train_cell(
         "best_step": result.best_step, "steps": result.steps, "stopped_early": result.stopped_early,
         **_drift(drift, subject if trainable else None),
     }  # fmt: skip
+    if lr_choice is not None:
+        metrics["trained_within_drift_cap"] = lr_choice["trained_within_cap"]
     sizes = {n: p.numel() for n, p in subject.model.named_parameters()}
     run = {
         **provenance, "condition": condition, "target_mode": "fixed", "seed": seed,
         "readout": {"kind": folded.kind, "frozen": False}, "config_hash": config_hash,
-        "train_config": to_dict(cfg), "reporter_layer": reporter.layer,
+        "train_config": to_dict(cfg), "lr_choice": lr_choice, "reporter_layer": reporter.layer,
         "parameters": {"trainable": sum(sizes[n] for n in trainable), "total": sum(sizes.values())},
         "frozen_params_sha256": frozen_digest, "curves": result.curves, "metrics": metrics,
         "frozen_fit": frozen_fit, "resumed_from_step": result.resumed_from,

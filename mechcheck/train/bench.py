@@ -2,9 +2,11 @@
 
 The subject and its pristine weights (restored after every run that trains them), the target
 set, the length-sorted training chunks of every split, the drift reference (original next-token
-log-probs), and two lazily built caches: the frozen condition's final-norm features (on disk)
-and the after-target residual leaving the neuron's layer (in memory; also on disk in `resid_dir`
-when given, for other processes running cells of the same experiment).
+log-probs), and two lazily built caches: the frozen condition's final-norm features and the
+after-target residual leaving the neuron's layer. With a `TextTable` of the texts the model reads
+(`mechcheck.train.table`: one pass over every text of the experiment, shared by its seeds) both
+caches are slices of the table; without one they are computed here (the features on disk, the
+residual on disk in `resid_dir` when given, for other processes running cells of the same experiment).
 
 With a prompted (token) readout the chunks hold the prompted texts — what the model reads and the
 readout answers — while the target set's labels stay those of the raw texts (see
@@ -28,6 +30,7 @@ from mechcheck.train.frozen_fit import cached_features
 from mechcheck.train.monitors import Drift
 from mechcheck.train.readouts import prompted_texts
 from mechcheck.train.sources import Chunks, cache_sites
+from mechcheck.train.table import TextTable
 
 RESID_VERSION = "mechcheck-resid/1"
 
@@ -42,9 +45,12 @@ class Bench:
         cache_dir: Path | None = None,
         progress: bool = False,
         prompt: Readout | None = None,
+        table: TextTable | None = None,
+        original: dict[str, torch.Tensor] | None = None,
         resid_dir: Path | None = None,
     ):
         start = time.perf_counter()
+        self.table = table
         self.subject, self.targets, self.cache_dir, self.progress = subject, targets, cache_dir, progress
         self.resid_dir = resid_dir
         self.batch_size, self.prompted = batch_size, prompt is not None
@@ -58,7 +64,9 @@ class Bench:
         self.chunks: Chunks = {
             s: make_chunks(subject, self.texts[s], batch_size, self.max_tokens, t.position) for s in SPLITS
         }
-        self.original = {k: v.detach().clone() for k, v in subject.model.state_dict().items()}
+        if original is None:
+            original = {k: v.detach().clone() for k, v in subject.model.state_dict().items()}
+        self.original = original  # shared by the benches of one experiment's seeds
         self.base_weights_sha256 = base_weights_sha256(subject, targets.neurons)
         texts = targets.val_texts[:drift_texts]
         self.drift = Drift(subject, texts, targets.max_tokens, batch_size) if texts else None
@@ -68,15 +76,27 @@ class Bench:
 
     def features(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Final-norm features of the original model per split (disk cache)."""
+        if self._features is None and self.table is not None and self.table.features is not None:
+            features = {s: self.table.features_for(self.texts[s]) for s in SPLITS}
+            self._features = features, {"table": True, "seconds": 0.0}
         if self._features is None:
             self.restore()
             args = (self.subject, self.targets, self.chunks, self.cache_dir, self.progress)
             self._features = cached_features(*args)
         return self._features
 
+    def has_features(self) -> bool:
+        """Whether the original model's features come without a pass (from the table)."""
+        return self._features is not None or (self.table is not None and self.table.features is not None)
+
     def resid(self) -> dict[str, list[torch.Tensor]]:
         """The original model's residual leaving the (deepest) neuron's layer, per chunk of each split
-        (kept in a file in `resid_dir` when given, for other processes)."""
+        (a slice of the table when there is one; else kept in a file in `resid_dir` when given)."""
+        if self._resid is None and self.table is not None and self.table.resid is not None:
+            assert self.table.layer == self.targets.layer, "the table's residual is of another layer"
+            self._resid = {
+                s: [self.table.resid_for(c, self.texts[s]) for c in self.chunks[s]] for s in SPLITS
+            }
         if self._resid is None:
             self.restore()
             start = time.perf_counter()

@@ -1,9 +1,12 @@
 """The one training loop every condition runs through.
 
 AdamW with a learning rate per parameter group (model weights, readout), linear warm-up then
-cosine decay, gradient clipping, evaluation every `eval_every` steps (and at step 0, before any
-update), early stopping on the task's validation monitor (MSE; cross-entropy for token readouts)
-with `patience`, and the best-on-validation parameters restored at the end. The data order is a
+cosine decay (or a constant rate: `lr_schedule = "constant"`, the study's in effect), gradient
+clipping, evaluation every `eval_every` steps (and at step 0, before any update), early stopping
+on the task's validation monitor (MSE; cross-entropy for token readouts) with `patience`, and the
+best-on-validation parameters restored at the end. With `drift_cap`, an evaluation whose
+KL(original ‖ current) on the held-out drift texts exceeds the cap can never be the best state
+(it counts as an evaluation without improvement). The data order is a
 seeded permutation per epoch, so step k always sees the same batch; with a `StateStore` the loop
 saves its whole state at each evaluation and on SIGINT/SIGTERM (after finishing the current
 step), and resumes exactly.
@@ -40,6 +43,7 @@ class Task:
     batch_loss: Callable[[int], torch.Tensor]
     evaluate: Callable[[], dict[str, Any]]
     monitor: str = "val_mse"
+    initial: Callable[[], dict[str, Any]] | None = None  # step 0's evaluation without a forward pass
 
     def named(self) -> dict[str, nn.Parameter]:
         return {name: p for params, _ in self.groups.values() for name, p in params.items()}
@@ -57,15 +61,30 @@ class LoopResult:
     seconds: float
 
 
+def adamw(groups: list[dict[str, Any]], weight_decay: float) -> torch.optim.AdamW:
+    """AdamW, fused (one kernel over all tensors) where torch has it for the parameters' device and
+    dtype: on this CPU the fused step over SmolLM2's 135M parameters took 0.36 s against 2.3 s for
+    the default per-tensor loop (the same update up to float rounding)."""
+    try:
+        return torch.optim.AdamW(groups, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, ValueError):
+        return torch.optim.AdamW(groups, weight_decay=weight_decay)
+
+
 def total_steps(cfg: TrainConfig, n_batches: int) -> int:
     steps = cfg.epochs * n_batches
     return min(steps, cfg.max_steps) if cfg.max_steps is not None else steps
 
 
-def lr_factor(step: int, warmup: int, total: int) -> float:
-    """Linear warm-up over `warmup` updates, then cosine decay to 0 at `total`."""
+LR_SCHEDULES = ("cosine", "constant")
+
+
+def lr_factor(step: int, warmup: int, total: int, schedule: str = "cosine") -> float:
+    """Linear warm-up over `warmup` updates, then cosine decay to 0 at `total` (or constant)."""
     if step < warmup:
         return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
     progress = (step - warmup) / max(1, total - warmup)
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
@@ -109,10 +128,12 @@ class Loop:
             for name, (params, lr) in task.groups.items()
             if params
         ]
-        self.optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+        self.optimizer = adamw(groups, cfg.weight_decay)
         self.total = total_steps(cfg, task.n_batches)
-        warmup, total = cfg.warmup_steps, self.total
-        schedule = lambda s: lr_factor(s, warmup, total)
+        warmup, total, kind = cfg.warmup_steps, self.total, cfg.lr_schedule
+        if kind not in LR_SCHEDULES:
+            raise ValueError(f"unknown lr_schedule {kind!r}; known: {', '.join(LR_SCHEDULES)}")
+        schedule = lambda s: lr_factor(s, warmup, total, kind)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
         self.state = LoopState(config_hash)
         self.best: dict[str, torch.Tensor] | None = None
@@ -155,10 +176,17 @@ class Loop:
         s = self.state
         row = {"step": s.step, "epoch": s.step / self.task.n_batches}
         row["lr"] = {g["name"]: g["lr"] for g in self.optimizer.param_groups}
-        row.update(self.task.evaluate())
+        initial = s.step == 0 and self.task.initial is not None
+        start = time.perf_counter()
+        row.update(self.task.initial() if initial else self.task.evaluate())
+        row["eval_seconds"] = time.perf_counter() - start
+        cap, kl = self.cfg.drift_cap, row.get("kl")
+        eligible = cap is None or kl is None or kl <= cap
+        if not eligible:
+            row["over_drift_cap"] = True
         s.curves.append(row)
         value = row[self.task.monitor]
-        if s.best_val is None or value < s.best_val:
+        if eligible and (s.best_val is None or value < s.best_val):
             s.best_val, s.best_step, s.bad_evals = value, s.step, 0
             self.best = {name: p.detach().clone() for name, p in self.params.items()}
         else:

@@ -157,7 +157,9 @@ class Evaluator:
 
     `standardised`: the readout predicts standardised labels (the linear head while it trains).
     `live_neuron`: the current model's neuron on the raw val texts, for sources that cannot read it
-    in their own pass (prompted readouts on a model that moves the neuron)."""
+    in their own pass (prompted readouts on a model that moves the neuron). `initial_live`: this
+    evaluator scores the untouched model of a live-label run from cached features, where the live
+    labels are the fixed ones (so `val_mse_vs_fixed` is `val_mse`)."""
 
     def __init__(
         self,
@@ -170,8 +172,10 @@ class Evaluator:
         subject: Subject | None,
         standardised: bool = True,
         live_neuron: Callable[[], torch.Tensor] | None = None,
+        initial_live: bool = False,
     ):
         self.source, self.readout, self.targets = source, readout, targets
+        self.initial_live = initial_live
         self.live_target, self.train_chunk_ids = live_target, list(train_chunk_ids)
         self.drift, self.subject = drift, subject  # subject None: the model is frozen, drift is exactly 0
         self.standardised, self.live_neuron = standardised, live_neuron
@@ -217,6 +221,8 @@ class Evaluator:
         if val.live is not None:
             fixed = self.targets.labels("val")[val_rows]
             row["val_mse_vs_fixed"] = fit_metrics(val.predictions, fixed)["mse"]
+        elif self.initial_live:
+            row["val_mse_vs_fixed"] = row["val_mse"]
         if self.drift is None:
             row["lm_loss"], row["kl"] = None, None
         elif self.subject is None:

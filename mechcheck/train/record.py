@@ -16,14 +16,21 @@ from mechcheck.targets import TargetSet
 from mechcheck.train.monitors import COLLAPSE_RATIO, SplitPredictions, regression_metrics, value_stats
 from mechcheck.train.readouts import digit_metrics
 
-UNCHANGED_TOLERANCE = 1e-4  # max |label diff| allowed for conditions that keep the neuron fixed
+UNCHANGED_TOLERANCE = 1e-4  # max |label diff| / max(1, max |label|) for conditions that keep the neuron fixed
+
+
+def unchanged_tolerance(labels: torch.Tensor) -> float:
+    """The largest label difference a frozen prefix may show: batches composed differently (the labels
+    come from one pass over every text, the check from the test split alone) round differently,
+    ~1e-7 of the activation's scale; a trained prefix moves it by far more."""
+    return UNCHANGED_TOLERANCE * max(1.0, float(labels.abs().max()))
 
 
 def training_config(experiment: Experiment) -> dict[str, Any]:
     """The parts of the experiment that determine a training run (not the seed list or the battery)."""
     config = config_dict(experiment)
     config["train"].pop("seeds", None)
-    for key in ("battery", "name", "reference"):
+    for key in ("battery", "name", "reference", "variant"):
         config.pop(key, None)
     return config
 
@@ -36,7 +43,8 @@ def config_hash(experiment: Experiment, condition: str, target_mode: str, seed: 
 
 def fold_readout(readout: LinearReadout, targets: TargetSet) -> LinearReadout:
     """A readout in the neuron's own units: std·(w·x + b) + mean (per output for several neurons)."""
-    folded = LinearReadout(readout.weight.shape[-1], readout.n_outputs).to(readout.weight.device)
+    d_model, device = readout.weight.shape[-1], readout.weight.device
+    folded = LinearReadout(d_model, readout.n_outputs, readout.site).to(device)
     std, mean = targets.std, targets.mean
     if isinstance(std, torch.Tensor):
         std, mean = std.to(readout.weight.device), mean.to(readout.weight.device)
@@ -63,6 +71,8 @@ def predictions_json(
     readouts add the expected class index (`predictions_digit`), the arg-max class and the true
     class of each label (`labels_digit`, from the fitted edges)."""
     out: dict[str, Any] = {"split": "test", "texts": list(targets.test_texts), "target": target_key}
+    if targets.groups.get("test"):
+        out["groups"] = list(targets.groups["test"])  # each text's group (article): for grouped bootstraps
     if targets.k > 1:
         out["neurons"] = [n.as_dict() for n in targets.neurons]  # column order of every [n, k] array
     if targets.position == "all":

@@ -25,28 +25,45 @@ from mechcheck.config import to_dict
 from mechcheck.errors import UserError
 from mechcheck.experiment import TrainConfig
 from mechcheck.readout import LinearReadout, Readout
+from mechcheck.subject import Site, Subject
 from mechcheck.targets import SPLITS, TargetSet, compute_labels
+from mechcheck.token_readout import TokenReadout
 from mechcheck.train.bench import Bench
 from mechcheck.train.conditions import CONDITIONS, Condition, check_pair
 from mechcheck.train.frozen_fit import fit_ridge
 from mechcheck.train.loop import LoopResult, Task, train_loop
+from mechcheck.train.lr_sweep import sweep_lr
 from mechcheck.train.monitors import Evaluator, SplitPredictions, fit_metrics, predict_split
 from mechcheck.train.readouts import fit_token_readout, is_token, readout_record
 from mechcheck.train.record import (
-    UNCHANGED_TOLERANCE,
     fold_readout,
     metrics_from_predictions,
     predictions_json,
+    unchanged_tolerance,
 )
-from mechcheck.train.sources import FeatureSource, FullSource, ResumeSource, Source
+from mechcheck.train.sources import (
+    FINAL_NORM,
+    LOGITS,
+    FeatureSource,
+    FullSource,
+    ResumeSource,
+    Source,
+    head_logits,
+)
 from mechcheck.train.state import StateStore
 
 READOUT_INIT_STD = 0.02  # the study's head: N(0, 0.02) weights, bias 0
 
 
+READOUT_SITES = ("final_norm", "resid_final")
+
+
 @dataclass
 class Setup:
-    """A run wired up: the task for the loop plus what the measurements need."""
+    """A run wired up: the task for the loop plus what the measurements need. `standardised`: the
+    linear head trains on standardised labels (folded afterwards; `train.standardise = false` trains
+    on raw values, as the study did); token readouts classify labels in the neuron's own units.
+    `initial`: the original model's cached features as a source, to score step 0 without a pass."""
 
     task: Task
     source: Source
@@ -54,17 +71,23 @@ class Setup:
     evaluator: Evaluator
     trainable: set[str]
     frozen_digest: str
-
-    @property
-    def standardised(self) -> bool:
-        """The linear head trains on standardised labels (folded afterwards); token readouts classify
-        labels in the neuron's own units."""
-        return isinstance(self.readout, LinearReadout)
+    standardised: bool = True
+    initial: Source | None = None
 
 
-def init_readout(d_model: int, seed: int, frozen: bool, n_outputs: int = 1) -> LinearReadout:
+def readout_site(subject: Subject, cfg: TrainConfig) -> Site:
+    """Where the linear head reads: the final normed residual, or (`resid_final`, the study's head)
+    the last layer's output before the final norm."""
+    if cfg.readout_site not in READOUT_SITES:
+        raise UserError(f"train.readout_site {cfg.readout_site!r}: choose one of {', '.join(READOUT_SITES)}")
+    return FINAL_NORM if cfg.readout_site == "final_norm" else Site("resid_post", subject.n_layers - 1)
+
+
+def init_readout(
+    d_model: int, seed: int, frozen: bool, n_outputs: int = 1, site: Site | None = None
+) -> LinearReadout:
     gen = torch.Generator().manual_seed(seed)
-    readout = LinearReadout(d_model, n_outputs)
+    readout = LinearReadout(d_model, n_outputs, site)
     with torch.no_grad():
         readout.weight.copy_(torch.randn(n_outputs, d_model, generator=gen) * READOUT_INIT_STD)
         readout.bias.zero_()
@@ -89,8 +112,17 @@ def make_readout(bench: Bench, cfg: TrainConfig, seed: int) -> Readout:
         if not bench.prompted:
             raise ValueError(f"readout {cfg.readout!r} needs a bench built with its prompt")
         return fit_token_readout(cfg.readout, bench.subject, bench.targets)
-    k = bench.targets.k
-    return init_readout(bench.subject.d_model, seed, cfg.readout_frozen, k).to(bench.subject.device)
+    k, site = bench.targets.k, readout_site(bench.subject, cfg)
+    return init_readout(bench.subject.d_model, seed, cfg.readout_frozen, k, site).to(bench.subject.device)
+
+
+def initial_source(bench: Bench, readout: Readout) -> Source | None:
+    """The original model's cached readout-site features, when the bench has them without a pass."""
+    if not bench.has_features():
+        return None
+    subject = bench.subject
+    transform = (lambda x: head_logits(subject, x.to(subject.device))) if readout.site == LOGITS else None
+    return FeatureSource(bench.chunks, bench.features()[0], transform)
 
 
 def train_eval_chunks(n_chunks: int, batch_size: int, texts: int) -> list[int]:
@@ -114,7 +146,7 @@ def build_task(bench: Bench, condition: Condition, mode: str, seed: int, cfg: Tr
     frozen_names = {name for name, _ in subject.model.named_parameters()} - trainable
     frozen_digest = params_digest(subject.model, frozen_names)
     torch.manual_seed(seed)
-    standardised = isinstance(readout, LinearReadout)
+    standardised = isinstance(readout, LinearReadout) and cfg.standardise
     units = targets.standardise if standardised else (lambda y: y)
     train_labels = units(targets.labels("train"))  # the raw texts' labels, whatever the model reads
 
@@ -137,8 +169,16 @@ def build_task(bench: Bench, condition: Condition, mode: str, seed: int, cfg: Tr
         source, readout, targets, mode != "fixed", eval_ids, bench.drift, drift_subject,
         standardised=standardised, live_neuron=live_neuron,
     )  # fmt: skip
-    task = Task(groups, n_train, batch_loss, evaluator, "val_mse" if standardised else "val_ce")
-    return Setup(task, source, readout, evaluator, trainable, frozen_digest)
+    initial = initial_source(bench, readout)
+    first = None
+    if initial is not None:  # step 0: the original model, so its cached features, labels and no drift
+        first = Evaluator(
+            initial, readout, targets, False, eval_ids, bench.drift, None, standardised=standardised,
+            initial_live=mode != "fixed",
+        )  # fmt: skip
+    monitor = "val_ce" if is_token(cfg.readout) else "val_mse"
+    task = Task(groups, n_train, batch_loss, evaluator, monitor, first)
+    return Setup(task, source, readout, evaluator, trainable, frozen_digest, standardised, initial)
 
 
 def _raw_live_neuron(bench: Bench):
@@ -154,22 +194,26 @@ def _raw_live_neuron(bench: Bench):
 
 def ridge_or_sgd(
     readout: LinearReadout, features: dict[str, torch.Tensor], cache_info: dict[str, Any],
-    targets: TargetSet, cfg: TrainConfig, result: LoopResult,
+    targets: TargetSet, cfg: TrainConfig, result: LoopResult, standardised: bool = True,
 ) -> dict[str, Any]:  # fmt: skip
     """Fit closed-form ridge on the cached features; it replaces the SGD-trained `readout` (in place)
-    when it beats it on val. Returns the record of both fits."""
-    sgd = {split: _split_metrics(readout, features, targets, split) for split in SPLITS}
+    when it beats it on val. Returns the record of both fits. `standardised`: the readout predicts
+    standardised labels (else raw values, `train.standardise = false`)."""
+    sgd = {split: _split_metrics(readout, features, targets, split, standardised) for split in SPLITS}
     sgd |= {"best_step": result.best_step, "steps": result.steps, "seconds": result.seconds}
     ridge, ridge_info = fit_ridge(features, targets, cfg.ridge_alpha)
+    if not standardised:
+        ridge = fold_readout(ridge, targets)
     chosen = "ridge" if ridge_info["val"]["mse"] < sgd["val"]["mse"] else "sgd"
     if chosen == "ridge":
         readout.load_state_dict(ridge.state_dict())
     return {"ridge": ridge_info, "sgd": sgd, "chosen": chosen, "chosen_by": "val mse", "features": cache_info}
 
 
-def _split_metrics(readout: LinearReadout, features: dict, targets, split: str) -> dict[str, Any]:
+def _split_metrics(readout: LinearReadout, features: dict, targets, split: str, standardised: bool) -> dict:
     with torch.no_grad():
-        pred = targets.destandardise(readout(features[split]))
+        pred = readout(features[split])
+        pred = targets.destandardise(pred) if standardised else pred
     return fit_metrics(pred, targets.labels(split))
 
 
@@ -186,20 +230,35 @@ def train_run(
     progress: bool = False,
     on_step: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Train one run and write its checkpoint to `out`; returns run.json."""
+    """Train one run and write its checkpoint to `out`; returns run.json. With `train.lr_grid`, a
+    condition that trains model weights trains once per rate and keeps the best on validation under
+    `train.drift_cap` (`mechcheck.train.lr_sweep`)."""
     start = time.perf_counter()
     condition = CONDITIONS.get(condition_name)
-    setup = build_task(bench, condition, mode, seed, cfg)
-    before = predict_split(
-        setup.source, setup.readout, bench.targets, "test", standardised=setup.standardised
-    )[0]
     store = StateStore(out.with_name(out.name + ".state"))
-    result = train_loop(setup.task, cfg, seed, store, config_hash, progress, on_step, resume)
+
+    def train_one(run_cfg: TrainConfig, one: StateStore, again: bool):
+        setup = build_task(bench, condition, mode, seed, run_cfg)
+        source = setup.initial or setup.source  # the untrained model: its cached features when there are
+        before = predict_split(source, setup.readout, bench.targets, "test", standardised=setup.standardised)
+        result = train_loop(setup.task, run_cfg, seed, one, config_hash, progress, on_step, again)
+        return (setup, before[0]), result, setup.task.named()
+
+    lr_choice = None
+    if cfg.lr_grid and condition.trainable(bench.subject, bench.targets.layer):
+        monitor = "val_ce" if is_token(cfg.readout) else "val_mse"
+        (setup, before), result, lr_choice = sweep_lr(cfg, monitor, train_one, store, resume)
+    else:
+        (setup, before), result, _ = train_one(cfg, store, resume)
     frozen_fit = None
     if condition.source == "features":
-        frozen_fit = ridge_or_sgd(setup.readout, *bench.features(), bench.targets, cfg, result)
-    readout, predictions, metrics = measure(bench, setup, condition, mode, before)
+        frozen_fit = ridge_or_sgd(
+            setup.readout, *bench.features(), bench.targets, cfg, result, setup.standardised
+        )
+    readout, predictions, metrics = measure(bench, setup, condition, mode, before, result)
     metrics |= {"best_step": result.best_step, "steps": result.steps, "stopped_early": result.stopped_early}
+    if lr_choice is not None:
+        metrics["trained_within_drift_cap"] = lr_choice["trained_within_cap"]
     sizes = {n: p.numel() for n, p in bench.subject.model.named_parameters()}
     run = {
         **provenance,
@@ -214,6 +273,7 @@ def train_run(
         "seed": seed,
         "config_hash": config_hash,
         "train_config": to_dict(cfg),
+        "lr_choice": lr_choice,
         "weights_sha256": bench.base_weights_sha256,
         "parameters": {"trainable": sum(sizes[n] for n in setup.trainable), "total": sum(sizes.values())},
         "frozen_params_sha256": setup.frozen_digest,
@@ -241,33 +301,43 @@ def _prompt_tokens(bench: Bench) -> dict[str, Any]:
 
 
 def _readout_init(setup: Setup) -> dict[str, Any]:
-    if setup.standardised:
-        return {"init_std": READOUT_INIT_STD}
+    if isinstance(setup.readout, LinearReadout):
+        return {"init_std": READOUT_INIT_STD} | ({} if setup.standardised else {"trained_on": "raw labels"})
     return {"init": "fitted on the train labels; no parameters (the model answers through its LM head)"}
 
 
 def measure(
-    bench: Bench, setup: Setup, condition: Condition, mode: str, before: SplitPredictions
+    bench: Bench,
+    setup: Setup,
+    condition: Condition,
+    mode: str,
+    before: SplitPredictions,
+    result: LoopResult | None = None,
 ) -> tuple[Readout, dict[str, Any], dict[str, Any]]:
-    """The trained run on the test split: folded readout, predictions.json and the metrics."""
+    """The trained run on the test split: folded readout, predictions.json and the metrics. The live
+    neuron comes from the predictions' own pass when the source reads it (unfrozen, raw texts), else
+    from a pass over the test texts; drift from the best state's evaluation row of `result`."""
     targets, subject = bench.targets, bench.subject
     readout = fold_readout(setup.readout, targets) if setup.standardised else setup.readout
     after = predict_split(setup.source, readout, targets, "test", standardised=False)[0]
-    batch = targets.card["label_batch_size"]
-    live, _ = compute_labels(
-        subject, targets.test_texts, targets.neuron_spec, targets.position, targets.max_tokens, batch
-    )
+    live = after.live
+    if live is None:
+        batch = targets.card["label_batch_size"]
+        live, _ = compute_labels(
+            subject, targets.test_texts, targets.neuron_spec, targets.position, targets.max_tokens, batch
+        )
     _check_frozen(setup, subject)
     target_key = "labels" if mode == "fixed" else "live_labels"
-    classes = None if setup.standardised else readout.classes(targets.test_labels)
+    classes = readout.classes(targets.test_labels) if isinstance(readout, TokenReadout) else None
     predictions = predictions_json(targets, before, after, live, target_key, classes)
     metrics = metrics_from_predictions(predictions, condition.moves_neuron)
-    if not condition.moves_neuron and metrics["neuron_unchanged_maxdiff"] > UNCHANGED_TOLERANCE:
+    tolerance = unchanged_tolerance(targets.test_labels)
+    if not condition.moves_neuron and metrics["neuron_unchanged_maxdiff"] > tolerance:
         raise RuntimeError(
             f"{condition.name}: the neuron changed by {metrics['neuron_unchanged_maxdiff']:.3g} although "
             "every layer up to it was frozen"
         )
-    return readout, predictions, metrics | _drift(bench, setup)
+    return readout, predictions, metrics | _drift(bench, setup, result)
 
 
 def _check_frozen(setup: Setup, subject) -> None:
@@ -276,13 +346,18 @@ def _check_frozen(setup: Setup, subject) -> None:
         raise RuntimeError("a parameter outside the condition's trainable set changed during training")
 
 
-def _drift(bench: Bench, setup: Setup) -> dict[str, Any]:
+def _drift(bench: Bench, setup: Setup, result: LoopResult | None = None) -> dict[str, Any]:
     if bench.drift is None:
         none = {"lm_loss_before": None, "lm_loss_after": None, "kl_after": None}
         return {**none, "drift_note": "drift_texts = 0: not measured"}
+    before = bench.drift.lm_loss_before
     if not setup.trainable:
         note = "model frozen: weights unchanged (hash-checked), so drift is exactly 0; no forward pass"
-        before = bench.drift.lm_loss_before
         return {"lm_loss_before": before, "lm_loss_after": before, "kl_after": 0.0, "drift_note": note}
+    best = [r for r in (result.curves if result else []) if r["step"] == result.best_step]
+    if best and best[0].get("kl") is not None:  # the restored best state was measured at its evaluation
+        note = f"measured at the evaluation of the best state (step {result.best_step})"
+        return {"lm_loss_before": before, "lm_loss_after": best[0]["lm_loss"], "kl_after": best[0]["kl"],
+                "drift_note": note}  # fmt: skip
     lm_loss, kl = bench.drift.measure(bench.subject)
     return {"lm_loss_before": bench.drift.lm_loss_before, "lm_loss_after": lm_loss, "kl_after": kl}

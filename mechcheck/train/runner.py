@@ -1,9 +1,14 @@
 """`mechcheck train`: every condition × applicable target mode × seed of an experiment.
 
 Checkpoints go to `OUT/<condition>-<target_mode>/seed-<k>/`; `OUT/target.json` records the
-neuron (and how it was chosen), the target card and the corpus card. A finished checkpoint is
-skipped on `--resume` (after checking its configuration hash); an interrupted run continues
-from its saved state (`seed-<k>.state/`).
+neuron (and how it was chosen) and, per seed, the target card and the corpus card with its split.
+A finished checkpoint is skipped on `--resume` (after checking its configuration hash); an
+interrupted run continues from its saved state (`seed-<k>.state/`).
+
+Seeds: a training seed sets the readout's initialisation, the data order and (unless
+`corpus.split_seed = "experiment"`) the group-wise split. The original model's labels, features
+and after-target residual are computed once for every text of the corpus
+(`mechcheck.train.table`) and each seed's target set and bench index them.
 """
 
 from __future__ import annotations
@@ -19,20 +24,25 @@ from pathlib import Path
 from typing import Any
 
 from mechcheck.config import Seeds, check_value, to_dict
+from mechcheck.corpus import Splits
 from mechcheck.errors import UserError
-from mechcheck.experiment import Experiment, load_experiment
+from mechcheck.experiment import Experiment, load_experiment, split_seed
 from mechcheck.outputs import BOOKKEEPING, claim_dir, versions, write_json
 from mechcheck.ownership import hold
-from mechcheck.readout import Neuron
+from mechcheck.readout import READOUTS, TARGET_KINDS, Neuron
 from mechcheck.records import DICT, read_record
+from mechcheck.splits import SPLIT_BY
 from mechcheck.subject import POSITIONS, Subject
-from mechcheck.targets import TargetSet, build_targets
+from mechcheck.targets import SPLITS, TargetSet
 from mechcheck.train.bench import Bench
 from mechcheck.train.conditions import CONDITIONS, TARGET_MODES, plan
 from mechcheck.train.frozen_fit import default_cache_dir
-from mechcheck.train.readouts import check_readout, fit_token_readout, is_token
+from mechcheck.train.loop import LR_SCHEDULES
+from mechcheck.train.readouts import check_readout, fit_token_readout, is_token, prompted_texts
 from mechcheck.train.record import config_hash
-from mechcheck.train.run import train_run
+from mechcheck.train.run import READOUT_SITES, readout_site, train_run
+from mechcheck.train.sources import FINAL_NORM
+from mechcheck.train.table import TextTable, cached_table
 
 
 def run_dir(out: Path, condition: str, mode: str, seed: int) -> Path:
@@ -52,82 +62,134 @@ def check_experiment(experiment: Experiment, seeds: Sequence[int]) -> list[tuple
     if experiment.neuron.position not in POSITIONS:
         choices = ", ".join(POSITIONS)
         raise UserError(f"neuron.position {experiment.neuron.position!r}: choose one of {choices}")
+    check_study_options(experiment)
     check_value(Seeds, tuple(seeds), "the seeds to train (--seeds or train.seeds)")
     return pairs
+
+
+def check_study_options(experiment: Experiment) -> None:
+    """The target kind, bands, split and training options of issue 12 (study mode, seeds, lr choice)."""
+    n, c, cfg = experiment.neuron, experiment.corpus, experiment.train
+    choices = {
+        "neuron.target": (n.target, TARGET_KINDS), "corpus.split_by": (c.split_by, SPLIT_BY),
+        "corpus.split_seed": (c.split_seed, ("train", "experiment")),
+        "train.lr_schedule": (cfg.lr_schedule, LR_SCHEDULES),
+        "train.readout_site": (cfg.readout_site, READOUT_SITES),
+    }  # fmt: skip
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise UserError(f"{key} {value!r}: choose one of {', '.join(allowed)}")
+    names = [b.name for b in n.bands]
+    if len(set(names)) != len(names) or any(not b.layers for b in n.bands):
+        raise UserError(f"neuron.bands: every band needs its own name and at least one layer, got {names}")
+    fixed = n.neurons or n.layer is not None
+    if n.band is not None and n.band not in names:
+        raise UserError(f"neuron.band {n.band!r} names none of neuron.bands ({', '.join(names) or 'none'})")
+    if n.bands and n.band is None and not fixed:
+        raise UserError("neuron.bands is set: name the band to train with neuron.band (one per [[variant]])")
+    if cfg.readout_site != "final_norm" and is_token(cfg.readout):
+        raise UserError(
+            f"train.readout_site applies to the linear head; readout {cfg.readout!r} reads logits"
+        )
+    if any(not lr > 0 for lr in cfg.lr_grid) or len(set(cfg.lr_grid)) != len(cfg.lr_grid):
+        raise UserError(f"train.lr_grid must list distinct positive learning rates, got {list(cfg.lr_grid)}")
 
 
 def choose_neuron(
     experiment: Experiment, subject: Subject, train_texts: Sequence[str], progress: bool
 ) -> tuple[Neuron | tuple[Neuron, ...], dict[str, Any]]:
-    """The experiment's fixed neuron(s), or one selected on train-split texts (recorded)."""
-    n = experiment.neuron
+    """The experiment's fixed neuron(s), or one selected on train-split texts (recorded): the top one
+    of its layers, or of its band (`neuron.bands` + `neuron.band`)."""
+    n, kind = experiment.neuron, experiment.neuron.target
     if n.neurons:
-        for ref in n.neurons:
-            subject.anatomy.check_neuron(ref.layer, ref.index)
-        chosen = tuple(Neuron(ref.layer, ref.index) for ref in n.neurons)
-        return (chosen[0] if len(chosen) == 1 else chosen), {"selected": False}
+        fixed = tuple(Neuron(ref.layer, ref.index, kind) for ref in n.neurons)
+        for neuron in fixed:
+            neuron.check(subject)
+        return (fixed[0] if len(fixed) == 1 else fixed), {"selected": False}
     if n.layer is not None:
-        subject.anatomy.check_neuron(n.layer, n.index)
-        return Neuron(n.layer, n.index), {"selected": False}
-    from mechcheck.scan import select_neuron
+        neuron = Neuron(n.layer, n.index, kind)
+        neuron.check(subject)
+        return neuron, {"selected": False}
+    from mechcheck.selection import as_run_record, chosen, select
 
-    layers = list(n.layers) or [subject.n_layers // 2]
-    texts = list(train_texts[: n.scan_texts])
-    best, ranked, _ = select_neuron(
-        subject, texts, layers, n.position, n.criterion,
-        max_tokens=experiment.corpus.max_tokens, seed=experiment.seed, progress=progress,
+    record, _ = select(subject, train_texts, n, experiment.corpus.max_tokens, experiment.seed, progress)
+    best = chosen(record, n.band)
+    return Neuron(int(best["layer"]), int(best["index"]), kind), as_run_record(record, n.band)
+
+
+def build_tables(
+    experiment: Experiment, subject: Subject, neurons: tuple[Neuron, ...], texts: Sequence[str],
+    pairs: list[tuple[Any, str]], n_seeds: int, progress: bool, cache: Path | None = None,
+) -> tuple[TextTable, TextTable]:  # fmt: skip
+    """(labels table, table of what the model reads): one pass over every text of the experiment (two
+    for token readouts, whose model reads the prompted texts); with `cache`, kept in files there for
+    the other processes of the experiment (`mechcheck.train.table.cached_table`)."""
+    cfg, c, position = experiment.train, experiment.corpus, experiment.neuron.position
+    sources = {condition.source for condition, _ in pairs}
+    trained = sum(condition.source != "features" for condition, _ in pairs) * n_seeds
+    features = "features" in sources or trained >= 3  # also scores every run's step 0 without a pass
+    layer = max(n.layer for n in neurons) if "resume" in sources else None
+    if not is_token(cfg.readout):
+        site = readout_site(subject, cfg)
+        table = cached_table(
+            cache, subject, texts, neurons, position, c.max_tokens, resid_layer=layer,
+            feature_site=site if features else None, progress=progress,
+        )  # fmt: skip
+        return table, table
+    labels = cached_table(
+        cache, subject, texts, neurons, position, c.max_tokens, progress=progress, desc="labels"
+    )
+    prompt = READOUTS.get(cfg.readout).fit(subject.tokenizer, labels.labels)  # for its prompt only
+    prompted, max_tokens = prompted_texts(subject, labels.texts, prompt, c.max_tokens)
+    model = cached_table(
+        cache, subject, prompted, neurons, position, max_tokens, labels=False, resid_layer=layer,
+        feature_site=FINAL_NORM if features else None, progress=progress, desc="prompted texts",
     )  # fmt: skip
-    record = {"selected": True, "criterion": n.criterion, "layers": layers, "scan_texts": len(texts)}
-    record |= {"split": "train", "chosen": best, "top": ranked[:10]}
-    return Neuron(int(best["layer"]), int(best["index"])), record
+    return labels, model
 
 
-def prepare(
-    experiment: Experiment, subject: Subject, progress: bool, labels_dir: Path | None = None
-) -> tuple[TargetSet, dict[str, Any], dict[str, Any]]:
-    """Corpus → splits → neuron → target set; returns it with the corpus and selection records.
-    With `labels_dir` the labels are read from (or kept in) a file there."""
-    from mechcheck.corpus import load_corpus, split_corpus
-
-    c = experiment.corpus
-    corpus = load_corpus(
-        c.source, max_texts=c.max_texts, seed=experiment.seed, min_words=c.min_words, max_words=c.max_words
-    )
-    splits = split_corpus(corpus, tuple(c.split), seed=experiment.seed)
-    neuron, selection = choose_neuron(experiment, subject, splits.train, progress)
-    position = experiment.neuron.position
-    targets = build_targets(
-        subject, splits, neuron, position, c.max_tokens, progress=progress, cache_dir=labels_dir
-    )
-    return targets, {"spec": to_dict(c), "card": splits.card}, selection
-
-
-def neuron_record(targets: TargetSet) -> dict[str, Any]:
+def neuron_record(neurons: TargetSet | Sequence[Neuron]) -> dict[str, Any]:
     """run.json / target.json: `neuron` for one neuron (as always), `neurons` for several."""
-    if targets.k == 1:
-        return {"neuron": targets.neuron.as_dict()}
-    return {"neurons": [n.as_dict() for n in targets.neurons]}
+    neurons = neurons.neurons if isinstance(neurons, TargetSet) else tuple(neurons)
+    if len(neurons) == 1:
+        return {"neuron": neurons[0].as_dict()}
+    return {"neurons": [n.as_dict() for n in neurons]}
 
 
-def _write_target(
-    out: Path, targets: TargetSet, corpus: dict, selection: dict, resume: bool, write: bool = True
-) -> None:
-    """target.json; with `write=False` (a cell beside others) it must be there already, and match."""
+def _write_target(out: Path, record: dict[str, Any], merge: bool, write: bool = True) -> None:
+    """target.json: the neuron, how it was chosen, and per seed its target card and corpus (split);
+    `merge`: add this seed to the file's seeds (refusing a different neuron or target set); with
+    `write=False` (a cell beside others) it must be there already, and match."""
     file = out / "target.json"
-    record = {**neuron_record(targets), "position": targets.position, "selection": selection}
-    record |= {"target": targets.card, "corpus": corpus}
     if not write and not file.is_file():
         raise UserError(f"{file} is missing: the experiment's prepare cell writes it before any run")
-    if (resume or not write) and file.is_file():
+    if (merge or not write) and file.is_file():
         old = read_record(file, DICT)
-        if (
-            old.get("neuron") != record.get("neuron")
-            or old.get("neurons") != record.get("neurons")
-            or old.get("target") != json.loads(json.dumps(targets.card))
-        ):
+        same = all(old.get(k) == record.get(k) for k in ("neuron", "neurons"))
+        new = json.loads(json.dumps(record["seeds"]))
+        seeds = old.get("seeds") if isinstance(old.get("seeds"), dict) else {}
+        same = same and all(seeds.get(k, v) == v for k, v in new.items())
+        if not same:
             raise UserError(f"{file}: --resume with a different neuron or target set; use --overwrite")
+        record = {**record, "seeds": {**seeds, **new}}
     if write:
         write_json(file, record)
+
+
+def _read_run(out: Path, key: tuple[int, str, str]) -> dict[str, Any]:
+    seed, condition, mode = key
+    return read_record(run_dir(out, condition, mode, seed) / "run.json", DICT)
+
+
+def split_record(splits: Splits, seed: int, experiment: Experiment) -> dict[str, Any]:
+    """run.json's `split`: which split this checkpoint trained and was tested on."""
+    card = splits.card.get("split", {})
+    return {
+        "seed": seed, "training_seed_owns_split": experiment.corpus.split_seed == "train",
+        "by": experiment.corpus.split_by, "method": card.get("method"), "texts": card.get("texts"),
+        "groups": card.get("groups"), "also_in_train": card.get("also_in_train"),
+        "sha256": card.get("sha256"),
+    }  # fmt: skip
 
 
 def _claim_run(folder: Path, digest: str, resume: bool, overwrite: bool) -> bool:
@@ -158,16 +220,21 @@ def train_experiment(
     subject: Subject | None = None,
     cache_dir: Path | None = None,
     on_step: Callable[[int], None] | None = None,
+    splits: tuple[Splits, dict[int, Splits]] | None = None,
+    selection: dict[str, Any] | None = None,
     cells: Collection[tuple[str, str, int]] | None = None,
     shared_cache: Path | None = None,
 ) -> list[dict[str, Any]]:
     """Train every planned run; returns their run.json dicts (finished ones read back on --resume).
 
-    `cells` narrows the runs to these (condition, target mode, seed) triples, for an executor that
-    runs each in its own process (`mechcheck.executor`): an empty set trains nothing and only
-    prepares — it writes target.json and fills the caches the planned runs read — and a non-empty
-    one leaves target.json as the prepare cell wrote it. `shared_cache` is a folder for those
-    caches (labels, frozen features, after-target residual) that every such process reads."""
+    `splits`: (the selection split, each seed's split) as the corpus stage made them (else made here
+    from the experiment, `mechcheck.corpus.experiment_splits`); `selection`: how the select stage
+    chose the experiment's fixed neuron (recorded as is). `cells` narrows the runs to these
+    (condition, target mode, seed) triples, for an executor that runs each in its own process
+    (`mechcheck.executor`): an empty set trains nothing and only prepares — it writes target.json and
+    fills the caches the planned runs read — and a non-empty one leaves target.json as the prepare
+    cell wrote it. `shared_cache` is a folder for those caches (the original model's table of
+    labels, features and residuals) that every such process reads."""
     seeds = tuple(experiment.train.seeds if seeds is None else seeds)
     pairs = check_experiment(experiment, seeds)
     out = claim_dir(out, overwrite, resume)
@@ -176,32 +243,77 @@ def train_experiment(
         from mechcheck.subject import load_subject
 
         subject = load_subject(experiment.subject.model)
+    if splits is None:
+        from mechcheck.corpus import experiment_splits
+
+        splits = experiment_splits(experiment, seeds)
+    select_split, per_seed = splits
+    plan_runs = {
+        (seed, c.name, mode): config_hash(experiment, c.name, mode, seed)
+        for seed in seeds
+        for c, mode in pairs
+        if cells is None or (c.name, mode, seed) in cells
+    }
+    pending = {
+        key
+        for key, digest in plan_runs.items()
+        if _claim_run(run_dir(out, *key[1:], key[0]), digest, resume, overwrite)
+    }
+    prepare_only = cells is not None and not cells
+    todo = [seed for seed in seeds if prepare_only or any(key[0] == seed for key in pending)]
     shared = None if shared_cache is None else Path(shared_cache)
-    targets, corpus, selection = prepare(experiment, subject, progress, shared and shared / "labels")
-    _write_target(out, targets, corpus, selection, resume, write=not cells)
-    cfg = experiment.train
+    if todo:
+        neuron, chosen = choose_neuron(experiment, subject, select_split.train, progress)
+        neurons = (neuron,) if isinstance(neuron, Neuron) else neuron
+        texts = [t for seed in todo for name in SPLITS for t in getattr(per_seed[seed], name)]
+        if shared is not None:  # every cell's process reads the same table: all seeds' texts
+            texts = [t for seed in seeds for name in SPLITS for t in getattr(per_seed[seed], name)]
+        n_seeds = len(todo) if shared is None else len(seeds)
+        labels, model_table = build_tables(
+            experiment, subject, neurons, texts, pairs, n_seeds, progress, shared and shared / "tables"
+        )  # fmt: skip
+        original = {k: v.detach().clone() for k, v in subject.model.state_dict().items()}
+        base = {
+            "base_model": experiment.subject.model, **neuron_record(neurons),
+            "position": experiment.neuron.position, "experiment": to_dict(experiment),
+            "neuron_selection": selection or chosen, "versions": versions(),
+        }  # fmt: skip
+    cfg, c = experiment.train, experiment.corpus
     cache_dir = cache_dir or (shared / "features" if shared else default_cache_dir())
-    prompt = fit_token_readout(cfg.readout, subject, targets) if is_token(cfg.readout) else None
-    resid_dir = shared and shared / "resid"
-    bench = Bench(subject, targets, cfg.batch_size, cfg.drift_texts, cache_dir, progress, prompt, resid_dir)
-    bench.seconds["prepare"] = time.perf_counter() - start
-    if cells is not None and not cells:
-        _fill_caches(bench, [condition for condition, _ in pairs])
-    provenance = {
-        "base_model": experiment.subject.model, **neuron_record(targets),
-        "position": targets.position, "experiment": to_dict(experiment), "corpus": corpus,
-        "neuron_selection": selection, "versions": versions(),
-        "target": {"card": targets.card, "mean": targets.mean, "std": targets.std},
-    }  # fmt: skip
+    prepared = time.perf_counter() - start
     runs = []
-    for condition, mode in pairs:
-        for seed in seeds:
-            if cells is not None and (condition.name, mode, seed) not in cells:
+    for seed in seeds:
+        if seed not in todo:
+            runs += [_read_run(out, key) for key in plan_runs if key[0] == seed]
+            continue
+        seed_start = time.perf_counter()
+        targets = labels.targets(per_seed[seed])
+        corpus = {"spec": to_dict(c), "card": per_seed[seed].card}
+        record = {**neuron_record(neurons), "position": base["position"]}
+        record["selection"] = base["neuron_selection"]
+        record["seeds"] = {str(seed): {"target": targets.card, "corpus": corpus}}
+        table = {"texts": len(labels.texts), "seconds": labels.seconds}
+        merge, write = resume or seed != todo[0], cells is None or prepare_only
+        _write_target(out, record | {"table": table}, merge, write)
+        if prepare_only:
+            continue
+        prompt = fit_token_readout(cfg.readout, subject, targets) if is_token(cfg.readout) else None
+        bench = Bench(
+            subject, targets, cfg.batch_size, cfg.drift_texts, cache_dir, progress, prompt, model_table,
+            original,
+        )  # fmt: skip
+        seconds = time.perf_counter() - seed_start
+        bench.seconds |= {"prepare": prepared, "table": model_table.seconds, "seed": seconds}
+        provenance = base | {
+            "corpus": corpus, "split": split_record(per_seed[seed], split_seed(experiment, seed), experiment),
+            "target": {"card": targets.card, "mean": targets.mean, "std": targets.std},
+        }  # fmt: skip
+        for condition, mode in pairs:
+            key = (seed, condition.name, mode)
+            if key not in plan_runs:
                 continue
-            folder = run_dir(out, condition.name, mode, seed)
-            digest = config_hash(experiment, condition.name, mode, seed)
-            if not _claim_run(folder, digest, resume, overwrite):
-                runs.append(read_record(folder / "run.json", DICT))
+            if key not in pending:
+                runs.append(_read_run(out, key))
                 continue
             runs.append(
                 train_run(
@@ -210,9 +322,9 @@ def train_experiment(
                     mode,
                     seed,
                     cfg.for_condition(condition.name),
-                    folder,
+                    run_dir(out, condition.name, mode, seed),
                     provenance,
-                    digest,
+                    plan_runs[key],
                     resume=resume,
                     progress=progress,
                     on_step=on_step,
@@ -227,15 +339,6 @@ def legacy_train_dir(out: Path) -> bool:
     names = [p.name for p in out.iterdir() if p.name not in ("target.json", *BOOKKEEPING)]
     pattern = re.compile(rf"[a-z_]+-({'|'.join(TARGET_MODES)})")
     return (out / "target.json").is_file() and all(pattern.fullmatch(n) for n in names)
-
-
-def _fill_caches(bench: Bench, conditions: Sequence[Any]) -> None:
-    """Compute the original model's caches that the planned conditions read, once, before any run."""
-    sources = {condition.source for condition in conditions}
-    if "features" in sources:
-        bench.features()
-    if "resume" in sources:
-        bench.resid()
 
 
 def summary_line(run: dict[str, Any]) -> str:

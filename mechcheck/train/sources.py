@@ -11,12 +11,12 @@ label is defined on: `read_neuron=False` and the live neuron is read elsewhere.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from tqdm import tqdm
 
-from mechcheck.readout import Neuron, report_positions
+from mechcheck.readout import Neuron, report_positions, target_columns
 from mechcheck.subject import Site, Subject, gather_position
 from mechcheck.targets import Chunk, n_rows
 
@@ -47,14 +47,22 @@ class Source(ABC):
 
 
 class FeatureSource(Source):
-    """Cached final normed residual of the original model (the `frozen` condition)."""
+    """Cached readout-site features of the original model (the `frozen` condition, and every condition's
+    untrained step 0); `transform` maps them to the readout's input (the LM head, for token readouts)."""
 
-    def __init__(self, chunks: Chunks, features: dict[str, torch.Tensor]):
+    def __init__(
+        self,
+        chunks: Chunks,
+        features: dict[str, torch.Tensor],
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ):
         super().__init__(chunks)
         self.features = features  # split -> [n_rows, d_model]
+        self.transform = transform
 
     def forward(self, split: str, i: int, grad: bool) -> tuple[torch.Tensor, None]:
-        return self.features[split][self.chunks[split][i].rows], None
+        x = self.features[split][self.chunks[split][i].rows]
+        return (x if self.transform is None else self.transform(x)), None
 
 
 class ResumeSource(Source):
@@ -96,7 +104,7 @@ class FullSource(Source):
         super().__init__(chunks)
         self.subject, self.neuron, self.position = subject, neuron, position
         self.neurons = [neuron] if isinstance(neuron, Neuron) else list(neuron)
-        self.neuron_sites = list(dict.fromkeys(Site("mlp_post", n.layer) for n in self.neurons))
+        self.neuron_sites = list(dict.fromkeys(n.site for n in self.neurons))
         self.site, self.read_neuron = site, read_neuron
 
     def forward(self, split: str, i: int, grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -108,8 +116,7 @@ class FullSource(Source):
         x = self._site_rows(self.subject, got, chunk, self.site)
         if not self.read_neuron:
             return x, None
-        columns = [got[Site("mlp_post", n.layer)][..., n.index] for n in self.neurons]
-        live = gather_position(torch.stack(columns, -1), chunk.enc["attention_mask"], self.position)
+        live = gather_position(target_columns(got, self.neurons), chunk.enc["attention_mask"], self.position)
         return x, live[:, 0] if isinstance(self.neuron, Neuron) else live
 
 

@@ -42,8 +42,12 @@ def main() -> None:
     results["checkpoints"] = [f"planted/H2_out-{seed}" for seed in (0, 1)]
     for run in [results["run"], *results["runs"]]:
         run["base_model"] = "planted/base"
-    results["timing"] = {"total_s": 1.0, "per_probe_s": {}, "bare_forward_s": 0.1,
-                         "ratio_to_bare_forward": 10.0}
+    results["timing"] = {
+        "total_s": 1.0,
+        "per_probe_s": {},
+        "bare_forward_s": 0.1,
+        "ratio_to_bare_forward": 10.0,
+    }
     results["versions"] = {"python": "3.11", "mechcheck": "0.1.0"}
     (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     shutil.rmtree(root)
