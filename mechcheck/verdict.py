@@ -9,7 +9,9 @@ pushes the report.
 An edit's effect on a head is
 - **present** when its share ≥ MIN_SHARE, its CI excludes 0, its rank p among the matched null
   draws survives BH (q < ALPHA, over the primary tests) and it is *specific*: it removes a larger
-  share of the label's information than of every control head's (CI of the difference above 0);
+  share of the label's information than of every informative control head's (CI of the difference
+  above 0; a control head that fails the informative gate has no information to lose and is not
+  compared, and with no informative control head at all the effect is unspecific);
 - **absent** when the share's CI lies below MIN_SHARE;
 - **unspecific** when it would be present but a control head loses as much; **unclear** otherwise;
   **failed** when its null has fewer than MIN_NULL draws.
@@ -54,21 +56,27 @@ def effect(
     probes: Probes, test: str, head: str, t: dict[str, float], min_null: int = MIN_NULL
 ) -> dict[str, Any]:
     """An edit's effect on a head is present when share ≥ MIN_SHARE with a CI excluding 0, q < ALPHA
-    among its matched null draws and larger than every control head's share (specific); absent when
-    the share's CI lies below MIN_SHARE; failed when the null has fewer than MIN_NULL draws."""
+    among its matched null draws and larger than every informative control head's share (specific;
+    a control head that is not informative itself carries no information to lose, and at least one
+    must be informative); absent when the share's CI lies below MIN_SHARE; failed when the null has
+    fewer than MIN_NULL draws."""
     entry = (((probes.get(test) or {}).get("heads") or {}).get(head)) or None
     if entry is None:
         return {"test": test, "status": "missing"}
     share, null = entry["share"], entry["null"]
     q = null.get("q_experiment", null.get("q", null.get("p", 1.0)))
-    spec = {c: s["ci"][0] > 0 for c, s in (entry.get("specificity") or {}).items()}
+    against = entry.get("specificity") or {}
+    usable = {c: informative(probes, c, t)["status"] != "no" for c in against}
+    spec = {c: s["ci"][0] > 0 for c, s in against.items() if usable[c]}
     ev = {"test": test, "share": share, "dr2": entry["dr2"], "q": q, "null_n": null.get("n", 0),
-          "null_p95": null.get("p95"), "specific": spec}  # fmt: skip
+          "null_p95": null.get("p95"), "specific": spec,
+          "controls_not_informative": [c for c, ok in usable.items() if not ok]}  # fmt: skip
     if null.get("n", 0) < min_null or not np.isfinite(share["value"]):
         return ev | {"status": "failed"}
     lo, hi = share["ci"]
     if share["value"] >= t["MIN_SHARE"] and lo > 0 and q < t["ALPHA"]:
-        return ev | {"status": "present" if all(spec.values()) else "unspecific"}
+        specific = bool(spec) and all(spec.values()) if against else True
+        return ev | {"status": "present" if specific else "unspecific"}
     if hi < t["MIN_SHARE"]:
         return ev | {"status": "absent"}
     return ev | {"status": "unclear"}
@@ -100,7 +108,8 @@ def _decide(rule: str, found: dict[str, Any], learn: dict[str, Any]) -> dict[str
     if status == "absent":
         return _verdict("not_supported", rule, evidence)
     why = {
-        "unspecific": "the edit removes as much of a control head's information",
+        "unspecific": "the edit removes as much of a control head's information (or no control head is "
+        "informative)",
         "failed": "too few null draws",
         "missing": "the test did not run",
     }.get(status, "the effect is unclear")

@@ -92,6 +92,30 @@ def test_effect_status(entry, status):
     assert verdict.effect(p, "nope", "report", T)["status"] == "missing"
 
 
+def _gate(p: dict, head: str, r2: float, perm_p: float) -> None:
+    p["informative"]["metrics"][f"{head}.r2"] = m(r2)
+    permuted = {"value": 0.0, "ci": [0.0, 0.01], "p": perm_p}
+    p["informative"]["controls"][f"{head}.r2.permuted_labels"] = permuted
+
+
+def test_a_control_head_without_information_is_not_compared():
+    """A control head that fails the informative gate has no information to lose: its share (Δr²
+    over an r² near 0) says nothing, so it can neither make an effect unspecific nor be the only
+    control an effect is specific against."""
+    p = probes(neuron=dict(share=0.3, spec=-0.1))  # both controls "lose as much"
+    _gate(p, "control.other_neuron", 0.01, 0.6)  # ... but this one carries nothing
+    got = verdict.effect(p, "neuron", "report", T)
+    assert got["status"] == "unspecific" and got["specific"] == {"control.token_count": False}
+    assert got["controls_not_informative"] == ["control.other_neuron"]
+    p["neuron"]["heads"]["report"]["specificity"]["control.token_count"] = m(0.2)
+    got = verdict.effect(p, "neuron", "report", T)
+    assert got["status"] == "present" and got["specific"] == {"control.token_count": True}
+    _gate(p, "control.token_count", 0.3, 0.5)  # no informative control head is left
+    got = verdict.effect(p, "neuron", "report", T)
+    assert got["status"] == "unspecific" and got["specific"] == {}
+    assert sorted(got["controls_not_informative"]) == ["control.other_neuron", "control.token_count"]
+
+
 def test_present_needs_a_share_of_at_least_min_share():
     assert verdict.effect(probes(neuron=dict(share=0.06, half=0.005)), "neuron", "report", T)["status"] == (
         "present"

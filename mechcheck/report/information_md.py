@@ -72,6 +72,11 @@ def _why(entry: dict[str, Any]) -> str:
         unspecific = [k for k, ok in (effect.get("specific") or {}).items() if not ok]
         if unspecific:
             parts.append("not specific against " + ", ".join(f"`{k}`" for k in unspecific))
+        ignored = effect.get("controls_not_informative") or []
+        if ignored:
+            parts.append(
+                "not compared with " + ", ".join(f"`{k}`" for k in ignored) + " (not informative itself)"
+            )
     if "survival" in ev:
         parts.append(f"surviving share {_entry(ev['survival'])} (bar {fmt(ev.get('min_share'))})")
     if "std_ratio" in ev:
