@@ -42,7 +42,7 @@ from mechcheck.train.readouts import check_readout, fit_token_readout, is_token,
 from mechcheck.train.record import config_hash
 from mechcheck.train.run import READOUT_SITES, readout_site, train_run
 from mechcheck.train.sources import FINAL_NORM
-from mechcheck.train.table import TextTable, cached_table
+from mechcheck.train.table import TextTable, build_table
 
 
 def run_dir(out: Path, condition: str, mode: str, seed: int) -> Path:
@@ -123,7 +123,7 @@ def build_tables(
 ) -> tuple[TextTable, TextTable]:  # fmt: skip
     """(labels table, table of what the model reads): one pass over every text of the experiment (two
     for token readouts, whose model reads the prompted texts); with `cache`, kept in files there for
-    the other processes of the experiment (`mechcheck.train.table.cached_table`)."""
+    the other processes of the experiment (`mechcheck.train.table.build_table`)."""
     cfg, c, position = experiment.train, experiment.corpus, experiment.neuron.position
     sources = {condition.source for condition, _ in pairs}
     trained = sum(condition.source != "features" for condition, _ in pairs) * n_seeds
@@ -131,19 +131,19 @@ def build_tables(
     layer = max(n.layer for n in neurons) if "resume" in sources else None
     if not is_token(cfg.readout):
         site = readout_site(subject, cfg)
-        table = cached_table(
-            cache, subject, texts, neurons, position, c.max_tokens, resid_layer=layer,
-            feature_site=site if features else None, progress=progress,
+        table = build_table(
+            subject, texts, neurons, position, c.max_tokens, resid_layer=layer,
+            feature_site=site if features else None, progress=progress, cache=cache,
         )  # fmt: skip
         return table, table
-    labels = cached_table(
-        cache, subject, texts, neurons, position, c.max_tokens, progress=progress, desc="labels"
+    labels = build_table(
+        subject, texts, neurons, position, c.max_tokens, progress=progress, desc="labels", cache=cache
     )
     prompt = READOUTS.get(cfg.readout).fit(subject.tokenizer, labels.labels)  # for its prompt only
     prompted, max_tokens = prompted_texts(subject, labels.texts, prompt, c.max_tokens)
-    model = cached_table(
-        cache, subject, prompted, neurons, position, max_tokens, labels=False, resid_layer=layer,
-        feature_site=FINAL_NORM if features else None, progress=progress, desc="prompted texts",
+    model = build_table(
+        subject, prompted, neurons, position, max_tokens, labels=False, resid_layer=layer,
+        feature_site=FINAL_NORM if features else None, progress=progress, desc="prompted texts", cache=cache,
     )  # fmt: skip
     return labels, model
 

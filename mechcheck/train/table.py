@@ -105,25 +105,56 @@ def build_table(
     feature_site: Site | None = None,
     progress: bool = False,
     desc: str = "original model",
+    cache: Path | None = None,
 ) -> TextTable:
-    """One no-grad pass of the (original) `subject` over the distinct `texts`, reading what is asked."""
-    start = time.perf_counter()
+    """One no-grad pass of the (original) `subject` over the distinct `texts`, reading what is asked;
+    with `cache`, kept in a file there keyed by the model's weights and everything the table depends
+    on, so that the other processes of an experiment read it instead of making it again."""
     texts = tuple(dict.fromkeys(texts))
     for n in neurons:
         n.check(subject)
+    neurons = tuple(neurons)
+    reads = (labels, resid_layer, feature_site)
+    if cache is None:
+        return _one_pass(subject, texts, neurons, position, max_tokens, reads, progress, desc)
+    head = {"version": TABLE_VERSION, "model": model_digest(subject.model), "position": position}
+    head |= {"neurons": [n.as_dict() for n in neurons], "max_tokens": max_tokens, "labels": labels}
+    head |= {"resid_layer": resid_layer, "features": None if feature_site is None else str(feature_site)}
+    made: list[TextTable] = []
+
+    def compute() -> dict[str, torch.Tensor]:
+        made.append(_one_pass(subject, texts, neurons, position, max_tokens, reads, progress, desc))
+        return _table_tensors(made[0])
+
+    file = Path(cache) / f"{content_key(head, texts)}.safetensors"
+    tensors, _ = load_or_compute(file, compute, metadata={"format": TABLE_VERSION})
+    if made:
+        return made[0]
+    resid = None
+    if "resid" in tensors:
+        resid = list(torch.split(tensors["resid"], tensors["resid_lengths"].tolist()))
+    return TextTable(
+        texts, tensors["offsets"], tensors.get("labels"), tensors.get("features"), resid, resid_layer,
+        neurons, position, max_tokens, 0.0,
+    )  # fmt: skip
+
+
+def _one_pass(subject, texts, neurons, position, max_tokens, reads, progress, desc) -> TextTable:
+    start = time.perf_counter()
+    labels, resid_layer, feature_site = reads
     chunks = make_chunks(subject, texts, LABEL_BATCH, max_tokens, position)
     total = n_rows(chunks)
     offsets = torch.cat([torch.zeros(1, dtype=torch.long), _rows_per_text(chunks, len(texts)).cumsum(0)])
     resid_site = Site("resid_post", resid_layer) if resid_layer is not None else None
     features = feature_site is not None
-    reads = list(dict.fromkeys(n.site for n in neurons)) if labels else []
-    reads += ([resid_site] if resid_site else []) + ([feature_site] if features else [])
+    sites = list(dict.fromkeys(n.site for n in neurons)) if labels else []
+    sites += ([resid_site] if resid_site else []) + ([feature_site] if features else [])
     k = len(neurons)
     out_labels = torch.empty(total, *([k] if k > 1 else []), dtype=torch.float32) if labels else None
     out_features = torch.empty(total, subject.d_model, dtype=torch.float32) if features else None
     out_resid: list[torch.Tensor | None] = [None] * len(texts) if resid_site else []
     for chunk in tqdm(chunks, desc=desc, disable=not progress, leave=False):
-        got = subject.run(chunk.enc, reads=reads)
+        got = subject.run(chunk.enc, reads=sites)
         mask = chunk.enc["attention_mask"]
         if labels:
             values = gather_position(target_columns(got, neurons), mask, position)
@@ -137,55 +168,7 @@ def build_table(
                 out_resid[i] = got[resid_site][b, : lengths[b]].detach().float().cpu().clone()
     return TextTable(
         texts, offsets, out_labels, out_features, out_resid if resid_site else None, resid_layer,
-        tuple(neurons), position, max_tokens, time.perf_counter() - start,
-    )  # fmt: skip
-
-
-def cached_table(
-    cache: Path | None,
-    subject: Subject,
-    texts: Sequence[str],
-    neurons: Sequence[Neuron],
-    position: str,
-    max_tokens: int,
-    *,
-    labels: bool = True,
-    resid_layer: int | None = None,
-    feature_site: Site | None = None,
-    progress: bool = False,
-    desc: str = "original model",
-) -> TextTable:
-    """`build_table`, kept in a file in `cache` (when given) keyed by the model's weights and
-    everything the table depends on, so that the other processes of an experiment read it."""
-
-    def build() -> TextTable:
-        return build_table(
-            subject, texts, neurons, position, max_tokens, labels=labels, resid_layer=resid_layer,
-            feature_site=feature_site, progress=progress, desc=desc,
-        )  # fmt: skip
-
-    if cache is None:
-        return build()
-    texts = tuple(dict.fromkeys(texts))
-    head = {"version": TABLE_VERSION, "model": model_digest(subject.model), "position": position}
-    head |= {"neurons": [n.as_dict() for n in neurons], "max_tokens": max_tokens, "labels": labels}
-    head |= {"resid_layer": resid_layer, "features": None if feature_site is None else str(feature_site)}
-    file = Path(cache) / f"{content_key(head, texts)}.safetensors"
-    made: list[TextTable] = []
-
-    def compute() -> dict[str, torch.Tensor]:
-        made.append(build())
-        return _table_tensors(made[0])
-
-    tensors, _ = load_or_compute(file, compute, metadata={"format": TABLE_VERSION})
-    if made:
-        return made[0]
-    resid = None
-    if "resid" in tensors:
-        resid = list(torch.split(tensors["resid"], tensors["resid_lengths"].tolist()))
-    return TextTable(
-        texts, tensors["offsets"], tensors.get("labels"), tensors.get("features"), resid, resid_layer,
-        tuple(neurons), position, max_tokens, 0.0,
+        neurons, position, max_tokens, time.perf_counter() - start,
     )  # fmt: skip
 
 
