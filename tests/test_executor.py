@@ -128,3 +128,28 @@ def test_ray_on_two_cpus_equals_local(local_run, tmp_path) -> None:
         ray.shutdown()
     assert set(statuses(out).values()) == {"done"} and len(statuses(out)) == 7
     assert run_results(out) == run_results(local)
+
+
+def test_variants_through_the_cell_executor_equal_the_local_run(local_run, tmp_path, monkeypatch) -> None:
+    """An experiment with [[variant]] tables (as experiments/study.toml): each variant's cells run by
+    the executor, beside the shared corpus and scan, give the local run's results."""
+    from mechcheck.experiment import variants
+
+    toml, _ = local_run
+    text = toml.read_text() + '\n[[variant]]\nname = "one-seed"\ntrain = {seeds = [0]}\n'
+    text += '\n[[variant]]\nname = "frozen-only"\ntrain = {conditions = ["frozen"]}\n'
+    file = tmp_path / "variants.toml"
+    file.write_text(text)
+    monkeypatch.setenv("MECHCHECK_CACHE", str(tmp_path / "cache"))
+    local = tmp_path / "local"
+    assert main(["run", str(file), "--out", str(local), "-q"]) == 0
+    out = tmp_path / "cells"
+    for name, experiment in variants(load_experiment(file), str(file)).items():
+        run_pipeline(experiment, out / name, executor=InProcessExecutor(), shared=out / "shared")
+    for name in ("one-seed", "frozen-only"):
+        assert run_results(out / name) == run_results(local / name), name
+    # the corpus stage depends on the training seeds: one corpus and one scan per set of seeds
+    shared = sorted(p.name.split("-")[0] for p in (out / "shared").iterdir())
+    assert shared == sorted(p.name.split("-")[0] for p in (local / "shared").iterdir()) == [
+        "corpus", "corpus", "select", "select"
+    ]  # fmt: skip
