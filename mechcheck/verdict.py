@@ -75,7 +75,8 @@ def effect(
         return ev | {"status": "failed"}
     lo, hi = share["ci"]
     if share["value"] >= t["MIN_SHARE"] and lo > 0 and q < t["ALPHA"]:
-        specific = bool(spec) and all(spec.values()) if against else True
+        # no control heads: nothing to be specific against; control heads, none informative: not shown
+        specific = not against or (bool(spec) and all(spec.values()))
         return ev | {"status": "present" if specific else "unspecific"}
     if hi < t["MIN_SHARE"]:
         return ev | {"status": "absent"}

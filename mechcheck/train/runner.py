@@ -265,12 +265,11 @@ def train_experiment(
     if todo:
         neuron, chosen = choose_neuron(experiment, subject, select_split.train, progress)
         neurons = (neuron,) if isinstance(neuron, Neuron) else neuron
-        texts = [t for seed in todo for name in SPLITS for t in getattr(per_seed[seed], name)]
-        if shared is not None:  # every cell's process reads the same table: all seeds' texts
-            texts = [t for seed in seeds for name in SPLITS for t in getattr(per_seed[seed], name)]
-        n_seeds = len(todo) if shared is None else len(seeds)
+        table_seeds = todo if shared is None else seeds  # the cells of a run all read one table
+        texts = [t for seed in table_seeds for name in SPLITS for t in getattr(per_seed[seed], name)]
+        cache = shared and shared / "tables"
         labels, model_table = build_tables(
-            experiment, subject, neurons, texts, pairs, n_seeds, progress, shared and shared / "tables"
+            experiment, subject, neurons, texts, pairs, len(table_seeds), progress, cache
         )  # fmt: skip
         original = {k: v.detach().clone() for k, v in subject.model.state_dict().items()}
         base = {
