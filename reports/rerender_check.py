@@ -34,7 +34,8 @@ def check(src: Path) -> list[str]:
         shutil.copytree(src, dst)
         done = subprocess.run(
             [sys.executable, "-m", "mechcheck.cli", "report", "--overwrite", "-q", str(dst)],
-            capture_output=True, text=True,
+            capture_output=True,
+            text=True,
         )
         if done.returncode != 0:
             return [f"{src}: mechcheck report exited {done.returncode}: {done.stderr.strip()[-300:]}"]
