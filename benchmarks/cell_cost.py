@@ -98,7 +98,10 @@ def main() -> None:
     targets = labels.targets(small)
     prompt = fit_token_readout(e.train.readout, subject, targets) if is_token(e.train.readout) else None
     start = time.perf_counter()
-    bench = Bench(subject, targets, e.train.batch_size, e.train.drift_texts, None, False, prompt, table)
+    bench = Bench(
+        subject, targets, e.train.batch_size, e.train.drift_texts, None, False, prompt, table,
+        layer=targets.layer,
+    )  # fmt: skip
     bench_s = time.perf_counter() - start
     test_chunks = bench.chunks["test"]
     bare = bare_forward(subject, test_chunks)

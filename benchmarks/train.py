@@ -85,7 +85,7 @@ def main() -> None:
     splits = split_corpus(load_corpus("default", max_texts=args.texts, seed=0), seed=0)
     targets = build_targets(subject, splits, Neuron(args.layer, args.index), "last", 128)
     cfg = TrainConfig(epochs=2, eval_every=50, drift_texts=0, lr=1e-4)
-    bench = Bench(subject, targets, cfg.batch_size, cfg.drift_texts)
+    bench = Bench(subject, targets, cfg.batch_size, cfg.drift_texts, layer=targets.layer)
     mid = len(bench.chunks["train"]) // 2
     batches = list(range(mid, mid + args.steps))
     tokens = sum(bench.chunks["train"][i].n_tokens for i in batches) / len(batches)

@@ -116,6 +116,26 @@ def test_labels_of_the_other_model_are_that_models_own_labels(cross_run):
         assert cell["cross"] == {"reporter": other, "label": owner, "self": False}
 
 
+def test_every_cell_is_an_ordinary_training_run(cross_run):
+    """The trainer's predictions.json (live labels: the label model is never trained, so an other
+    cell's are its fixed labels), metrics recomputed from it, the drift record, the neuron's hashes."""
+    from mechcheck.train.record import metrics_from_predictions
+
+    _, run = cross_run
+    keys = {"split", "texts", "target", "labels", "live_labels", "predictions", "predictions_before"}
+    for cell in sorted(run.glob("train/*/*/*/seed-0")):
+        p = json.loads((cell / "predictions.json").read_text())
+        r = json.loads((cell / "run.json").read_text())
+        assert set(p) == keys and p["target"] == "labels"
+        if r["cross"]["self"]:
+            assert np.allclose(p["live_labels"], p["labels"], atol=1e-5) and "weights_sha256" in r
+        else:
+            assert p["live_labels"] == p["labels"] and "label_weights_sha256" in r
+        m = metrics_from_predictions(p, moves_neuron=False)
+        assert {k: r["metrics"][k] for k in m} == m
+        assert {"lm_loss_before", "lm_loss_after", "kl_after", "drift_note"} <= set(r["metrics"])
+
+
 def test_planted_private_neuron_is_a_self_report_and_shared_one_is_not(cross_run):
     _, run = cross_run
     results = json.loads((run / "results.json").read_text())
@@ -213,6 +233,8 @@ def test_battery_refuses_a_cross_checkpoint(cross_run, tmp_path):
         ("live", "fixed labels only"),
         ("unfrozen", "cannot be cross-predicted"),
         ("layer", "out of range"),
+        ("lr_grid", "distinct positive learning rates"),  # the trainer's own checks apply to a cell
+        ("typo", "unknown condition 'frozn'"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(cross_run, tmp_path, case, expect):
@@ -221,6 +243,8 @@ def test_bad_input_is_one_line_and_exit_2(cross_run, tmp_path, case, expect):
     train = {
         "live": CONDITIONS + '\ntarget_modes = ["live"]',
         "unfrozen": 'conditions = ["frozen", "unfrozen"]',
+        "lr_grid": CONDITIONS + "\nlr_grid = [1e-4, 1e-4]",
+        "typo": 'conditions = ["frozn"]',
     }
     path = write_toml(
         tmp_path, folder, b=b, train=train.get(case, CONDITIONS), layer=7 if case == "layer" else 0

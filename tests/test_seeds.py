@@ -115,8 +115,8 @@ def test_the_shared_table_equals_per_split_passes() -> None:
         assert shared.card["splits"][name]["std"] == pytest.approx(
             direct.card["splits"][name]["std"], rel=1e-4
         )
-    bench = Bench(subject, shared, 8, 0, None, table=table)
-    old = Bench(subject, direct, 8, 0, None)
+    bench = Bench(subject, shared, 8, 0, None, table=table, layer=shared.layer)
+    old = Bench(subject, direct, 8, 0, None, layer=direct.layer)
     for name in ("train", "test"):
         features = final_norm_features(subject, bench.chunks[name], "last")
         torch.testing.assert_close(bench.features()[0][name], features, atol=1e-5, rtol=1e-5)

@@ -28,7 +28,7 @@ def bench() -> Bench:
     texts = random_texts(60, seed=0, min_words=3, max_words=12)
     splits = {"train": texts[:40], "val": texts[40:50], "test": texts[50:]}
     targets = build_targets(subject, splits, Neuron(LAYER, INDEX), "last", 32)
-    return Bench(subject, targets, batch_size=8, drift_texts=4)
+    return Bench(subject, targets, batch_size=8, drift_texts=4, layer=targets.layer)
 
 
 def _expected_trainable(bench: Bench, name: str) -> set[str]:
@@ -154,3 +154,27 @@ def test_frozen_with_live_is_a_user_error():
         check_pair(CONDITIONS.get("after_target"), "live_detached")
     with pytest.raises(ValueError, match="registered twice"):
         CONDITIONS.register("frozen")(CONDITIONS.get("frozen"))
+
+
+def test_a_target_set_from_another_model_trains_after_the_benchs_own_layer(bench: Bench):
+    """Cross-prediction's cell: the bench's resume layer (0) decides what trains, the other model's
+    target set (a neuron at layer 3 of another model) what the loss fits."""
+    texts = {s: list(bench.targets.texts(s)) for s in ("train", "val", "test")}
+    other = build_targets(tiny_subject("llama", seed=1), texts, Neuron(3, INDEX), "last", 32)
+    reporter = Bench(bench.subject, bench.targets, batch_size=8, drift_texts=4, layer=0)
+    setup = build_task(reporter, CONDITIONS.get("after_target"), "fixed", 0, CFG, targets=other)
+    names = {n for n, _ in bench.subject.model.named_parameters()}
+    keep = tuple(f"model.layers.{i}." for i in range(1, 4)) + ("model.norm.",)
+    assert setup.trainable == {n for n in names if n.startswith(keep)} and not setup.own_labels
+    assert setup.targets is other and not torch.equal(other.train_labels, bench.targets.train_labels)
+    with torch.no_grad():
+        x, _ = setup.source.forward("train", 0, grad=False)
+        rows = reporter.chunks["train"][0].rows
+        expected = setup.readout.loss(x, other.standardise(other.train_labels[rows]))
+        torch.testing.assert_close(setup.task.batch_loss(0), expected)
+    reporter.restore()
+    with pytest.raises(UserError, match="cannot train on another model's labels"):
+        build_task(reporter, CONDITIONS.get("unfrozen"), "fixed", 0, CFG, targets=other)
+    fewer = build_targets(bench.subject, {**texts, "test": texts["test"][:-1]}, Neuron(3, INDEX), "last", 32)
+    with pytest.raises(ValueError, match="the bench's texts"):
+        build_task(reporter, CONDITIONS.get("frozen"), "fixed", 0, CFG, targets=fewer)

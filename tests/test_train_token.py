@@ -46,7 +46,7 @@ def bench() -> Bench:
     splits = {"train": texts[:56], "val": texts[56:68], "test": texts[68:]}
     targets = build_targets(subject, splits, Neuron(LAYER, INDEX), "last", 32)
     prompt = fit_token_readout("digit", subject, targets)
-    return Bench(subject, targets, batch_size=8, drift_texts=4, prompt=prompt)
+    return Bench(subject, targets, batch_size=8, drift_texts=4, prompt=prompt, layer=targets.layer)
 
 
 @pytest.fixture(scope="module")

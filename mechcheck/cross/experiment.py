@@ -17,7 +17,7 @@ layer = 5
 index = 1234
 
 [corpus]                      # the experiment's [corpus] table, shared by both models
-[train]                       # the experiment's [train] table; conditions frozen / after_target only
+[train]                       # the experiment's [train] table; conditions that keep the neuron fixed
 [cross]                       # n_bootstrap, ci, min_advantage
 ```
 
@@ -33,9 +33,8 @@ from typing import Annotated, Any
 
 from mechcheck.config import Check, Index, Name, NonNegative, Probability, Seed, Text, build, read_toml
 from mechcheck.errors import UserError
-from mechcheck.experiment import CorpusConfig, Experiment, TrainConfig
+from mechcheck.experiment import CorpusConfig, Experiment, NeuronConfig, TrainConfig
 
-CONDITIONS = ("frozen", "after_target")  # the prefix up to the reporter's layer stays the original's
 DEFAULT_CONDITIONS = ["frozen", "after_target"]
 
 
@@ -72,8 +71,10 @@ class CrossExperiment:
         return next(m for m in self.models if m.name == name)
 
     def base(self) -> Experiment:
-        """The plain experiment that shares this one's corpus and seed (for the corpus stage)."""
-        return Experiment(name=self.name, seed=self.seed, corpus=self.corpus, train=self.train)
+        """The plain experiment that shares this one's corpus, seed, position and training (for the
+        corpus stage and the trainer's checks)."""
+        neuron = NeuronConfig(position=self.position)
+        return Experiment(name=self.name, seed=self.seed, corpus=self.corpus, neuron=neuron, train=self.train)
 
 
 def is_cross(data: dict[str, Any]) -> bool:
@@ -109,18 +110,25 @@ def check_cross(e: CrossExperiment) -> None:
             f"position {e.position!r}: cross-prediction needs one label per text (last, max or mean); "
             "the models tokenise differently, so `all` has no common label rows"
         )
-    _check_train(e.train)
+    _check_train(e)
 
 
-def _check_train(t: TrainConfig) -> None:
-    bad = [c for c in t.conditions if c not in CONDITIONS]
-    if bad:
-        raise UserError(
-            f"condition {bad[0]!r} cannot be cross-predicted: it changes the reporter's own neuron, so its "
-            f"self labels go stale while the other model's do not; use {' or '.join(CONDITIONS)}"
-        )
+def _check_train(e: CrossExperiment) -> None:
+    """What cross-prediction cannot train, then the trainer's own checks (`check_experiment`): a cell is
+    an ordinary training run whose labels come from another model."""
+    from mechcheck.train.conditions import CONDITIONS
+    from mechcheck.train.runner import check_experiment
+
+    t = e.train
+    usable = [name for name in CONDITIONS.names() if not CONDITIONS.get(name).moves_neuron]
     if not t.conditions:
-        raise UserError(f"train.conditions is empty: name {' and/or '.join(CONDITIONS)}")
+        raise UserError(f"train.conditions is empty: name {' and/or '.join(usable)}")
+    for name in (*t.conditions, *(o.condition for o in t.override)):
+        if CONDITIONS.get(name).moves_neuron:  # an unknown name: the registry's error
+            raise UserError(
+                f"condition {name!r} cannot be cross-predicted: it changes the reporter's own neuron, so its "
+                f"self labels go stale while the other model's do not; use {' or '.join(usable)}"
+            )
     if tuple(t.target_modes) != ("fixed",):
         raise UserError(
             f"target modes {list(t.target_modes)}: cross-prediction uses fixed labels only (a live label "
@@ -128,11 +136,7 @@ def _check_train(t: TrainConfig) -> None:
         )
     if t.readout != "linear":
         raise UserError(f"readout {t.readout!r}: cross-prediction trains the linear head only")
-    if t.readout_frozen:
-        raise UserError("train.readout_frozen = true would train nothing in the frozen condition")
-    for override in t.override:
-        if override.condition not in CONDITIONS:
-            raise UserError(f"[[train.override]] for {override.condition!r}: use {' or '.join(CONDITIONS)}")
+    check_experiment(e.base(), t.seeds)
 
 
 def _same_model(a: str, b: str) -> bool:

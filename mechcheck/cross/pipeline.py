@@ -106,16 +106,19 @@ class CrossPipeline:
         return stages
 
     def _train(self, stage: Stage, previous: dict[str, Any]) -> None:
-        from mechcheck.cross.reporter import Reporter, train_cell
+        """The reporter's cells through the trainer (`mechcheck.train.run.train_run`) on one bench: its
+        own labels for the self cells, the other model's for the other cells; every cell's frozen prefix
+        ends at the reporter's own neuron's layer."""
+        from mechcheck.train.bench import Bench
         from mechcheck.train.frozen_fit import default_cache_dir
+        from mechcheck.train.run import train_run
 
         e, name = self.experiment, stage.extra["reporter"]
         splits = self.base.splits()
         labels = {n: read_labels(self.out / "labels" / n / "labels.json", splits) for n in self.names}
-        subject = self.subject(name)
-        reporter = Reporter(
-            subject, e.model(name).layer, splits, e.position, e.train, e.corpus.max_tokens,
-            default_cache_dir(), self.progress,
+        bench = Bench(
+            self.subject(name), labels[name][1], e.train.batch_size, e.train.drift_texts, default_cache_dir(),
+            self.progress, layer=e.model(name).layer,
         )  # fmt: skip
         for run, run_hash in stage.extra["runs"].items():
             folder, done = stage.folder / run, _finished(stage.folder / run)
@@ -127,17 +130,18 @@ class CrossPipeline:
             condition, label, seed = run.split("/")
             seed = int(seed.removeprefix("seed-"))
             record, targets = labels[label]
-            train_cell(
-                reporter, targets, condition, seed, e.train.for_condition(condition), folder,
-                self.provenance(name, label, record), run_hash, self.progress,
+            train_run(
+                bench, condition, "fixed", seed, e.train.for_condition(condition), folder,
+                self.provenance(name, label, record), run_hash, resume=True, progress=self.progress,
+                targets=None if label == name else targets,
             )  # fmt: skip
 
     def provenance(self, reporter: str, label: str, record: dict[str, Any]) -> dict[str, Any]:
-        """What a cell's run.json says besides the training: whose neuron, read by whom, on what."""
+        """What a cell's run.json says besides the training: whose neuron, read by whom, on what (the
+        trainer adds `weights_sha256` of a self cell's neuron; an other cell's is its label model's)."""
         e = self.experiment
-        weights = read_record(self.out / "labels" / label / "weights.json", MapOf(STR))
         card = read_record(self.out / "corpus" / "card.json", DICT)
-        return {
+        run = {
             "base_model": e.model(reporter).model,
             "label_model": e.model(label).model,
             "cross": {"reporter": reporter, "label": label, "self": reporter == label},
@@ -148,9 +152,12 @@ class CrossPipeline:
             "versions": versions(),
             "target": {"card": record["card"], "mean": record["card"]["standardisation"]["mean"],
                        "std": record["card"]["standardisation"]["std"]},
-            # the neuron's W_in/W_out hashes: checked against the base model only when it holds the neuron
-            ("weights_sha256" if reporter == label else "label_weights_sha256"): weights,
+            "reporter_layer": e.model(reporter).layer,
         }  # fmt: skip
+        if reporter != label:
+            weights = self.out / "labels" / label / "weights.json"
+            run["label_weights_sha256"] = read_record(weights, MapOf(STR))
+        return run
 
     # report ------------------------------------------------------------------------------
     def report(self, upstream: list[Stage]) -> Stage:

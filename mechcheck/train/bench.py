@@ -3,10 +3,18 @@
 The subject and its pristine weights (restored after every run that trains them), the target
 set, the length-sorted training chunks of every split, the drift reference (original next-token
 log-probs), and two lazily built caches: the frozen condition's final-norm features and the
-after-target residual leaving the neuron's layer. With a `TextTable` of the texts the model reads
-(`mechcheck.train.table`: one pass over every text of the experiment, shared by its seeds) both
-caches are slices of the table; without one they are computed here (the features on disk, the
-residual on disk in `resid_dir` when given, for other processes running cells of the same experiment).
+after-target residual leaving `layer`.
+
+`layer` is where every condition's frozen prefix ends (the resume layer): `after_target` trains the
+layers after it, from its cached output. For a run on the bench's own neurons it is the deepest
+neuron's layer (`targets.layer`); a cross-prediction reporter keeps its OWN neuron's layer whichever
+model's labels a run trains on (`mechcheck.train.run.train_run`'s `targets`), so the two cells of
+its row train the same parameters and differ only in the labels.
+
+With a `TextTable` of the texts the model reads (`mechcheck.train.table`: one pass over every text
+of the experiment, shared by its seeds) both caches are slices of the table; without one they are
+computed here (the features on disk, the residual on disk in `resid_dir` when given, for other
+processes running cells of the same experiment).
 
 With a prompted (token) readout the chunks hold the prompted texts — what the model reads and the
 readout answers — while the target set's labels stay those of the raw texts (see
@@ -48,9 +56,12 @@ class Bench:
         table: TextTable | None = None,
         original: dict[str, torch.Tensor] | None = None,
         resid_dir: Path | None = None,
+        *,
+        layer: int,
     ):
         start = time.perf_counter()
-        self.table = table
+        subject.anatomy.check_neuron(layer)
+        self.table, self.layer = table, layer
         self.subject, self.targets, self.cache_dir, self.progress = subject, targets, cache_dir, progress
         self.resid_dir = resid_dir
         self.batch_size, self.prompted = batch_size, prompt is not None
@@ -90,17 +101,17 @@ class Bench:
         return self._features is not None or (self.table is not None and self.table.features is not None)
 
     def resid(self) -> dict[str, list[torch.Tensor]]:
-        """The original model's residual leaving the (deepest) neuron's layer, per chunk of each split
-        (a slice of the table when there is one; else kept in a file in `resid_dir` when given)."""
+        """The original model's residual leaving `layer`, per chunk of each split (a slice of the
+        table when there is one; else kept in a file in `resid_dir` when given)."""
         if self._resid is None and self.table is not None and self.table.resid is not None:
-            assert self.table.layer == self.targets.layer, "the table's residual is of another layer"
+            assert self.table.layer == self.layer, "the table's residual is of another layer"
             self._resid = {
                 s: [self.table.resid_for(c, self.texts[s]) for c in self.chunks[s]] for s in SPLITS
             }
         if self._resid is None:
             self.restore()
             start = time.perf_counter()
-            site = Site("resid_post", self.targets.layer)
+            site = Site("resid_post", self.layer)
             position = self.targets.position
 
             def compute() -> dict[str, torch.Tensor]:

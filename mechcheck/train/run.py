@@ -7,6 +7,11 @@ forward pass, gradient flowing through it; `live_detached`: the same value, deta
 The loss is the readout's own `loss(x, labels)`: MSE on standardised labels for the linear head,
 cross-entropy on the label's class token through the LM head for token readouts
 (`mechcheck.train.readouts`). `train_run` runs the loop and measures the trained model.
+
+A run trains on the bench's own target set, or on `targets` of another model's neuron over the
+bench's texts (cross-prediction, `mechcheck.cross`): the same loop, loss, frozen-weights check, drift
+record and checkpoint. The other model is never trained, so its live labels are its fixed ones, and
+only conditions that keep the bench's prefix (up to `bench.layer`) frozen apply.
 """
 
 from __future__ import annotations
@@ -63,7 +68,8 @@ class Setup:
     """A run wired up: the task for the loop plus what the measurements need. `standardised`: the
     linear head trains on standardised labels (folded afterwards; `train.standardise = false` trains
     on raw values, as the study did); token readouts classify labels in the neuron's own units.
-    `initial`: the original model's cached features as a source, to score step 0 without a pass."""
+    `initial`: the original model's cached features as a source, to score step 0 without a pass.
+    `own_labels`: `targets` are the bench's own (else another model's neuron, cross-prediction)."""
 
     task: Task
     source: Source
@@ -71,8 +77,10 @@ class Setup:
     evaluator: Evaluator
     trainable: set[str]
     frozen_digest: str
+    targets: TargetSet
     standardised: bool = True
     initial: Source | None = None
+    own_labels: bool = True
 
 
 def readout_site(subject: Subject, cfg: TrainConfig) -> Site:
@@ -101,18 +109,18 @@ def make_source(bench: Bench, condition: Condition, readout: Readout) -> Source:
     if condition.source == "features":
         return FeatureSource(bench.chunks, bench.features()[0])
     if condition.source == "resume":
-        return ResumeSource(bench.subject, t.layer, t.position, bench.chunks, bench.resid(), site)
+        return ResumeSource(bench.subject, bench.layer, t.position, bench.chunks, bench.resid(), site)
     return FullSource(
         bench.subject, t.neuron_spec, t.position, bench.chunks, site, read_neuron=not bench.prompted
     )
 
 
-def make_readout(bench: Bench, cfg: TrainConfig, seed: int) -> Readout:
+def make_readout(bench: Bench, targets: TargetSet, cfg: TrainConfig, seed: int) -> Readout:
     if is_token(cfg.readout):
         if not bench.prompted:
             raise ValueError(f"readout {cfg.readout!r} needs a bench built with its prompt")
-        return fit_token_readout(cfg.readout, bench.subject, bench.targets)
-    k, site = bench.targets.k, readout_site(bench.subject, cfg)
+        return fit_token_readout(cfg.readout, bench.subject, targets)
+    k, site = targets.k, readout_site(bench.subject, cfg)
     return init_readout(bench.subject.d_model, seed, cfg.readout_frozen, k, site).to(bench.subject.device)
 
 
@@ -131,15 +139,21 @@ def train_eval_chunks(n_chunks: int, batch_size: int, texts: int) -> list[int]:
     return sorted({round(i * (n_chunks - 1) / max(1, k - 1)) for i in range(k)})
 
 
-def build_task(bench: Bench, condition: Condition, mode: str, seed: int, cfg: TrainConfig) -> Setup:
-    """Freeze what the condition keeps, init the readout, define the regime's loss and the evaluation."""
+def build_task(
+    bench: Bench, condition: Condition, mode: str, seed: int, cfg: TrainConfig,
+    targets: TargetSet | None = None,
+) -> Setup:  # fmt: skip
+    """Freeze what the condition keeps, init the readout, define the regime's loss and the evaluation;
+    `targets`: another model's labels over the bench's texts instead of the bench's own."""
     check_pair(condition, mode)
-    subject, targets = bench.subject, bench.targets
+    own_labels = targets is None
+    targets = bench.targets if targets is None else check_other_targets(bench, condition, targets)
+    subject = bench.subject
     bench.restore()
-    trainable = condition.trainable(subject, targets.layer)  # the deepest neuron's layer
+    trainable = condition.trainable(subject, bench.layer)
     if cfg.readout_frozen and not trainable:
         raise UserError(f"condition {condition.name!r} with readout_frozen = true would train nothing")
-    readout = make_readout(bench, cfg, seed)
+    readout = make_readout(bench, targets, cfg, seed)
     source = make_source(bench, condition, readout)  # builds the original model's caches first, if needed
     for name, p in subject.model.named_parameters():
         p.requires_grad_(name in trainable)
@@ -178,7 +192,25 @@ def build_task(bench: Bench, condition: Condition, mode: str, seed: int, cfg: Tr
         )  # fmt: skip
     monitor = "val_ce" if is_token(cfg.readout) else "val_mse"
     task = Task(groups, n_train, batch_loss, evaluator, monitor, first)
-    return Setup(task, source, readout, evaluator, trainable, frozen_digest, standardised, initial)
+    return Setup(
+        task, source, readout, evaluator, trainable, frozen_digest, targets, standardised, initial, own_labels
+    )
+
+
+def check_other_targets(bench: Bench, condition: Condition, targets: TargetSet) -> TargetSet:
+    """Another model's target set for this bench: the same texts, position and token limit, a condition
+    that keeps the bench's prefix frozen (a live label would be the bench's own neuron), a linear head."""
+    if condition.moves_neuron or bench.prompted:
+        what = "a prompted readout" if bench.prompted else f"condition {condition.name!r}"
+        raise UserError(
+            f"{what} cannot train on another model's labels: only conditions that keep the prefix up to the "
+            "bench's layer frozen apply (a live label would be the model's own neuron), with a linear head"
+        )
+    own = bench.targets
+    same = all(tuple(targets.texts(s)) == tuple(own.texts(s)) for s in SPLITS)
+    if not same or (targets.position, targets.max_tokens) != (own.position, own.max_tokens):
+        raise ValueError("another model's target set must label the bench's texts at its position and limit")
+    return targets
 
 
 def _raw_live_neuron(bench: Bench):
@@ -229,23 +261,26 @@ def train_run(
     resume: bool = False,
     progress: bool = False,
     on_step: Callable[[int], None] | None = None,
+    targets: TargetSet | None = None,
 ) -> dict[str, Any]:
     """Train one run and write its checkpoint to `out`; returns run.json. With `train.lr_grid`, a
     condition that trains model weights trains once per rate and keeps the best on validation under
-    `train.drift_cap` (`mechcheck.train.lr_sweep`)."""
+    `train.drift_cap` (`mechcheck.train.lr_sweep`). `targets`: another model's neuron over the bench's
+    texts (cross-prediction) instead of the bench's own target set; run.json then has no
+    `weights_sha256` (that neuron is not in the base model: the caller records its label model's)."""
     start = time.perf_counter()
     condition = CONDITIONS.get(condition_name)
     store = StateStore(out.with_name(out.name + ".state"))
 
     def train_one(run_cfg: TrainConfig, one: StateStore, again: bool):
-        setup = build_task(bench, condition, mode, seed, run_cfg)
+        setup = build_task(bench, condition, mode, seed, run_cfg, targets)
         source = setup.initial or setup.source  # the untrained model: its cached features when there are
-        before = predict_split(source, setup.readout, bench.targets, "test", standardised=setup.standardised)
+        before = predict_split(source, setup.readout, setup.targets, "test", standardised=setup.standardised)
         result = train_loop(setup.task, run_cfg, seed, one, config_hash, progress, on_step, again)
         return (setup, before[0]), result, setup.task.named()
 
     lr_choice = None
-    if cfg.lr_grid and condition.trainable(bench.subject, bench.targets.layer):
+    if cfg.lr_grid and condition.trainable(bench.subject, bench.layer):
         monitor = "val_ce" if is_token(cfg.readout) else "val_mse"
         (setup, before), result, lr_choice = sweep_lr(cfg, monitor, train_one, store, resume)
     else:
@@ -253,7 +288,7 @@ def train_run(
     frozen_fit = None
     if condition.source == "features":
         frozen_fit = ridge_or_sgd(
-            setup.readout, *bench.features(), bench.targets, cfg, result, setup.standardised
+            setup.readout, *bench.features(), setup.targets, cfg, result, setup.standardised
         )
     readout, predictions, metrics = measure(bench, setup, condition, mode, before, result)
     metrics |= {"best_step": result.best_step, "steps": result.steps, "stopped_early": result.stopped_early}
@@ -274,7 +309,7 @@ def train_run(
         "config_hash": config_hash,
         "train_config": to_dict(cfg),
         "lr_choice": lr_choice,
-        "weights_sha256": bench.base_weights_sha256,
+        **({"weights_sha256": bench.base_weights_sha256} if setup.own_labels else {}),
         "parameters": {"trainable": sum(sizes[n] for n in setup.trainable), "total": sum(sizes.values())},
         "frozen_params_sha256": setup.frozen_digest,
         "curves": result.curves,
@@ -316,11 +351,12 @@ def measure(
 ) -> tuple[Readout, dict[str, Any], dict[str, Any]]:
     """The trained run on the test split: folded readout, predictions.json and the metrics. The live
     neuron comes from the predictions' own pass when the source reads it (unfrozen, raw texts), else
-    from a pass over the test texts; drift from the best state's evaluation row of `result`."""
-    targets, subject = bench.targets, bench.subject
+    from a pass over the test texts (another model's neuron: its fixed labels, that model is never
+    trained); drift from the best state's evaluation row of `result`."""
+    targets, subject = setup.targets, bench.subject
     readout = fold_readout(setup.readout, targets) if setup.standardised else setup.readout
     after = predict_split(setup.source, readout, targets, "test", standardised=False)[0]
-    live = after.live
+    live = after.live if setup.own_labels else targets.test_labels
     if live is None:
         batch = targets.card["label_batch_size"]
         live, _ = compute_labels(

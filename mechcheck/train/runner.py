@@ -299,7 +299,7 @@ def train_experiment(
         prompt = fit_token_readout(cfg.readout, subject, targets) if is_token(cfg.readout) else None
         bench = Bench(
             subject, targets, cfg.batch_size, cfg.drift_texts, cache_dir, progress, prompt, model_table,
-            original,
+            original, layer=targets.layer,
         )  # fmt: skip
         seconds = time.perf_counter() - seed_start
         bench.seconds |= {"prepare": prepared, "table": model_table.seconds, "seed": seconds}
