@@ -136,6 +136,6 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--executor {args.executor}: cross-prediction runs have only the local executor")
 
         return cross_run_command(args, data)
-    from mechcheck.pipeline import run_command
+    from mechcheck.run_command import run_command
 
     return run_command(args)

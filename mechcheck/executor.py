@@ -100,6 +100,10 @@ class CellExecutor(ABC):
     def close(self) -> None:  # noqa: B027 - most executors hold nothing
         """Release what the executor started."""
 
+    def run_cells(self, pipeline: Any, corpus: Stage, select: Stage) -> tuple[Stage, list[Stage]]:
+        """A pipeline's train and test stages as cells here (`run_cells`); returns those stages."""
+        return run_cells(pipeline, corpus, select, self)
+
     def run(self, cells: Sequence[Cell], progress: bool = False) -> dict[str, Outcome]:
         from tqdm import tqdm
 
@@ -213,10 +217,13 @@ def train_cell(
 
 
 def battery_cell(experiment: Any, out: Path, stage: Stage) -> None:
-    """One test stage, run (and recorded) by the pipeline's own step."""
-    from mechcheck.pipeline import Pipeline
+    """One test stage, run (and recorded) as the pipeline runs it (`battery.runner.test_experiment`)."""
+    from mechcheck.battery.runner import test_experiment
 
-    run_stage(stage, Pipeline(experiment, out, progress=False)._test)
+    def step(stage: Stage, previous: dict[str, Any]) -> None:
+        test_experiment(experiment, stage.extra["checkpoints"], stage.folder)
+
+    run_stage(stage, step)
 
 
 def training_cells(pipeline: Any, train: Stage) -> list[Cell]:

@@ -28,7 +28,6 @@ one. `--variants a,b` runs only those.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 from dataclasses import replace
@@ -40,11 +39,9 @@ from tqdm import tqdm
 from mechcheck.battery.base import BatteryOptions
 from mechcheck.config import to_dict
 from mechcheck.errors import UserError
-from mechcheck.experiment import Experiment, config_dict, load_experiment, variants
+from mechcheck.experiment import Experiment, config_dict
 from mechcheck.outputs import write_json
-from mechcheck.ownership import hold
 from mechcheck.records import DICT, NEURON, STR, ListOf, Obj, read_record
-from mechcheck.rundir import RUN_ENTRIES, claim_run_dir, identity, write_run_record
 from mechcheck.stages import Stage, digest, run_stage
 
 RUN_FORMAT = "mechcheck-run/1"
@@ -246,29 +243,9 @@ class Pipeline:
         return stages
 
     def _test(self, stage: Stage, previous: dict[str, Any]) -> None:
-        from mechcheck.battery.base import BatteryOptions
-        from mechcheck.battery.runner import run_battery
+        from mechcheck.battery.runner import test_experiment
 
-        e = self.experiment
-        b = e.battery
-        options = BatteryOptions(
-            n_null=b.n_null,
-            n_null_secondary=b.n_null_secondary,
-            n_bootstrap=b.n_bootstrap,
-            ci=b.ci,
-            max_eval=b.max_eval,
-            max_tokens=e.corpus.max_tokens,
-            seed=e.seed,
-        )
-        checkpoints = stage.extra["checkpoints"]
-        run_battery(
-            checkpoints,
-            probes=list(b.probes) or None,
-            options=options,
-            out=stage.folder,
-            overwrite=True,
-            progress=self.progress,
-        )
+        test_experiment(self.experiment, stage.extra["checkpoints"], stage.folder, self.progress)
 
     # report ------------------------------------------------------------------------------
     def report(self, upstream: list[Stage]) -> Stage:
@@ -327,25 +304,6 @@ def combined_results(out: Path, experiment: Experiment, records: dict[str, dict[
     }
 
 
-def check_experiment(experiment: Experiment) -> None:
-    """Refuse a bad experiment before anything is written: the trainer's and the battery's checks
-    (the values themselves were checked when the file was read)."""
-    from mechcheck.battery.runner import select_probes
-    from mechcheck.scan import check_criterion
-    from mechcheck.train.runner import check_experiment as check_training
-
-    check_training(experiment, experiment.train.seeds)
-    select_probes(list(experiment.battery.probes) or None)
-    n = experiment.neuron
-    if not n.neurons and n.layer is None:
-        check_criterion(n.criterion)
-    if experiment.battery.max_eval < MIN_EVAL_TEXTS:
-        raise UserError(
-            f"battery.max_eval = {experiment.battery.max_eval}: the battery needs at least {MIN_EVAL_TEXTS} "
-            "evaluation texts for a confidence interval"
-        )
-
-
 def check_test_split(p: Pipeline) -> None:
     """The battery's evaluation texts come from the test split: refuse a too small one before training."""
     from mechcheck.battery.evaluation import check_eval_size
@@ -371,49 +329,6 @@ def run_pipeline(
         train = p.train(corpus, select)
         tests = p.test(train)
     else:
-        from mechcheck.executor import run_cells
-
-        train, tests = run_cells(p, corpus, select, executor)
+        train, tests = executor.run_cells(p, corpus, select)
     p.report([corpus, select, train, *tests])
     return p.out / "report.md"
-
-
-def run_command(args: argparse.Namespace) -> int:
-    """`mechcheck run EXPERIMENT.toml --out runs/NAME [--overwrite] [--seed S] [-q]`."""
-    experiment = load_experiment(args.experiment)
-    if args.seed is not None:
-        experiment = replace(experiment, seed=args.seed)
-    if args.quiet:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-    runs = variants(experiment, str(args.experiment))
-    chosen = list(getattr(args, "variants", None) or runs)
-    unknown = [v for v in chosen if v not in runs]
-    if unknown:
-        known = ", ".join(runs) or "none: the experiment has no [[variant]]"
-        raise UserError(f"--variants {unknown[0]!r}: the experiment's variants are {known}")
-    for one in [runs[v] for v in chosen] or [experiment]:
-        check_experiment(one)
-    from mechcheck.executor import make_executor
-
-    executor = make_executor(args.executor, args.cell_cpus, args.cell_gpus)  # refused before writing
-    name, config = identity(experiment, args.experiment), to_dict(experiment)
-    entries = (*RUN_ENTRIES, "shared", *runs) if runs else RUN_ENTRIES
-    try:
-        with hold(args.out) as output:
-            claim_run_dir(output, name, config, args.overwrite, entries)
-            write_run_record(output.out, name, args.experiment, config, output.marker["run_id"])
-            if not runs:
-                path = run_pipeline(experiment, output.out, progress=not args.quiet, executor=executor)
-                print(f"report: {path}")
-            for v in chosen:
-                path = run_pipeline(
-                    runs[v], output.out / v, progress=not args.quiet, executor=executor,
-                    shared=output.out / "shared",
-                )  # fmt: skip
-                print(f"{v}: report: {path}")
-    finally:
-        if executor is not None:
-            executor.close()
-    return 0

@@ -347,3 +347,23 @@ def write_results(out: Path, results: dict[str, Any], cks: list[Checkpoint], per
                     "tests": {n: r.test for n, r in run.results.items() if r.test is not None}}  # fmt: skip
             write_json(out / DATA / f"seed-{seed}{suffix}.json", _finite(data))
     write_json(out / "results.json", _finite(results))
+
+
+def experiment_options(experiment: Any) -> BatteryOptions:
+    """The battery's options of an experiment (`mechcheck.experiment.Experiment`): its [battery]
+    table, the corpus's token limit and the experiment's seed."""
+    b = experiment.battery
+    return BatteryOptions(
+        n_null=b.n_null, n_null_secondary=b.n_null_secondary, n_bootstrap=b.n_bootstrap, ci=b.ci,
+        max_eval=b.max_eval, max_tokens=experiment.corpus.max_tokens, seed=experiment.seed,
+    )  # fmt: skip
+
+
+def test_experiment(experiment: Any, checkpoints: Sequence[str], out: Path, progress: bool = False) -> None:
+    """An experiment's test stage: its battery over `checkpoints` (the seeds of one condition and
+    target mode), written into `out` (the stage's folder, which the stage owns)."""
+    probes = list(experiment.battery.probes) or None
+    run_battery(
+        checkpoints, probes=probes, options=experiment_options(experiment), out=out, overwrite=True,
+        progress=progress,
+    )  # fmt: skip
