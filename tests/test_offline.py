@@ -89,7 +89,7 @@ def test_an_installed_package_is_used_first(no_package: Path, monkeypatch, tmp_p
 
 # --- the dequantised copy of an offline model ----------------------------------------------------
 def test_a_dequantised_model_is_kept_atomically_and_reloads_identically(tmp_path: Path, monkeypatch) -> None:
-    """What `_keep_dequantised` writes loads back as the same weights and tokenizer; a second call
+    """What `keep_dequantised` writes loads back as the same weights and tokenizer; a second call
     leaves it alone; a save that fails leaves nothing a later load would read."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -99,7 +99,7 @@ def test_a_dequantised_model_is_kept_atomically_and_reloads_identically(tmp_path
 
     tiny = tiny_subject("llama", seed=3)
     folder = tmp_path / "models" / "tiny-float32-0123"
-    subject_module._keep_dequantised(tiny.model, tiny.tokenizer, folder)
+    subject_module.keep_dequantised(tiny.model, tiny.tokenizer, folder)
     assert (folder / subject_module.DEQUANTISED_DONE).is_file()
     assert sorted(p.name for p in folder.parent.iterdir()) == [folder.name]  # no temporary folder left
     model = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True)
@@ -108,7 +108,7 @@ def test_a_dequantised_model_is_kept_atomically_and_reloads_identically(tmp_path
     text = "the same tokens either way"
     assert AutoTokenizer.from_pretrained(folder)(text)["input_ids"] == tiny.tokenizer(text)["input_ids"]
     stamp = (folder / "model.safetensors").stat().st_mtime_ns
-    subject_module._keep_dequantised(tiny.model, tiny.tokenizer, folder)  # already there: untouched
+    subject_module.keep_dequantised(tiny.model, tiny.tokenizer, folder)  # already there: untouched
     assert (folder / "model.safetensors").stat().st_mtime_ns == stamp
 
     def full_disk(*args, **kwargs):
@@ -116,7 +116,7 @@ def test_a_dequantised_model_is_kept_atomically_and_reloads_identically(tmp_path
 
     other = tmp_path / "models" / "tiny-float32-4567"
     monkeypatch.setattr(type(tiny.model), "save_pretrained", full_disk)
-    subject_module._keep_dequantised(tiny.model, tiny.tokenizer, other)
+    subject_module.keep_dequantised(tiny.model, tiny.tokenizer, other)
     assert not other.exists() and sorted(p.name for p in other.parent.iterdir()) == [folder.name]
 
 
@@ -132,7 +132,7 @@ def test_the_dequantised_smollm2_is_the_gguf_model(tmp_path: Path, monkeypatch) 
     monkeypatch.setenv("MECHCHECK_CACHE", str(tmp_path))
     monkeypatch.setenv(offline.SMOLLM2_ENV, str(offline.smollm2_gguf()))
     first = load_subject("smollm2-135m")
-    folder = subject_module._dequantised_folder("smollm2-135m", offline.smollm2_gguf(), torch.float32)
+    folder = subject_module.dequantised_folder("smollm2-135m", offline.smollm2_gguf(), torch.float32)
     assert (folder / subject_module.DEQUANTISED_DONE).is_file()
     second = load_subject("smollm2-135m")
     a, b = first.model.state_dict(), second.model.state_dict()
