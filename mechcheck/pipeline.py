@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -134,43 +133,27 @@ class Pipeline:
         return self.stage("select", inputs, ("neurons.json",), self._select, shareable=True)
 
     def _select(self, stage: Stage, previous: dict[str, Any]) -> None:
-        n = self.experiment.neuron
-        if n.neurons or (n.layer is not None and n.index is not None):
-            fixed = [{"layer": r.layer, "index": r.index} for r in n.neurons or ()] or [
-                {"layer": n.layer, "index": n.index}
-            ]
-            record = {"fixed": True, "neurons": fixed, "position": n.position}
-            write_json(stage.folder / "neurons.json", record)
-            return
-        from mechcheck.selection import select, write_histograms
+        from mechcheck.selection import fixed_record, select, write_histograms
 
         e = self.experiment
-        texts = self.splits()["train"]
-        record, result = select(self.subject(), texts, n, e.corpus.max_tokens, e.seed, self.progress)
-        write_histograms(record, result, stage.folder)
+        record = fixed_record(e.neuron)
+        if record is None:
+            texts, subject = self.splits()["train"], self.subject()
+            record, result = select(subject, texts, e.neuron, e.corpus.max_tokens, e.seed, self.progress)
+            write_histograms(record, result, stage.folder)
         write_json(stage.folder / "neurons.json", record)
 
     def selection(self) -> dict[str, Any]:
         return read_record(self.folders["select"] / "neurons.json", DICT)
 
-    def neuron(self) -> dict[str, int]:
-        """The neuron this experiment trains: the select stage's best, or its pick for `neuron.band`."""
-        from mechcheck.selection import chosen
-
-        read_record(self.folders["select"] / "neurons.json", CHOSEN)
-        best = chosen(self.selection(), self.experiment.neuron.band)
-        return {"layer": int(best["layer"]), "index": int(best["index"])}
-
     # train -------------------------------------------------------------------------------
     def train_experiment(self) -> Experiment:
         """The experiment the trainer sees: the neuron fixed to the one the select stage chose (several
         neurons are always fixed by the experiment itself)."""
-        if self.experiment.neuron.neurons:
-            return self.experiment
-        n = self.neuron()
-        return replace(
-            self.experiment, neuron=replace(self.experiment.neuron, layer=n["layer"], index=n["index"])
-        )
+        from mechcheck.selection import with_chosen
+
+        read_record(self.folders["select"] / "neurons.json", CHOSEN)
+        return with_chosen(self.experiment, self.selection())
 
     def planned_runs(self, experiment: Experiment) -> dict[str, str]:
         """`<condition>-<mode>/seed-<k>` → the trainer's configuration hash of that run."""

@@ -11,10 +11,11 @@ ten beside its pick, and its rule in words.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from mechcheck.experiment import NeuronConfig
+from mechcheck.experiment import Experiment, NeuronConfig
 from mechcheck.scan import ScanResult, neuron_histogram_png, select_bands, select_neuron
 from mechcheck.subject import Subject
 
@@ -26,6 +27,26 @@ def band_rule(n: NeuronConfig) -> str:
         f"the top {n.target.replace('_', ' ')} by {n.criterion} at position {n.position!r} in each band "
         f"({bands}), from one scan of the first {n.scan_texts} train-split texts of the selection split"
     )
+
+
+def fixed_record(n: NeuronConfig) -> dict[str, Any] | None:
+    """The neurons.json record of an experiment that fixes its neuron(s); None when it selects one."""
+    if n.neurons:
+        fixed = [{"layer": r.layer, "index": r.index} for r in n.neurons]
+    elif n.layer is not None and n.index is not None:
+        fixed = [{"layer": n.layer, "index": n.index}]
+    else:
+        return None
+    return {"fixed": True, "neurons": fixed, "position": n.position}
+
+
+def with_chosen(experiment: Experiment, record: dict[str, Any]) -> Experiment:
+    """The experiment with its neuron fixed to the one `record` chose (several fixed neurons: as is)."""
+    if experiment.neuron.neurons:
+        return experiment
+    best = chosen(record, experiment.neuron.band)
+    neuron = replace(experiment.neuron, layer=int(best["layer"]), index=int(best["index"]))
+    return replace(experiment, neuron=neuron)
 
 
 def select(

@@ -13,29 +13,25 @@ and after-target residual are computed once for every text of the corpus
 
 from __future__ import annotations
 
-import argparse
 import json
-import re
 import shutil
 import time
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from mechcheck.config import Seeds, check_value, to_dict
 from mechcheck.corpus import Splits
 from mechcheck.errors import UserError
-from mechcheck.experiment import Experiment, load_experiment, split_seed
-from mechcheck.outputs import BOOKKEEPING, claim_dir, versions, write_json
-from mechcheck.ownership import hold
+from mechcheck.experiment import Experiment, split_seed
+from mechcheck.outputs import claim_dir, versions, write_json
 from mechcheck.readout import READOUTS, TARGET_KINDS, Neuron
 from mechcheck.records import DICT, read_record
 from mechcheck.splits import SPLIT_BY
 from mechcheck.subject import POSITIONS, Subject
 from mechcheck.targets import SPLITS, TargetSet
 from mechcheck.train.bench import Bench
-from mechcheck.train.conditions import CONDITIONS, TARGET_MODES, plan
+from mechcheck.train.conditions import CONDITIONS, plan
 from mechcheck.train.frozen_fit import default_cache_dir
 from mechcheck.train.loop import LR_SCHEDULES
 from mechcheck.train.readouts import check_readout, fit_token_readout, is_token, prompted_texts
@@ -98,23 +94,21 @@ def check_study_options(experiment: Experiment) -> None:
 def choose_neuron(
     experiment: Experiment, subject: Subject, train_texts: Sequence[str], progress: bool
 ) -> tuple[Neuron | tuple[Neuron, ...], dict[str, Any]]:
-    """The experiment's fixed neuron(s), or one selected on train-split texts (recorded): the top one
-    of its layers, or of its band (`neuron.bands` + `neuron.band`)."""
-    n, kind = experiment.neuron, experiment.neuron.target
-    if n.neurons:
-        fixed = tuple(Neuron(ref.layer, ref.index, kind) for ref in n.neurons)
-        for neuron in fixed:
-            neuron.check(subject)
-        return (fixed[0] if len(fixed) == 1 else fixed), {"selected": False}
-    if n.layer is not None:
-        neuron = Neuron(n.layer, n.index, kind)
-        neuron.check(subject)
-        return neuron, {"selected": False}
-    from mechcheck.selection import as_run_record, chosen, select
+    """The experiment's neuron(s), checked against the subject, and how they were chosen: fixed by
+    the experiment, or selected on train-split texts by the same rule and function as the pipeline's
+    select stage (`mechcheck.selection`), for a `mechcheck train` run on its own."""
+    from mechcheck.selection import as_run_record, fixed_record, select, with_chosen
 
-    record, _ = select(subject, train_texts, n, experiment.corpus.max_tokens, experiment.seed, progress)
-    best = chosen(record, n.band)
-    return Neuron(int(best["layer"]), int(best["index"]), kind), as_run_record(record, n.band)
+    n = experiment.neuron
+    record = fixed_record(n)
+    if record is None:
+        record, _ = select(subject, train_texts, n, experiment.corpus.max_tokens, experiment.seed, progress)
+        n = with_chosen(experiment, record).neuron
+    refs = n.neurons or [n]
+    neurons = tuple(Neuron(ref.layer, ref.index, n.target) for ref in refs)
+    for neuron in neurons:
+        neuron.check(subject)
+    return (neurons[0] if len(neurons) == 1 else neurons), as_run_record(record, n.band)
 
 
 def build_tables(
@@ -330,79 +324,3 @@ def train_experiment(
                 )  # fmt: skip
             )
     return runs
-
-
-def legacy_train_dir(out: Path) -> bool:
-    """A `mechcheck train` output written before the ownership marker: a target.json and only
-    `<condition>-<target mode>` folders beside it."""
-    names = [p.name for p in out.iterdir() if p.name not in ("target.json", *BOOKKEEPING)]
-    pattern = re.compile(rf"[a-z_]+-({'|'.join(TARGET_MODES)})")
-    return (out / "target.json").is_file() and all(pattern.fullmatch(n) for n in names)
-
-
-def summary_line(run: dict[str, Any]) -> str:
-    m = run["metrics"]
-    if "per_neuron" in m:
-        return _several_summary(run)
-    b, a = m["test_before"], m["test"]
-    nb, na = m["neuron_before"], m["neuron_after"]
-    kl = "-" if m.get("kl_after") is None else f"{m['kl_after']:.3g}"
-    lm = "-" if m.get("lm_loss_before") is None else f"{m['lm_loss_before']:.3f} -> {m['lm_loss_after']:.3f}"
-    return (
-        f"{run['condition']}-{run['target_mode']} seed {run['seed']}: "
-        f"test MSE {b['mse']:.4g} -> {a['mse']:.4g} "
-        f"(skill {a['skill']:.3f}), neuron std {nb['std']:.3g} -> {na['std']:.3g}, "
-        f"LM loss {lm}, KL {kl}, "
-        f"{run['timing']['run']:.0f} s{' [collapsed]' if m['collapsed'] else ''}"
-    ) + _digit_summary(m)
-
-
-def _several_summary(run: dict[str, Any]) -> str:
-    """One line for a several-neuron run: per neuron, test skill before -> after and the neuron's std."""
-    parts = []
-    for m in run["metrics"]["per_neuron"]:
-        n, b, a = m["neuron"], m["test_before"], m["test"]
-        std = f"{m['neuron_before']['std']:.3g} -> {m['neuron_after']['std']:.3g}"
-        parts.append(f"L{n['layer']}/{n['index']} skill {b['skill']:.3f} -> {a['skill']:.3f} (std {std})")
-    kl = run["metrics"].get("kl_after")
-    return (
-        f"{run['condition']}-{run['target_mode']} seed {run['seed']}: "
-        + "; ".join(parts)
-        + f", KL {'-' if kl is None else f'{kl:.3g}'}, {run['timing']['run']:.0f} s"
-    )
-
-
-def _digit_summary(metrics: dict[str, Any]) -> str:
-    """Token readouts: the class-space skill before -> after (expected digit vs true decile)."""
-    if "digit" not in metrics:
-        return ""
-    b, a = metrics["digit_before"], metrics["digit"]
-    rho = ["-" if d["spearman"] is None else f"{d['spearman']:.3f}" for d in (b, a)]
-    return (
-        f"; digit Spearman {rho[0]} -> {rho[1]}, MAE {b['mae']:.3f} -> {a['mae']:.3f}, "
-        f"arg-max accuracy {b['argmax_accuracy']:.3f} -> {a['argmax_accuracy']:.3f}"
-    )
-
-
-def train_command(args: argparse.Namespace) -> int:
-    """`mechcheck train EXPERIMENT.toml --out DIR [--seeds 0,1,2] [--resume] [--overwrite] [-q]`."""
-    experiment = load_experiment(args.experiment)
-    if args.seed is not None:
-        experiment = replace(experiment, seed=args.seed)
-    if args.quiet:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-    seeds = experiment.train.seeds if args.seeds is None else args.seeds
-    pairs = check_experiment(experiment, seeds)
-    entries = ("target.json", *(f"{c.name}-{m}" for c, m in pairs))
-    with hold(args.out) as output:
-        output.claim("train", entries, overwrite=args.overwrite, resume=args.resume, legacy=legacy_train_dir)
-        runs = train_experiment(
-            experiment, output.out, seeds=seeds, resume=args.resume, overwrite=args.overwrite,
-            progress=not args.quiet,
-        )  # fmt: skip
-    for run in runs:
-        print(summary_line(run))
-    print(f"checkpoints: {args.out}/<condition>-<target_mode>/seed-<k>/; target set: {args.out}/target.json")
-    return 0
