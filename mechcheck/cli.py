@@ -1,4 +1,4 @@
-"""Command line: select, train, test, report, compare, run.
+"""Command line: select, train, test, report, compare, incontext, run.
 
 Bad input → one line on stderr, exit 2; an environment fault (full disk, quota, I/O error) → one
 line, exit 1; an interrupt → exit 130 (rerun to resume). Set MECHCHECK_DEBUG=1 for tracebacks."""
@@ -100,6 +100,16 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="tabulate several runs")
     p.add_argument("dirs", nargs="+")
     p.add_argument("--out", default=None)
+    _common(p)
+
+    p = sub.add_parser("incontext", help="the in-context baseline: the untouched model asked with k examples")
+    p.add_argument("experiment")
+    p.add_argument("--out", required=True)
+    p.add_argument("--ks", type=_int_list, default=(0, 1, 2, 4, 8, 16), help="numbers of examples")
+    p.add_argument(
+        "--n-train", type=_typed(Count, _int), default=500, help="train texts the examples come from"
+    )
+    p.add_argument("--n-test", type=_typed(Count, _int), default=100, help="test texts asked")
     _common(p)
 
     p = sub.add_parser("run", help="scan → train → battery → report, resumable")

@@ -104,13 +104,25 @@ def test_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def incontext(args: argparse.Namespace) -> int:
+    from mechcheck.incontext_run import incontext_command
+
+    return incontext_command(args)
+
+
 def report(args: argparse.Namespace) -> int:
     from mechcheck.cross.pipeline import cross_report_command, is_cross_run
+    from mechcheck.incontext_run import is_incontext_run
     from mechcheck.ownership import hold
 
     with hold(args.dir, create=False), _rendering(args.dir):
         if is_cross_run(args.dir):
             return cross_report_command(args)
+        if is_incontext_run(args.dir):
+            from mechcheck.report.incontext_md import render_incontext
+
+            print(f"report: {render_incontext(args.dir)}")
+            return 0
         from mechcheck.report import report_command
 
         return report_command(args)
