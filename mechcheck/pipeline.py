@@ -257,7 +257,10 @@ def _link(link: Path, target: Path) -> None:
 
 
 def combined_results(out: Path, experiment: Experiment, records: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The run's results.json: every condition's battery results, curves per seed, the stages."""
+    """The run's results.json: every condition's battery results (and, with several seeds, each
+    seed's verdicts alone: `mechcheck.battery.seed_verdicts`), curves per seed, the stages."""
+    from mechcheck.battery.seed_verdicts import seed_verdicts
+
     conditions = []
     for name in sorted(n for n in records if n.startswith("test/")):
         key = name.split("/", 1)[1]
@@ -266,7 +269,9 @@ def combined_results(out: Path, experiment: Experiment, records: dict[str, dict[
         for run_file in sorted((out / "train" / key).glob("seed-*/run.json")):
             run = read_record(run_file, DICT)
             curves[str(run.get("seed", run_file.parent.name.split("-")[-1]))] = run.get("curves") or []
-        conditions.append({"key": key, "dir": name, "results": results, "curves": curves})
+        entry = {"key": key, "dir": name, "results": results, "curves": curves}
+        by_seed = seed_verdicts(results, out / name)  # several seeds: each decided alone as well
+        conditions.append(entry if by_seed is None else entry | {"seed_verdicts": by_seed})
     batteries = [c["results"] for c in conditions if str(c["results"].get("format", "")).endswith("/2")]
     if batteries:  # the primary tests of the whole experiment, BH-corrected together
         from mechcheck.verdict import experiment_level

@@ -9,6 +9,7 @@ import shutil
 import numpy as np
 import pytest
 from planted import TEST_OPTIONS, write_planted
+from results_compare import close, numeric_pairs
 
 from mechcheck.battery.base import PROBES, Probe, ProbeResult, register
 from mechcheck.battery.information import r2
@@ -148,3 +149,26 @@ def test_the_runner_refuses_a_probe_that_returns_a_malformed_result(two_seeds, m
     monkeypatch.setitem(PROBES._items, "broken", Broken)
     with pytest.raises(ValueError, match="probe 'broken': metric 'x' lacks a value"):
         run_battery([two_seeds[0]], probes=["broken"], options=TEST_OPTIONS)
+
+
+def test_each_seed_decided_alone_equals_its_own_battery(pooled, two_seeds, tmp_path):
+    """seed_verdicts re-pools each seed's saved data: its information tests are exactly those of a
+    battery run on that checkpoint alone, and its verdicts are counted against the pooled ones."""
+    from mechcheck.battery.seed_verdicts import seed_probes, seed_verdicts
+
+    results, out = pooled
+    got = seed_verdicts(results, out)
+    assert got["seeds"] == [0, 1] and all(len(v) == 2 for v in got["verdicts"].values())
+    assert set(got["twins"]) >= {"H2_out", "null"} and got["agreement"]["H2_out"].endswith("/2")
+    for k, checkpoint in enumerate(two_seeds):
+        alone = run_battery([checkpoint], probes=PROBES_RUN, options=TEST_OPTIONS, out=tmp_path / str(k))
+        data = json.loads((out / "battery" / f"seed-{k}.json").read_text())
+        mine = seed_probes(results["probes"], data, k, results["config"])
+        for test in PRIMARY:
+            a, b = json.loads(json.dumps(mine[test]["heads"])), alone["probes"][test]["heads"]
+            for where, x, y in numeric_pairs(a, b, test):
+                assert close(x, y, 1e-9, 1e-12), (k, where, x, y)
+        for h in ("H1", "H2_in", "H2_out"):  # the same rules on the same numbers
+            assert got["verdicts"][h][k] == alone["verdicts"][h]["verdict"], (k, h)
+    n_same = sum(v == results["verdicts"]["H2_out"]["verdict"] for v in got["verdicts"]["H2_out"])
+    assert got["agreement"]["H2_out"] == f"{n_same}/2"

@@ -98,6 +98,12 @@ def test_checkpoints_of_two_seeds_record_and_use_their_own_splits(
     assert set(target["seeds"]) == {"0", "1"} and target["table"]["texts"] == 300  # one pass over every text
     inits = [json.loads((out / f"train/after_target-fixed/seed-{s}/run.json").read_text()) for s in (0, 1)]
     assert inits[0]["curves"][0]["val_mse"] != inits[1]["curves"][0]["val_mse"]  # init and data differ
+    combined = json.loads((out / "results.json").read_text())
+    for c in combined["conditions"]:  # beside the pooled verdicts, each seed decided alone
+        by_seed = c["seed_verdicts"]
+        assert by_seed["seeds"] == [0, 1] and all(len(v) == 2 for v in by_seed["verdicts"].values())
+        pooled = c["results"]["verdicts"]["H3"]["verdict"]
+        assert by_seed["agreement"]["H3"] == f"{by_seed['verdicts']['H3'].count(pooled)}/2"
 
 
 def test_the_shared_table_equals_per_split_passes() -> None:
