@@ -118,6 +118,11 @@ def report(args: argparse.Namespace) -> int:
     with hold(args.dir, create=False), _rendering(args.dir):
         if is_cross_run(args.dir):
             return cross_report_command(args)
+        from mechcheck.report.study_md import is_study_run, render_study
+
+        if is_study_run(args.dir):
+            print(f"report: {render_study(args.dir)}")
+            return 0
         if is_incontext_run(args.dir):
             from mechcheck.report.incontext_md import render_incontext
 

@@ -45,6 +45,7 @@ from mechcheck.stages import Stage, digest, run_stage
 
 RUN_FORMAT = "mechcheck-run/1"
 MIN_EVAL_TEXTS = BatteryOptions.min_labels  # the battery's minimum for a confidence interval
+RESULTS_VERSION = 2  # 2: each seed's verdicts alone (`seed_verdicts`) beside the pooled ones
 SPLITS = Obj({k: ListOf(STR) for k in ("train", "val", "test")}, required=("train", "val", "test"))
 CHOSEN = Obj({"neurons": ListOf(NEURON, min_len=1)}, required=("neurons",))
 
@@ -233,6 +234,7 @@ class Pipeline:
     # report ------------------------------------------------------------------------------
     def report(self, upstream: list[Stage]) -> Stage:
         inputs = {s.name: s.hash for s in upstream} | {"experiment": to_dict(self.experiment)}
+        inputs["results"] = RESULTS_VERSION  # what combined_results computes: a new one reruns this stage
         return self.stage("report", inputs, ("../results.json", "../report.md"), self._report)
 
     def _report(self, stage: Stage, previous: dict[str, Any]) -> None:

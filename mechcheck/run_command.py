@@ -72,6 +72,10 @@ def run_command(args: argparse.Namespace) -> int:
                     shared=output.out / "shared",
                 )  # fmt: skip
                 print(f"{v}: report: {path}")
+            if runs:
+                from mechcheck.report.study_md import render_study
+
+                print(f"study: {render_study(output.out)}")
     finally:
         if executor is not None:
             executor.close()

@@ -143,6 +143,21 @@ def test_variants_through_the_cell_executor_equal_the_local_run(local_run, tmp_p
     monkeypatch.setenv("MECHCHECK_CACHE", str(tmp_path / "cache"))
     local = tmp_path / "local"
     assert main(["run", str(file), "--out", str(local), "-q"]) == 0
+    study = (local / "report.md").read_text()  # the variants side by side, each seed decided alone
+    assert "Variants finished: 2 of 2." in study
+    verdicts, numbers = study.split("## Shares")
+    starts = ("| one-", "| frozen-")
+    rows = {
+        part: [line.split(" | ")[:6] for line in text.splitlines() if line.startswith(starts)]
+        for part, text in (("verdicts", verdicts), ("numbers", numbers))
+    }
+    want = [["| one-seed", "after_target-fixed"], ["| one-seed", "frozen-fixed"]]
+    want.append(["| frozen-only", "frozen-fixed"])
+    assert [[r[0], r[2]] for r in rows["numbers"]] == [[r[0], r[2]] for r in rows["verdicts"]] == want
+    assert [r[3] for r in rows["verdicts"]] == ["1", "1", "2"]  # seeds per row
+    assert ["/2)" in r[5] for r in rows["verdicts"]] == [False, False, True]  # two seeds: each decided alone
+    (local / "report.md").unlink()
+    assert main(["report", str(local), "-q"]) == 0 and (local / "report.md").read_text() == study
     out = tmp_path / "cells"
     for name, experiment in variants(load_experiment(file), str(file)).items():
         run_pipeline(experiment, out / name, executor=InProcessExecutor(), shared=out / "shared")
