@@ -408,12 +408,12 @@ def test_a_refused_test_leaves_nothing_behind(tiny, tmp_path, capsys):
 
 def test_an_interrupt_keeps_what_was_written_and_releases_the_lock(tiny, tmp_path, monkeypatch):
     """Ctrl-C keeps what was written (to resume) but releases the lock."""
-    import mechcheck.pipeline
+    import mechcheck.run_command
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(mechcheck.pipeline, "run_pipeline", interrupted)
+    monkeypatch.setattr(mechcheck.run_command, "run_pipeline", interrupted)
     out = tmp_path / "out"
     assert main(["run", str(tiny["experiment"]), "--out", str(out), "-q"]) == 130
     assert (out / "experiment.json").is_file() and not (out / ".mechcheck.lock").exists()
