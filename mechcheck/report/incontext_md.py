@@ -51,6 +51,7 @@ def render_incontext(folder: str | Path) -> Path:
         folder / "figures" / "incontext.png",
     )  # fmt: skip
     corpus = results.get("corpus") or {}
+    source = corpus.get("spec") or corpus.get("source") or "?"
     lines = [
         f"# mechcheck in-context baseline — {results.get('name', folder.name)}",
         "",
@@ -59,7 +60,7 @@ def render_incontext(folder: str | Path) -> Path:
         f"of {results['n_test']} test texts is asked after k examples drawn at random "
         f"(seed {results['seed']}) "
         f"from {results['n_train']} train texts of the experiment's own split (corpus "
-        f"`{corpus.get('source', '?')}`); the answer is the next-token distribution over the ten digit "
+        f"`{source}`); the answer is the next-token distribution over the ten digit "
         "tokens, scored as the fine-tuned `digit` readout is. 95 % bootstrap CIs over the test texts.",
         "",
         md_table(
