@@ -23,6 +23,7 @@ import torch
 from scipy import stats
 
 from mechcheck.readout import Neuron, neuron_values
+from mechcheck.stats import percentile_ci, skill
 from mechcheck.subject import Site, Subject, gather_position
 from mechcheck.token_readout import DigitReadout
 
@@ -93,7 +94,7 @@ def answer(
     )
 
 
-def skill(
+def answer_metrics(
     answers: Answers, classes: np.ndarray, labels: np.ndarray, n_boot: int = 1000, seed: int = 0
 ) -> dict:
     """Point estimates with 95 % percentile-bootstrap CIs over the test texts."""
@@ -101,7 +102,7 @@ def skill(
         "spearman_digit": lambda i: stats.spearmanr(answers.expected[i], classes[i]).statistic,
         "mae_digit": lambda i: np.abs(answers.expected[i] - classes[i]).mean(),
         "accuracy_argmax": lambda i: (answers.argmax[i] == classes[i]).mean(),
-        "r2_units": lambda i: 1 - ((answers.in_units[i] - labels[i]) ** 2).sum() / _ss(labels[i]),
+        "r2_units": lambda i: skill(answers.in_units[i], labels[i]),
         "pearson_units": lambda i: stats.pearsonr(answers.in_units[i], labels[i]).statistic,
     }
     index = np.arange(len(labels))
@@ -118,16 +119,8 @@ def _with_ci(fn, index: np.ndarray, n_boot: int, seed: int) -> dict:
     value = float(fn(index))
     if not np.isfinite(value):
         return {"value": None, "ci": [None, None]}
-    boot = stats.bootstrap(
-        (index,), lambda i: fn(i.astype(int)), n_resamples=n_boot, method="percentile", vectorized=False,
-        rng=np.random.default_rng(seed),
-    )  # fmt: skip
-    ci = [float(boot.confidence_interval.low), float(boot.confidence_interval.high)]
+    ci = percentile_ci((index,), lambda i: fn(i.astype(int)), n_resamples=n_boot, seed=seed, vectorized=False)
     return {"value": value, "ci": [None if np.isnan(c) else c for c in ci]}
-
-
-def _ss(y: np.ndarray) -> float:
-    return float(((y - y.mean()) ** 2).sum())
 
 
 def incontext_baseline(
@@ -162,7 +155,7 @@ def incontext_baseline(
             for pick, query in zip(shots, test_texts, strict=True)
         ]
         answers = answer(subject, readout, prompts, batch_size, progress)
-        by_k.append({"k": k, **skill(answers, test_classes, test_labels.numpy(), n_boot, seed)})
+        by_k.append({"k": k, **answer_metrics(answers, test_classes, test_labels.numpy(), n_boot, seed)})
     return {
         "neuron": neuron.as_dict(),
         "position": position,

@@ -232,3 +232,15 @@ def check_predictions(data: Any, where: str) -> dict[str, Any]:
     if any(i >= len(data["texts"]) for i in data.get("text_index", ())):
         raise UserError(f"{where}: text_index points past its {len(data['texts'])} texts")
     return data
+
+
+COLUMNS = ("labels", "live_labels", "predictions", "predictions_before")  # one value per neuron a row
+
+
+def column(predictions: dict[str, Any], i: int) -> dict[str, Any]:
+    """Neuron i's own predictions record (as a one-neuron run writes it) from a several-neuron one,
+    whose arrays are rows of k values in the order of its `neurons`."""
+    p = predictions
+    out = {k: v for k, v in p.items() if k not in (*COLUMNS, "neurons")}
+    out |= {k: [row[i] for row in p[k]] for k in COLUMNS if isinstance(p.get(k), list)}
+    return out | {"neuron": p["neurons"][i]}

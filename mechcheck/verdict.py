@@ -239,7 +239,7 @@ def experiment_level(batteries: list[dict[str, Any]]) -> None:
     """BH over the primary tests of a whole experiment (every condition, neuron and head family
     together), in place: each primary test's null gets `q_experiment`, and the verdicts are decided
     again with it. `batteries` are results.json dicts of format 2 (several-neuron ones included)."""
-    from mechcheck.battery.information import bh
+    from mechcheck.stats import bh
 
     views = []
     for results in batteries:

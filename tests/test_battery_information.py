@@ -11,7 +11,9 @@ from mechcheck.battery import nulls
 from mechcheck.battery.aggregate import Pooled
 from mechcheck.battery.base import BatteryOptions
 from mechcheck.battery.context import build_context
-from mechcheck.battery.information import (
+from mechcheck.battery.scoring import delta_r2
+from mechcheck.readout import LinearReadout, Neuron
+from mechcheck.stats import (
     Resampler,
     bh,
     interval,
@@ -20,8 +22,6 @@ from mechcheck.battery.information import (
     r2_from_moments,
     rank_p,
 )
-from mechcheck.battery.scoring import delta_r2
-from mechcheck.readout import LinearReadout, Neuron
 from mechcheck.testing import random_texts, tiny_subject
 
 

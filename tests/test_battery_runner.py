@@ -12,9 +12,9 @@ from planted import TEST_OPTIONS, write_planted
 from results_compare import close, numeric_pairs
 
 from mechcheck.battery.base import PROBES, Probe, ProbeResult, register
-from mechcheck.battery.information import r2
 from mechcheck.battery.runner import FORMAT, load_probes, run_battery, select_probes
 from mechcheck.errors import UserError
+from mechcheck.stats import r2
 from mechcheck.testing import random_texts
 
 PROBES_RUN = ["informative", "neuron", "in_bypass", "out_direct", "collapse"]
@@ -77,7 +77,7 @@ def test_primary_tests_get_bh_q_values_on_every_head(pooled):
             results["probes"][name]["kind"] == "descriptive" and results["probes"][name]["primary"] is False
         )
     # the report's q-values are BH over the three primary tests' p-values
-    from mechcheck.battery.information import bh
+    from mechcheck.stats import bh
 
     ps = [results["probes"][t]["heads"]["report"]["null"]["p"] for t in PRIMARY]
     qs = [results["probes"][t]["heads"]["report"]["null"]["q"] for t in PRIMARY]

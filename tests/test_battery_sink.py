@@ -17,11 +17,11 @@ from planted import SINK_CASE, TEST_OPTIONS, write_planted
 
 from mechcheck.battery.context import build_context
 from mechcheck.battery.engine import SetCoords
-from mechcheck.battery.information import r2
 from mechcheck.battery.interchange import pin
 from mechcheck.battery.runner import run_battery
 from mechcheck.battery.scoring import engine, heads, in_basis
 from mechcheck.checkpoint import read_checkpoint
+from mechcheck.stats import r2
 
 SEEDS = (0, 1, 2)
 

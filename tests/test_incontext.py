@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from mechcheck.incontext import Answers, incontext_baseline, incontext_prompt, last_token_logits, skill
+from mechcheck.incontext import (
+    Answers,
+    answer_metrics,
+    incontext_baseline,
+    incontext_prompt,
+    last_token_logits,
+)
 from mechcheck.readout import Neuron
 from mechcheck.subject import Site, last_index
 from mechcheck.testing import random_texts, tiny_subject
@@ -38,7 +44,7 @@ def test_skill_of_known_answers():
     classes = np.repeat(np.arange(10), 10)
     labels = classes + np.tile(np.linspace(-0.4, 0.4, 10), 10)
     perfect = Answers(classes.astype(float), classes, classes.astype(float))
-    got = skill(perfect, classes, labels, n_boot=200)
+    got = answer_metrics(perfect, classes, labels, n_boot=200)
     assert got["spearman_digit"]["value"] == pytest.approx(1.0)
     assert got["mae_digit"]["value"] == 0.0 and got["accuracy_argmax"]["value"] == 1.0
     # in units the class mean misses only the within-class spread: R² = 1 - var_within / var_total
@@ -46,7 +52,7 @@ def test_skill_of_known_answers():
         1 - labels.var() ** -1 * (labels - classes).var(), abs=1e-9
     )
     flat = Answers(np.full(100, 4.5), np.zeros(100, int), np.full(100, labels.mean()))
-    none = skill(flat, classes, labels, n_boot=200)
+    none = answer_metrics(flat, classes, labels, n_boot=200)
     assert none["spearman_digit"]["value"] is None
     assert none["r2_units"]["value"] == pytest.approx(0.0, abs=1e-12)
     assert none["mae_digit"]["value"] == pytest.approx(2.5)

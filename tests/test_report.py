@@ -12,9 +12,10 @@ import pytest
 
 from mechcheck.cli import main
 from mechcheck.report import render_report
-from mechcheck.report.stats import fit, prediction_fits
+from mechcheck.report.predictions import prediction_fits
 from mechcheck.report.tables import fmt, fmt_ci
 from mechcheck.report.views import load_view
+from mechcheck.stats import fit
 
 DATA = Path(__file__).parent / "data"
 FIXTURE = DATA / "report_fixture"

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mechcheck.battery.information import r2
 from mechcheck.report import render_report
+from mechcheck.stats import r2
 
 DATA = Path(__file__).parent / "data"
 FIXTURE = DATA / "report_fixture_v2"

@@ -13,8 +13,8 @@ from mechcheck.cli import main
 from mechcheck.errors import UserError
 from mechcheck.experiment import load_experiment
 from mechcheck.readout import report
+from mechcheck.stats import regression_metrics
 from mechcheck.testing import random_texts, save_tiny, tiny_model
-from mechcheck.train.monitors import regression_metrics
 from mechcheck.train.record import metrics_from_predictions
 from mechcheck.train.runner import train_experiment
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from mechcheck.battery.information import (
+from mechcheck.stats import (
     Resampler,
     bh,
     interval,
@@ -27,6 +27,7 @@ from mechcheck.battery.information import (
     null_summary,
     r2_from_moments,
     rank_p,
+    skill_from_sums,
 )
 
 
@@ -54,9 +55,7 @@ def _mean(s):
 
 
 def _skill(s):
-    n, y, yy, sse = (s[..., i] for i in range(4))
-    var = yy / n - (y / n) ** 2
-    return 1.0 - (sse / n) / np.where(var > 0, var, np.nan)
+    return skill_from_sums(*(s[..., i] for i in range(4)))
 
 
 def _std_ratio(s):

@@ -34,8 +34,8 @@ from sklearn.linear_model import RidgeCV
 
 from mechcheck.battery.context import Context, report_of
 from mechcheck.battery.engine import Readings
-from mechcheck.battery.information import r2
 from mechcheck.battery.vectors import project_out
+from mechcheck.stats import r2
 
 FOLDS = 5
 ALPHAS = np.logspace(-3, 5, 17)

@@ -26,8 +26,8 @@ from mechcheck.battery.base import Probe, ProbeResult
 from mechcheck.battery.context import Context
 from mechcheck.battery.engine import Draw, Engine, Readings
 from mechcheck.battery.heads import Heads
-from mechcheck.battery.information import r2
 from mechcheck.battery.nulls import Neurons, derangement, matched_neurons
+from mechcheck.stats import r2
 
 CHUNK = 64  # draws scored at a time (bounds the memory of the readings)
 

@@ -4,7 +4,7 @@ Cell (R → O): reporter R's test predictions of model O's neuron. For each cond
 neuron owner O, **self** is O → O and **other** is the other model → O: the same test texts and the
 same labels (O's neuron), so the difference self − other is paired text by text. Skill is
 1 − MSE / Var(label) on the test split, averaged over seeds; every CI is a percentile bootstrap over
-test texts (`mechcheck.battery.stats.bootstrap_ci`, seeded), resampling the same texts for every seed
+test texts (`mechcheck.stats.bootstrap_ci`, seeded), resampling the same texts for every seed
 and both cells of a pair.
 
 Verdict per neuron and condition: **self-report** when the CI of self − other lies above 0 and the
@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from mechcheck.battery.stats import bootstrap_ci, metric, r2
 from mechcheck.errors import UserError
-from mechcheck.report.views import read_json
+from mechcheck.records import read_json
+from mechcheck.stats import bootstrap_ci, metric, skill
 
 MATRIX_FORMAT = "mechcheck-cross/1"
 
@@ -44,7 +44,7 @@ def rule(min_advantage: float) -> str:
 
 
 def _mean_skill(y: np.ndarray, *preds: np.ndarray, axis: int = -1) -> np.ndarray:
-    return np.mean([r2(p, y, axis=axis) for p in preds], axis=0)
+    return np.mean([skill(p, y, axis=axis) for p in preds], axis=0)
 
 
 def _skill_difference(y: np.ndarray, *preds: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -132,7 +132,7 @@ def cross_matrix(
         for reporter in names:
             for label in names:
                 cell = [preds[_key(r)] for r in mine if r["reporter"] == reporter and r["label"] == label]
-                skills = [r2(np.asarray(p["predictions"]), np.asarray(p["labels"])) for p in cell]
+                skills = [skill(np.asarray(p["predictions"]), np.asarray(p["labels"])) for p in cell]
                 table["cells"][f"{reporter}->{label}"] = {
                     "reporter": reporter, "label": label, "skill_per_seed": [float(s) for s in skills],
                 }  # fmt: skip

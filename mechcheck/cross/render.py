@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from mechcheck.cross.matrix import cross_matrix
 from mechcheck.errors import UserError
 from mechcheck.outputs import save_figure, write_json, write_text
-from mechcheck.report.views import read_json
+from mechcheck.records import read_json
 
 FIGURE = "figures/cross_skills.png"
 

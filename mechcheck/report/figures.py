@@ -16,7 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from mechcheck.outputs import save_figure
-from mechcheck.report.stats import array
+from mechcheck.report.predictions import array
 
 DPI = 110
 

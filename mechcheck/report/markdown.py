@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from mechcheck.report import figures as fig
-from mechcheck.report.stats import Fit, array, prediction_fits, spread, stale_fraction, std_ratio, target_key
+from mechcheck.report.predictions import array, prediction_fits, stale_fraction, std_ratio, target_key
 from mechcheck.report.tables import MISSING, fmt, fmt_ci, get, md_table
 from mechcheck.report.validity import THRESHOLDS, threats
 from mechcheck.report.views import ConditionView, RunView
+from mechcheck.stats import Fit, spread
 
 TRAINED = {
     "frozen": "the readout only (the model is frozen)",

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from mechcheck.report import study
-from mechcheck.report.stats import array, prediction_fits
+from mechcheck.report.predictions import array, prediction_fits
 from mechcheck.report.tables import MISSING, fmt, fmt_entry, md_table
 from mechcheck.report.views import ConditionView, RunView
 

@@ -16,8 +16,8 @@ from mechcheck.report import information_md
 from mechcheck.report.battery_md import battery_section
 from mechcheck.report.cross_talk_md import cross_talk_sections
 from mechcheck.report.markdown import Figures, condition_section, header_section, threats_section
+from mechcheck.report.predictions import pooled_fit, std_ratio
 from mechcheck.report.reference import reference_section
-from mechcheck.report.stats import pooled_fit, std_ratio
 from mechcheck.report.tables import MISSING, fmt, fmt_ci, get, md_table
 from mechcheck.report.verdicts_md import HYPOTHESES, verdict_section
 from mechcheck.report.views import RunView, load_view

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from mechcheck.report.stats import prediction_fits, stale_fraction
+from mechcheck.report.predictions import prediction_fits, stale_fraction
 from mechcheck.report.tables import fmt, get, is_number
 from mechcheck.report.views import ConditionView
 

@@ -19,8 +19,7 @@ from typing import Any
 
 from mechcheck import records
 from mechcheck.errors import UserError
-from mechcheck.records import DICT, NEURON, RUN, STR, ListOf, MapOf, Obj
-from mechcheck.report.stats import column
+from mechcheck.records import DICT, NEURON, RUN, STR, ListOf, MapOf, Obj, column
 from mechcheck.report.tables import get
 
 RESULTS_FORMAT = "mechcheck-results/1"

@@ -21,10 +21,10 @@ from threadpoolctl import threadpool_limits
 
 from mechcheck.offline import cache_root
 from mechcheck.readout import LinearReadout
+from mechcheck.stats import fit_metrics
 from mechcheck.subject import Subject
 from mechcheck.targets import SPLITS, TargetSet
 from mechcheck.tensor_cache import content_key, load_or_compute, model_digest
-from mechcheck.train.monitors import fit_metrics
 from mechcheck.train.sources import Chunks, final_norm_features
 
 CACHE_VERSION = "mechcheck-features/1"

@@ -1,7 +1,8 @@
-"""What the trainer measures: regression metrics, predictions per split, drift of the LM.
+"""What the trainer measures: predictions per split, their metrics, drift of the LM.
 
-All metrics are computed in the neuron's own units (after de-standardising) with numpy float64
-from float32 values, so the same function applied to predictions.json reproduces them exactly.
+All metrics are computed in the neuron's own units (after de-standardising) by
+`mechcheck.stats.fit_metrics` (numpy float64 from float32 values), so the same function applied to
+predictions.json reproduces them exactly.
 """
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
 from mechcheck.readout import Readout
+from mechcheck.stats import fit_metrics
 from mechcheck.subject import Site, Subject
 from mechcheck.targets import Chunk, TargetSet, make_chunks, n_rows
 from mechcheck.train.readouts import cross_entropy, digit_metrics, readout_outputs
@@ -21,48 +22,6 @@ from mechcheck.train.sources import Source
 
 COLLAPSE_RATIO = 0.2  # SD(prediction) / SD(label) below this: the report has collapsed
 LOGITS = Site("logits")
-
-
-def regression_metrics(predictions: Any, labels: Any) -> dict[str, float | int | None]:
-    """mse, skill = 1 - mse / Var(labels), Pearson r and SD(pred)/SD(label); population moments."""
-    p = np.asarray(predictions, dtype=np.float32).astype(np.float64)
-    y = np.asarray(labels, dtype=np.float32).astype(np.float64)
-    mse = float(np.mean((p - y) ** 2))
-    var, sd_p, sd_y = float(y.var()), float(p.std()), float(y.std())
-    r = float(np.mean((p - p.mean()) * (y - y.mean())) / (sd_p * sd_y)) if sd_p > 0 and sd_y > 0 else None
-    return {
-        "n": int(y.size),
-        "mse": mse,
-        "skill": 1.0 - mse / var if var > 0 else None,
-        "r": r,
-        "pred_sd_ratio": sd_p / sd_y if sd_y > 0 else None,
-    }
-
-
-def fit_metrics(predictions: Any, labels: Any) -> dict[str, Any]:
-    """`regression_metrics` for one neuron `[n]`; for several `[n, k]` its means over neurons, with
-    `mse` the mean of MSE/Var(label) (unitless: the standardised training objective), `skill` =
-    1 − that, and each neuron's own metrics (in its units) under `per_neuron`."""
-    p, y = np.asarray(predictions, dtype=np.float32), np.asarray(labels, dtype=np.float32)
-    if y.ndim == 1:
-        return regression_metrics(p, y)
-    per = [regression_metrics(p[:, i], y[:, i]) for i in range(y.shape[1])]
-    skills = [m["skill"] for m in per]
-    ok = all(s is not None for s in skills)
-    ratios = [m["pred_sd_ratio"] for m in per]
-    return {
-        "n": int(y.shape[0]),
-        "mse": float(np.mean([1 - s for s in skills])) if ok else None,
-        "skill": float(np.mean(skills)) if ok else None,
-        "r": float(np.mean([m["r"] for m in per])) if all(m["r"] is not None for m in per) else None,
-        "pred_sd_ratio": min(ratios) if all(r is not None for r in ratios) else None,
-        "per_neuron": per,
-    }
-
-
-def value_stats(values: Any) -> dict[str, float]:
-    x = np.asarray(values, dtype=np.float32).astype(np.float64)
-    return {"mean": float(x.mean()), "std": float(x.std()), "min": float(x.min()), "max": float(x.max())}
 
 
 @dataclass

@@ -11,9 +11,10 @@ import torch
 
 from mechcheck.experiment import Experiment, config_dict
 from mechcheck.readout import LinearReadout
-from mechcheck.report.stats import column, fit
+from mechcheck.records import column
+from mechcheck.stats import fit, regression_metrics, value_stats
 from mechcheck.targets import TargetSet
-from mechcheck.train.monitors import COLLAPSE_RATIO, SplitPredictions, regression_metrics, value_stats
+from mechcheck.train.monitors import COLLAPSE_RATIO, SplitPredictions
 from mechcheck.train.readouts import digit_metrics
 
 UNCHANGED_TOLERANCE = 1e-4  # max |label diff| / max(1, max |label|) for conditions that keep the neuron fixed

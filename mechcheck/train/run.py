@@ -30,6 +30,7 @@ from mechcheck.config import to_dict
 from mechcheck.errors import UserError
 from mechcheck.experiment import TrainConfig
 from mechcheck.readout import LinearReadout, Readout
+from mechcheck.stats import fit_metrics
 from mechcheck.subject import Site, Subject
 from mechcheck.targets import SPLITS, TargetSet, compute_labels
 from mechcheck.token_readout import TokenReadout
@@ -38,7 +39,7 @@ from mechcheck.train.conditions import CONDITIONS, Condition, check_pair
 from mechcheck.train.frozen_fit import fit_ridge
 from mechcheck.train.loop import LoopResult, Task, train_loop
 from mechcheck.train.lr_sweep import sweep_lr
-from mechcheck.train.monitors import Evaluator, SplitPredictions, fit_metrics, predict_split
+from mechcheck.train.monitors import Evaluator, SplitPredictions, predict_split
 from mechcheck.train.readouts import fit_token_readout, is_token, readout_record
 from mechcheck.train.record import (
     fold_readout,

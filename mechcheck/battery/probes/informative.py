@@ -20,8 +20,8 @@ import numpy as np
 from mechcheck.battery.base import Probe, ProbeResult, register
 from mechcheck.battery.context import Context
 from mechcheck.battery.heads import CrossFit
-from mechcheck.battery.information import r2
 from mechcheck.battery.scoring import heads
+from mechcheck.stats import r2
 
 NULL_PERMUTATIONS = 999
 

@@ -14,7 +14,7 @@ import numpy as np
 from mechcheck.battery.base import Probe, ProbeResult, line_figure, register
 from mechcheck.battery.context import Context
 from mechcheck.battery.heads import CrossFit
-from mechcheck.battery.information import r2
+from mechcheck.stats import r2
 
 
 def control_labels(labels: np.ndarray, types: np.ndarray, rng: np.random.Generator) -> np.ndarray:
