@@ -35,8 +35,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mechcheck.batching import length_sorted_batches, padding_fraction  # noqa: E402
 from mechcheck.corpus import load_corpus  # noqa: E402
-from mechcheck.scan import length_sorted_batches, padding_fraction, scan, token_lengths  # noqa: E402
+from mechcheck.scan import scan, token_lengths  # noqa: E402
 from mechcheck.subject import Subject, load_subject  # noqa: E402
 
 
@@ -146,7 +147,7 @@ def main() -> None:
     )
     texts = list(load_corpus(args.corpus, max_texts=args.texts, seed=0).texts)
     lengths = [min(n, args.max_tokens) for n in token_lengths(subject, texts)]
-    batches = length_sorted_batches(lengths, args.batch_size)
+    batches = length_sorted_batches(lengths, args.batch_size, longest_first=True)
     encs = [subject.encode([texts[i] for i in b], max_length=args.max_tokens) for b in batches]
     shuffled = np.random.default_rng(0).permutation(len(texts)).tolist()
     random_batches = [shuffled[i : i + args.batch_size] for i in range(0, len(texts), args.batch_size)]

@@ -11,7 +11,6 @@ its condition kept frozen) match both the base model and `model/`.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from mechcheck.errors import UserError
-from mechcheck.outputs import make_dirs, remove_path, write_json, write_text
+from mechcheck.outputs import make_dirs, remove_path, write_json
 from mechcheck.readout import NEURON, READOUTS, Neuron, Readout, neuron_key
 from mechcheck.records import RUN_FIELDS, RUN_NULLABLE, STR, ListOf, Obj, check, check_predictions, read_json
 from mechcheck.subject import POSITIONS, Subject, load_subject, refuse_pickle, weights_digest
@@ -354,16 +353,8 @@ def write_checkpoint(
     if model is not None:
         model.save_pretrained(tmp / "model", safe_serialization=True)
     if predictions is not None:
-        write_text(tmp / "predictions.json", json.dumps(predictions, default=_json_default))
+        write_json(tmp / "predictions.json", predictions, compact=True)
     if path.exists() or path.is_symlink():
         remove_path(path)
     tmp.rename(path)
     return path
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from scipy import stats
 
+from mechcheck.batching import length_sorted_batches
 from mechcheck.readout import Neuron, neuron_values
 from mechcheck.stats import percentile_ci, skill
 from mechcheck.subject import Site, Subject, gather_position
@@ -77,10 +78,9 @@ def answer(
 ) -> Answers:
     from tqdm.auto import tqdm
 
-    order = np.argsort([len(p) for p in prompts])  # similar lengths together: little padding
     logits = torch.empty(len(prompts), readout.n_classes)
-    for start in tqdm(range(0, len(prompts), batch_size), disable=not progress, desc="in-context"):
-        rows = order[start : start + batch_size]
+    batches = length_sorted_batches([len(p) for p in prompts], batch_size)  # by characters: little padding
+    for rows in tqdm(batches, disable=not progress, desc="in-context"):
         enc = subject.encode([prompts[i] for i in rows], max_length=None)
         with torch.no_grad():
             logits[torch.as_tensor(rows)] = (

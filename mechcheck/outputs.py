@@ -101,9 +101,20 @@ def write_text(path: str | Path, text: str) -> Path:
     return write_bytes(path, text.encode("utf-8"))
 
 
-def write_json(path: str | Path, data: Any) -> Path:
-    """Write JSON via a temporary file and an atomic rename, so a kill never leaves half a file."""
-    return write_text(path, json.dumps(data, indent=2, default=_default) + "\n")
+def write_json(path: str | Path, data: Any, compact: bool = False) -> Path:
+    """Write JSON via a temporary file and an atomic rename, so a kill never leaves half a file.
+    Arrays (numpy, torch) are written as lists, paths as strings. Indented with a final newline;
+    `compact`: one line, no final newline (large arrays: predictions.json)."""
+    text = (
+        json.dumps(data, default=_default) if compact else json.dumps(data, indent=2, default=_default) + "\n"
+    )
+    return write_text(path, text)
+
+
+def canonical_json(data: Any) -> str:
+    """The one JSON text of `data` that hashes are taken over: keys sorted, unknown values as `str`.
+    Changing it changes every stage digest, config hash and cache key already on disk."""
+    return json.dumps(data, sort_keys=True, default=str)
 
 
 def save_figure(fig: Any, path: str | Path, **savefig: Any) -> Path:
@@ -114,6 +125,7 @@ def save_figure(fig: Any, path: str | Path, **savefig: Any) -> Path:
 
 
 def _default(value: Any) -> Any:
+    """JSON for what `json` does not know: arrays and tensors as lists, paths as strings."""
     if hasattr(value, "tolist"):
         return value.tolist()
     if isinstance(value, Path):

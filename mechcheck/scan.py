@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mechcheck.batching import length_sorted_batches
 from mechcheck.errors import UserError
 from mechcheck.lock import OutputLock
 from mechcheck.outputs import claim_file, make_dirs, save_figure, write_json
@@ -90,18 +91,6 @@ def token_lengths(subject: Subject, texts: Sequence[str]) -> list[int]:
     return [len(ids) for ids in subject.tokenizer(list(texts))["input_ids"]]
 
 
-def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Text indices grouped by token count, longest first (memory peaks at the start)."""
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-def padding_fraction(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> float:
-    """Share of computed tokens that are padding when each batch pads to its longest text."""
-    computed = sum(len(b) * max(lengths[i] for i in b) for b in batches)
-    return 1 - sum(lengths) / computed if computed else 0.0
-
-
 def _check_scan_args(
     subject: Subject, texts: Sequence[str], layers: Sequence[int], position: str, kind: str
 ) -> None:
@@ -144,7 +133,7 @@ def scan(
     n_tokens = n_computed = 0
     bar = tqdm(total=len(texts), unit="text", desc="scan", disable=not progress)
     start = time.perf_counter()
-    for batch in length_sorted_batches(lengths, batch_size):
+    for batch in length_sorted_batches(lengths, batch_size, longest_first=True):  # memory peaks first
         enc = subject.encode([texts[i] for i in batch], max_length=max_tokens)
         mask = enc["attention_mask"]
         got = subject.run(enc, reads=sites)  # {site: [batch, pos, width]}

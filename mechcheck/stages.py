@@ -9,7 +9,6 @@ records `failed` and its reason.
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mechcheck.errors import UserError
-from mechcheck.outputs import write_json
+from mechcheck.outputs import canonical_json, write_json
 from mechcheck.records import DICT, NUMBER, STR, MapOf, Obj, read_record
 
 STAGE_FILE = "stage.json"
@@ -26,7 +25,7 @@ STAGE_RECORD = Obj({"status": STR, "hash": STR, "inputs": DICT, "runs": MapOf(ST
 
 def digest(data: Any) -> str:
     """sha256 of the canonical JSON of `data`."""
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+    return hashlib.sha256(canonical_json(data).encode()).hexdigest()
 
 
 @dataclass

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from mechcheck.batching import length_sorted_batches
 from mechcheck.errors import UserError
 from mechcheck.readout import Neuron, neuron_matrix, neuron_values
 from mechcheck.subject import POSITIONS, Subject
@@ -71,10 +72,9 @@ def make_chunks(
     lengths = token_counts(subject, texts, max_tokens)
     counts = label_counts(lengths, position)
     offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
-    order = torch.sort(lengths, stable=True).indices
     chunks = []
-    for start in range(0, len(texts), batch_size):
-        ids = order[start : start + batch_size]
+    for batch in length_sorted_batches(lengths.numpy(), batch_size):
+        ids = torch.tensor(batch, dtype=torch.long)
         rows = torch.cat([torch.arange(offsets[i], offsets[i + 1]) for i in ids.tolist()])
         enc = subject.encode([texts[i] for i in ids.tolist()], max_length=max_tokens)
         chunks.append(Chunk(ids, rows, counts[ids], enc))

@@ -20,6 +20,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from mechcheck.outputs import canonical_json
+
 Tensors = dict[str, torch.Tensor]
 
 
@@ -35,7 +37,7 @@ def model_digest(model: torch.nn.Module) -> str:
 
 def content_key(head: dict[str, Any], *parts: Any) -> str:
     """sha256 of `head` (canonical JSON) followed by each part's JSON."""
-    h = hashlib.sha256(json.dumps(head, sort_keys=True, default=str).encode())
+    h = hashlib.sha256(canonical_json(head).encode())
     for part in parts:
         h.update(json.dumps(part, default=str).encode())
     return h.hexdigest()

@@ -8,14 +8,13 @@ import torch
 from scipy import stats as sps
 
 from mechcheck import scan as scan_module
+from mechcheck.batching import length_sorted_batches, padding_fraction
 from mechcheck.errors import UserError
 from mechcheck.running_stats import QUANTILES, LayerStats, ReservoirSampler
 from mechcheck.scan import (
     CRITERIA,
     ScanResult,
-    length_sorted_batches,
     neuron_histogram_png,
-    padding_fraction,
     rank,
     scan,
     select_neuron,
@@ -85,7 +84,7 @@ def test_reservoir_quantiles_stay_within_the_documented_rank_error() -> None:
 
 def test_length_sorted_batches_cut_padding() -> None:
     lengths = [3, 10, 4, 9, 3, 10, 4, 9]
-    batches = length_sorted_batches(lengths, 2)
+    batches = length_sorted_batches(lengths, 2, longest_first=True)
     assert batches == [[1, 5], [3, 7], [2, 6], [0, 4]]
     assert padding_fraction(lengths, batches) == 0
     assert padding_fraction(lengths, [[0, 1], [2, 3], [4, 5], [6, 7]]) == pytest.approx(1 - 52 / 76)

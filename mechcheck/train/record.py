@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import Any
 
 import numpy as np
@@ -12,6 +10,7 @@ import torch
 from mechcheck.experiment import Experiment, config_dict
 from mechcheck.readout import LinearReadout
 from mechcheck.records import column
+from mechcheck.stages import digest
 from mechcheck.stats import fit, regression_metrics, value_stats
 from mechcheck.targets import TargetSet
 from mechcheck.train.monitors import COLLAPSE_RATIO, SplitPredictions
@@ -37,9 +36,9 @@ def training_config(experiment: Experiment) -> dict[str, Any]:
 
 
 def config_hash(experiment: Experiment, condition: str, target_mode: str, seed: int) -> str:
+    """The digest (`stages.digest`) of what determines one training run."""
     payload = {"config": training_config(experiment), "condition": condition, "target_mode": target_mode}
-    payload["seed"] = seed
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+    return digest(payload | {"seed": seed})
 
 
 def fold_readout(readout: LinearReadout, targets: TargetSet) -> LinearReadout:
