@@ -43,6 +43,7 @@ from mechcheck.dedup import (
 from mechcheck.errors import UserError
 from mechcheck.splits import (  # noqa: F401  (re-exported: part of this module's API)
     SPLIT_NAMES,
+    Corpus,
     Splits,
     length_stats,
     make_split,
@@ -58,17 +59,6 @@ if TYPE_CHECKING:
     from mechcheck.experiment import Experiment
 
 NAMED_SPECS = ("default", "wiki", "fortunes", "wiki+fortunes")
-
-
-@dataclass(frozen=True)
-class Corpus:
-    texts: tuple[str, ...]  # distinct, cleaned texts in a fixed order (study_templates: rows, repeats kept)
-    groups: tuple[str, ...]  # one group key per text: the unit a split keeps together
-    card: dict  # JSON-serialisable corpus card
-
-    def __post_init__(self) -> None:
-        if len(self.texts) != len(self.groups):
-            raise ValueError(f"{len(self.texts)} texts but {len(self.groups)} groups")
 
 
 @dataclass(frozen=True)

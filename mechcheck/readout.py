@@ -13,11 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mechcheck.registry import Registry
+from mechcheck.readout_base import READOUTS, Readout
 from mechcheck.subject import Edit, Site, Subject, gather_position
-
-READOUTS: Registry[type[Readout]] = Registry("readout")
-
 
 NEURON = "neuron"
 MLP_OUT_COORDINATE = "mlp_out_coordinate"
@@ -71,23 +68,6 @@ def site_values(site_value: torch.Tensor, kind: str) -> torch.Tensor:
 def target_columns(got: dict[Site, torch.Tensor], neurons: Sequence[Neuron]) -> torch.Tensor:
     """Each target's value from a pass that read its site, stacked on the last axis. [..., k]"""
     return torch.stack([site_values(got[n.site], n.kind)[..., n.index] for n in neurons], -1)
-
-
-class Readout(nn.Module):
-    """Base class: `site` to read, `forward(x [N, d]) -> [N]`, `format_text` for prompted readouts."""
-
-    kind: str = ""
-    site: Site = Site("final_norm")
-
-    def format_text(self, text: str) -> str:
-        return text
-
-    def meta(self) -> dict:
-        """What run.json's readout table holds besides `kind` (passed back to `from_tensors`)."""
-        return {}
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone().contiguous() for k, v in self.state_dict().items()}
 
 
 @READOUTS.register("linear")

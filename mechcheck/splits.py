@@ -1,4 +1,5 @@
-"""Train / val / test splits of a corpus, and the word-length statistics of their cards.
+"""A corpus (texts, their groups, its card), its train / val / test splits, and the word-length
+statistics of their cards.
 
 `split_corpus` splits by group (a text's article, fortune entry, template, or its duplicate
 cluster): sha256 of f"{seed}:{group}" decides, so no group crosses splits, and a seed gives the
@@ -14,17 +15,25 @@ import copy
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from mechcheck.errors import UserError
 
-if TYPE_CHECKING:
-    from mechcheck.corpus import Corpus
-
 SPLIT_NAMES = ("train", "val", "test")
 SPLIT_BY = ("group", "row")
+
+
+@dataclass(frozen=True)
+class Corpus:
+    texts: tuple[str, ...]  # distinct, cleaned texts in a fixed order (study_templates: rows, repeats kept)
+    groups: tuple[str, ...]  # one group key per text: the unit a split keeps together
+    card: dict  # JSON-serialisable corpus card
+
+    def __post_init__(self) -> None:
+        if len(self.texts) != len(self.groups):
+            raise ValueError(f"{len(self.texts)} texts but {len(self.groups)} groups")
 
 
 @dataclass(frozen=True)

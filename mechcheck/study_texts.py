@@ -19,6 +19,7 @@ from collections import Counter
 import numpy as np
 
 from mechcheck.errors import UserError
+from mechcheck.splits import Corpus, length_stats
 
 SPEC = "study_templates"
 DEFAULT_ROWS = 500  # the study's dataset_size
@@ -78,9 +79,6 @@ def study_rows(n_rows: int = DEFAULT_ROWS, seed: int = 42) -> list[tuple[str, in
 
 def study_corpus(n_rows: int | None, seed: int):
     """The `study_templates` corpus: `n_rows` rows (default 500) WITH their repeats, grouped by template."""
-    from mechcheck.corpus import Corpus
-    from mechcheck.splits import length_stats
-
     rows = study_rows(DEFAULT_ROWS if n_rows is None else n_rows, seed)
     texts = tuple(text for text, _, _ in rows)
     counts = Counter(texts)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from mechcheck.errors import UserError
-from mechcheck.readout import READOUTS, Readout
+from mechcheck.readout_base import READOUTS, Readout
 from mechcheck.subject import Site
 
 DIGIT_PROMPT = "{text}\nActivation level (0-9): "

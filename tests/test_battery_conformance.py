@@ -113,7 +113,8 @@ def test_the_audit_catches_an_edit_that_does_not_land(models):
     audit must say so (the conformance test above is only as good as this check)."""
     from mechcheck.battery.engine import SetCoords
     from mechcheck.battery.interchange import at_label
-    from mechcheck.battery.scoring import engine, in_basis
+    from mechcheck.battery.scoring import engine
+    from mechcheck.battery.spans import in_basis
 
     ctx = context(models, "in_bypass")
     basis = in_basis(ctx)

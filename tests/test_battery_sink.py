@@ -19,7 +19,8 @@ from mechcheck.battery.context import build_context
 from mechcheck.battery.engine import SetCoords
 from mechcheck.battery.interchange import pin
 from mechcheck.battery.runner import run_battery
-from mechcheck.battery.scoring import engine, heads, in_basis
+from mechcheck.battery.scoring import engine, heads
+from mechcheck.battery.spans import in_basis
 from mechcheck.checkpoint import read_checkpoint
 from mechcheck.stats import r2
 

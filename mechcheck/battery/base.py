@@ -17,10 +17,10 @@ cached clean pass; every edit runs through `mechcheck.battery.engine.Engine`.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from mechcheck.battery.options import BatteryOptions as BatteryOptions  # re-exported: the battery's API
 from mechcheck.registry import Registry
 
 if TYPE_CHECKING:
@@ -29,25 +29,6 @@ if TYPE_CHECKING:
 HYPOTHESES = ("H1", "H2_in", "H2_out", "H3")
 NEEDS = ("base_model", "trained_model", "labels", "linear_readout", "several_neurons", "report_at_label")
 FIGURE_KINDS = ("line", "bar", "hist", "scatter", "heatmap")
-
-
-@dataclass(frozen=True)
-class BatteryOptions:
-    """How much evidence to gather. Every null is measured on the same texts as its effect."""
-
-    n_null: int = 100  # matched null draws per primary test
-    n_null_secondary: int = 4  # null draws of the all-position (secondary) edits (a pass from L each)
-    n_bootstrap: int = 1000
-    ci: float = 0.95
-    max_eval: int = 300  # evaluation texts (a seeded subsample of the test split)
-    batch_size: int = 16
-    max_tokens: int = 128
-    max_queries: int = 512  # edited tokens stacked per row in one continuation (memory vs speed)
-    min_labels: int = 20  # fewer labels than this: no CI is worth reporting
-    seed: int = 0
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclass

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from mechcheck.battery.base import BatteryOptions
+from mechcheck.batching import length_order
+from mechcheck.battery.options import BatteryOptions
 from mechcheck.errors import UserError
 from mechcheck.readout import Neuron, Readout
 from mechcheck.subject import Site, Subject, last_index
@@ -254,7 +255,7 @@ def make_batches(
             )
     if (lengths < 2).any():
         raise UserError("every evaluation text needs at least two tokens (position 0 is an attention sink)")
-    order = np.argsort(lengths, kind="stable")
+    order = length_order(lengths)
     ordered = tuple(texts[i] for i in order)
     batches = []
     for start in range(0, len(ordered), options.batch_size):

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from mechcheck.battery.base import BatteryOptions
+from mechcheck.battery.options import BatteryOptions
 from mechcheck.checkpoint import Checkpoint
 from mechcheck.errors import UserError
 

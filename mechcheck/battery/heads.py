@@ -34,6 +34,7 @@ from sklearn.linear_model import RidgeCV
 
 from mechcheck.battery.context import Context, report_of
 from mechcheck.battery.engine import Readings
+from mechcheck.battery.spans import in_basis
 from mechcheck.battery.vectors import project_out
 from mechcheck.stats import r2
 
@@ -129,8 +130,6 @@ class Heads:
     # --- twins --------------------------------------------------------------------------------
     def _build_twins(self, rng: np.random.Generator) -> None:
         ctx, ev = self.ctx, self.ctx.eval
-        from mechcheck.battery.scoring import in_basis
-
         self.in_basis = in_basis(ctx)
         resid = project_out(ev.resid_p[:, ctx.layer], self.in_basis)
         self.h1 = CrossFit.fit(_numpy(resid), ev.labels, ev.groups, rng)

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from mechcheck.report import figures as fig
+import mechcheck.report.figures as fig
 from mechcheck.report.markdown import Figures
 from mechcheck.report.tables import MISSING, fmt, fmt_entry, is_number, md_table
 from mechcheck.report.views import ConditionView

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mechcheck.report import figures as fig
+import mechcheck.report.figures as fig
 from mechcheck.report.markdown import Figures
 from mechcheck.report.tables import MISSING, fmt, fmt_ci, get, is_number, md_table
 from mechcheck.report.views import ConditionView, RunView

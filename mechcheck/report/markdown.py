@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mechcheck.report import figures as fig
+import mechcheck.report.figures as fig
 from mechcheck.report.predictions import array, prediction_fits, stale_fraction, std_ratio, target_key
 from mechcheck.report.tables import MISSING, fmt, fmt_ci, get, md_table
 from mechcheck.report.validity import THRESHOLDS, threats

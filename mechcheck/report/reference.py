@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from mechcheck.report import study
+import mechcheck.report.study as study
 from mechcheck.report.predictions import array, prediction_fits
 from mechcheck.report.tables import MISSING, fmt, fmt_entry, md_table
 from mechcheck.report.views import ConditionView, RunView

@@ -10,9 +10,9 @@ import argparse
 import sys
 from pathlib import Path
 
+import mechcheck.report.information_md as information_md
 from mechcheck.errors import UserError
 from mechcheck.outputs import claim_file, write_text
-from mechcheck.report import information_md
 from mechcheck.report.battery_md import battery_section
 from mechcheck.report.cross_talk_md import cross_talk_sections
 from mechcheck.report.markdown import Figures, condition_section, header_section, threats_section

@@ -13,7 +13,8 @@ from __future__ import annotations
 from mechcheck.battery.base import register
 from mechcheck.battery.context import Context
 from mechcheck.battery.interchange import donor_coords, pin, primary_where
-from mechcheck.battery.scoring import InformationTest, as_basis, donors, in_basis, label_basis, subspaces
+from mechcheck.battery.scoring import InformationTest, donors
+from mechcheck.battery.spans import as_basis, in_basis, label_basis, subspaces
 
 
 def span_info(ctx: Context) -> dict:

@@ -15,7 +15,8 @@ from __future__ import annotations
 from mechcheck.battery.base import register
 from mechcheck.battery.context import Context
 from mechcheck.battery.interchange import mean_coords, mean_unit
-from mechcheck.battery.scoring import InformationTest, as_basis, in_basis, matched, score, subspaces
+from mechcheck.battery.scoring import InformationTest, matched, score
+from mechcheck.battery.spans import as_basis, in_basis, subspaces
 
 
 @register("remainder")
