@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from mechcheck.stats import bh
+
 MIN_R2 = 0.05  # the report's r² with the label, to be worth analysing
 MIN_SHARE = 0.05  # the share of the report's label r² an edit must remove to count
 ALPHA = 0.05  # BH-adjusted q (rank p among matched null draws) an effect must beat
@@ -239,8 +241,6 @@ def experiment_level(batteries: list[dict[str, Any]]) -> None:
     """BH over the primary tests of a whole experiment (every condition, neuron and head family
     together), in place: each primary test's null gets `q_experiment`, and the verdicts are decided
     again with it. `batteries` are results.json dicts of format 2 (several-neuron ones included)."""
-    from mechcheck.stats import bh
-
     views = []
     for results in batteries:
         views += results.get("per_neuron", [results])
