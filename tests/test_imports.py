@@ -17,10 +17,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "mechcheck"
 
-# The one known cycle, being split by its own change: pipeline.py runs the executor's cell graph
-# and executor.py calls back into pipeline's stages (issue 13, "the pipeline owns the chain").
-KNOWN_CYCLES = [{"mechcheck.executor", "mechcheck.pipeline"}]
-
 
 @cache
 def module_files() -> dict[str, Path]:
@@ -125,7 +121,7 @@ def test_the_graph_is_read(graph) -> None:
 
 
 def test_no_import_cycles(graph) -> None:
-    found = [c for c in cycles(graph) if c not in KNOWN_CYCLES]
+    found = cycles(graph)
     assert not found, f"import cycles: {[sorted(c) for c in found]}"
 
 
