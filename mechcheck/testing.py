@@ -27,6 +27,9 @@ WORDS = (
 )
 
 FAMILIES = ("llama", "gpt2", "gpt_neox")
+# two more registered model types the anatomy tests cover: Gemma (norm gain 1 + weight, GELU-tanh gate)
+# and Qwen2 (attention biases)
+ALL_FAMILIES = (*FAMILIES, "gemma", "qwen2")
 
 
 def tiny_tokenizer():
@@ -65,7 +68,15 @@ def tiny_config(family: str, vocab_size: int, n_layers: int = 4, d_model: int = 
             hidden_size=d_model, intermediate_size=d_mlp, num_hidden_layers=n_layers,
             num_attention_heads=4, max_position_embeddings=256, rotary_pct=0.5, **common,
         )  # fmt: skip
-    raise ValueError(f"unknown tiny family {family!r}; known: {FAMILIES}")
+    if family in ("gemma", "qwen2"):
+        from transformers import GemmaConfig, Qwen2Config
+
+        config_class = GemmaConfig if family == "gemma" else Qwen2Config
+        return config_class(
+            hidden_size=d_model, intermediate_size=d_mlp, num_hidden_layers=n_layers, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=8, max_position_embeddings=256, **common,
+        )  # fmt: skip
+    raise ValueError(f"unknown tiny family {family!r}; known: {ALL_FAMILIES}")
 
 
 def tiny_model(family: str = "llama", seed: int = 0, **sizes):

@@ -7,30 +7,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from mechcheck.subject import Subject
-from mechcheck.testing import FAMILIES, _randomise_norms, tiny_subject, tiny_tokenizer
-
-# The testing module's three families plus two more registered model types: Gemma (norm gain
-# 1 + weight, GELU-tanh gate) and Qwen2 (attention biases).
-ALL_FAMILIES = (*FAMILIES, "gemma", "qwen2")
-
-
-def build_tiny_subject(family: str, seed: int = 0) -> Subject:
-    """A random 4-layer model of `family` (d_model 32, d_mlp 64) with non-trivial norm gains."""
-    if family in FAMILIES:
-        return tiny_subject(family, seed)
-    from transformers import AutoModelForCausalLM, GemmaConfig, Qwen2Config
-
-    tok = tiny_tokenizer()
-    config_class = {"gemma": GemmaConfig, "qwen2": Qwen2Config}[family]
-    config = config_class(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=256,
-        pad_token_id=0, eos_token_id=2, bos_token_id=2,
-    )  # fmt: skip
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config).to(torch.float32).eval()
-    _randomise_norms(model, seed)
-    return Subject(model, tok, spec=f"tiny-{family}")
+from mechcheck.testing import ALL_FAMILIES, save_tiny, tiny_subject
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +21,15 @@ def one_thread():
     torch.set_num_threads(old)
 
 
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """The tests' one saved tiny model: a random 4-layer llama (seed 1) as a local HF directory."""
+    return save_tiny(tmp_path_factory.mktemp("tiny") / "llama", "llama", seed=1)
+
+
 @pytest.fixture(params=ALL_FAMILIES)
 def family_subject(request) -> Subject:
-    return build_tiny_subject(request.param)
+    return tiny_subject(request.param)
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +13,7 @@ from mechcheck.cli import main
 from mechcheck.experiment import Experiment, NeuronConfig, NeuronRef, load_experiment
 from mechcheck.readout import Neuron, report
 from mechcheck.targets import build_targets, compute_labels
-from mechcheck.testing import random_texts, save_tiny, tiny_subject
+from mechcheck.testing import random_texts, tiny_subject
 from mechcheck.train.record import metrics_from_predictions, training_config
 from mechcheck.train.runner import train_experiment
 
@@ -27,11 +26,6 @@ NEURONS += '\nposition = "mean"'
 @pytest.fixture(autouse=True)
 def feature_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("MECHCHECK_CACHE", str(tmp_path / "cache"))
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    return save_tiny(tmp_path_factory.mktemp("tiny") / "llama", "llama", seed=1)
 
 
 @pytest.mark.parametrize("position", ["last", "all"])

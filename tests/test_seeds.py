@@ -18,7 +18,7 @@ from mechcheck.experiment import load_experiment
 from mechcheck.readout import Neuron
 from mechcheck.subject import Site
 from mechcheck.targets import build_targets
-from mechcheck.testing import random_texts, save_tiny, tiny_subject
+from mechcheck.testing import random_texts, tiny_subject
 from mechcheck.train.bench import Bench
 from mechcheck.train.sources import cache_sites, final_norm_features
 from mechcheck.train.table import build_table
@@ -62,11 +62,6 @@ def experiment_of(folder: Path, corpus_extra: str):
     file = folder / f"e{len(list(folder.iterdir()))}.toml"
     file.write_text(tiny_run("m", "default", corpus_extra))
     return load_experiment(file)
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    return save_tiny(tmp_path_factory.mktemp("tiny") / "llama", "llama", seed=1)
 
 
 @pytest.fixture(scope="module")

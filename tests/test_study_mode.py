@@ -20,7 +20,7 @@ from mechcheck.scan import scan
 from mechcheck.study_texts import SUFFIXES, TEMPLATES, study_rows
 from mechcheck.subject import Site
 from mechcheck.targets import compute_labels
-from mechcheck.testing import random_texts, save_tiny, tiny_subject
+from mechcheck.testing import random_texts, tiny_subject
 from mechcheck.train.loop import lr_factor
 from mechcheck.train.runner import train_experiment
 
@@ -109,11 +109,6 @@ def test_mlp_out_coordinate_is_the_centred_mlp_output(family) -> None:
 
 
 # --- the training settings, end to end on a tiny model -----------------------------------
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    return save_tiny(tmp_path_factory.mktemp("tiny") / "llama", "llama", seed=1)
-
-
 STUDY = """
 seed = 42
 [subject]

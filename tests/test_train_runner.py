@@ -14,7 +14,7 @@ from mechcheck.errors import UserError
 from mechcheck.experiment import load_experiment
 from mechcheck.readout import report
 from mechcheck.stats import regression_metrics
-from mechcheck.testing import random_texts, save_tiny, tiny_model
+from mechcheck.testing import random_texts, tiny_model
 from mechcheck.train.record import metrics_from_predictions
 from mechcheck.train.runner import train_experiment
 
@@ -43,11 +43,6 @@ def corpus_file(tmp_path_factory) -> Path:
     file = tmp_path_factory.mktemp("corpus") / "texts.txt"
     file.write_text("\n".join(random_texts(100, seed=7, min_words=5, max_words=12)) + "\n")
     return file
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    return save_tiny(tmp_path_factory.mktemp("tiny") / "llama", "llama", seed=1)
 
 
 def write_toml(folder: Path, model: Path, corpus: Path, neuron: str, train: str) -> Path:
