@@ -24,28 +24,31 @@ from safetensors.torch import load_file, save_file
 from mechcheck.errors import UserError
 from mechcheck.outputs import make_dirs, remove_path, write_json
 from mechcheck.readout import NEURON, READOUTS, Neuron, Readout, neuron_key
-from mechcheck.records import RUN_FIELDS, RUN_NULLABLE, STR, ListOf, Obj, check, check_predictions, read_json
+from mechcheck.records import STR, Obj, check, check_predictions, read_json
+from mechcheck.run_record import FORMAT, RunRecord
 from mechcheck.subject import POSITIONS, Subject, load_subject, refuse_pickle, weights_digest
 
-FORMAT = "mechcheck-checkpoint/1"
-REQUIRED = ("format", "base_model", "position", "condition", "target_mode", "readout")  # + neuron(s)
-RUN_RECORD = Obj(
-    RUN_FIELDS | {"readout": Obj({"kind": STR, "prompt": STR, "answers": ListOf(STR)}, required=("kind",))},
-    required=REQUIRED, nullable=RUN_NULLABLE,
-)  # fmt: skip
+__all__ = ["FORMAT"]  # run.json's format tag (`mechcheck.run_record`)
 
 
 @dataclass
 class Checkpoint:
     path: Path
-    run: dict[str, Any]
-    neuron: Neuron
-    position: str
+    run: RunRecord
     readout: Readout
-    neurons: tuple[Neuron, ...] = ()  # every targeted neuron (run.json `neurons`); one: (neuron,)
 
-    def __post_init__(self) -> None:
-        self.neurons = tuple(self.neurons) or (self.neuron,)
+    @property
+    def neurons(self) -> tuple[Neuron, ...]:
+        """Every targeted neuron (run.json `neurons`); one: (neuron,)."""
+        return self.run.neurons
+
+    @property
+    def neuron(self) -> Neuron:
+        return self.run.neuron
+
+    @property
+    def position(self) -> str:
+        return self.run.position
 
     def views(self) -> list[tuple[Neuron, Readout]]:
         """(neuron i, its own single-output readout) for each targeted neuron."""
@@ -60,12 +63,12 @@ class Checkpoint:
 
     @property
     def base_model(self) -> str:
-        return self.run["base_model"]
+        return self.run.base_model
 
     @property
     def label_model(self) -> str:
         """The model whose neuron the readout reports: the base model, except for cross-prediction."""
-        return self.run.get("label_model") or self.base_model
+        return self.run.reported_model
 
     def load_base(self) -> Subject:
         return load_subject(self.base_model)
@@ -186,7 +189,7 @@ def verify_base(checkpoint: Checkpoint, base: Subject) -> None:
         except UserError as err:
             raise UserError(f"{checkpoint.path}: {err}") from err
     _check_readout_fits(checkpoint, base)
-    expected = checkpoint.run.get("weights_sha256")
+    expected = checkpoint.run.weights_sha256
     several = len(checkpoint.neurons) > 1
     for neuron in checkpoint.neurons if expected else ():
         got = weights_digest(neuron_weights(base, neuron))
@@ -220,16 +223,16 @@ def frozen_names(ck: Checkpoint, subject: Subject) -> set[str] | None:
     """The parameters the checkpoint's condition kept frozen (None for an unknown condition)."""
     from mechcheck.train.conditions import CONDITIONS
 
-    if ck.run["condition"] not in CONDITIONS:
+    if ck.run.condition not in CONDITIONS:
         return None
     layer = max(n.layer for n in ck.neurons)  # the deepest neuron decides what trains
-    trainable = CONDITIONS.get(ck.run["condition"]).trainable(subject, layer)
+    trainable = CONDITIONS.get(ck.run.condition).trainable(subject, layer)
     return {n for n, _ in subject.model.named_parameters()} - trainable
 
 
 def _check_frozen(ck: Checkpoint, base: Subject, trained: torch.nn.Module | None) -> None:
     """run.json's `frozen_params_sha256` against the base model and against `model/`."""
-    expected, names = ck.run.get("frozen_params_sha256"), frozen_names(ck, base)
+    expected, names = ck.run.frozen_params_sha256, frozen_names(ck, base)
     if not expected or names is None:
         return
     models = [("the base model " + repr(ck.base_model), base.model)]
@@ -237,7 +240,7 @@ def _check_frozen(ck: Checkpoint, base: Subject, trained: torch.nn.Module | None
     for what, model in models:
         if params_digest(model, names) != expected:
             raise UserError(
-                f"{ck.path}: {what} differs in the parameters its {ck.run['condition']!r} condition keeps "
+                f"{ck.path}: {what} differs in the parameters its {ck.run.condition!r} condition keeps "
                 "frozen (frozen_params_sha256): not the model this checkpoint was trained from"
             )
 
@@ -250,29 +253,14 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         raise UserError(f"checkpoint {path} does not exist or is not a directory")
     if not run_file.is_file():
         raise UserError(f"{path} is not a mechcheck checkpoint: no run.json")
-    run = read_json(run_file)
-    if not isinstance(run, dict) or run.get("format") != FORMAT:
-        found = run.get("format") if isinstance(run, dict) else None
-        raise UserError(f"{run_file}: not a {FORMAT} checkpoint (format={found!r})")
-    check(run, RUN_RECORD, str(run_file))
-    if ("neuron" in run) == ("neurons" in run):
-        raise UserError(f"{run_file}: needs exactly one of 'neuron' (one neuron) and 'neurons' (several)")
-    listed = run["neurons"] if "neurons" in run else [run["neuron"]]
-    try:
-        neurons = tuple(Neuron.from_dict(n) for n in listed)
-    except ValueError as err:
-        raise UserError(f"{run_file}: malformed neuron field: {err}") from err
-    if len(set(neurons)) != len(neurons):
-        raise UserError(f"{run_file}: 'neurons' must list distinct neurons")
-    if run["position"] not in POSITIONS:
-        raise UserError(f"{run_file}: unknown position {run['position']!r}")
-    readout = _read_readout(
-        path / "readout.safetensors", READOUTS.get(run["readout"]["kind"]), run["readout"]
-    )
+    run = RunRecord.read(run_file)
+    if run.position not in POSITIONS:
+        raise UserError(f"{run_file}: unknown position {run.position!r}")
+    readout = _read_readout(path / "readout.safetensors", READOUTS.get(run.readout_kind), run.readout)
     outputs = getattr(readout, "n_outputs", 1)
-    if outputs != len(neurons):
-        raise UserError(f"{run_file}: the readout has {outputs} outputs for {len(neurons)} neurons")
-    return Checkpoint(path, run, neurons[0], run["position"], readout, neurons)
+    if outputs != len(run.neurons):
+        raise UserError(f"{run_file}: the readout has {outputs} outputs for {len(run.neurons)} neurons")
+    return Checkpoint(path, run, readout)
 
 
 def read_checkpoints(paths: Sequence[str | Path]) -> list[Checkpoint]:
@@ -285,13 +273,13 @@ def read_checkpoints(paths: Sequence[str | Path]) -> list[Checkpoint]:
         ck = read_checkpoint(given)
         ck.predictions()  # checked now, before any model is loaded
         keys = {"real": os.path.realpath(ck.path), "copy": _fingerprint(ck.path)}
-        if "seed" in ck.run:
-            keys["seed"] = ck.run["seed"]
+        if ck.run.seed is not None:
+            keys["seed"] = ck.run.seed
         for kind, key in keys.items():
             if (kind, key) in seen:
                 other = seen[kind, key]
                 why = {"real": "the same checkpoint", "copy": "copies of one checkpoint",
-                       "seed": f"the same seed ({ck.run['seed']}) of one run"}[kind]  # fmt: skip
+                       "seed": f"the same seed ({ck.run.seed}) of one run"}[kind]  # fmt: skip
                 raise UserError(
                     f"{other!r} and {str(given)!r} are {why}: each seed is counted once; give it once"
                 )
@@ -335,20 +323,24 @@ def _read_readout(file: Path, cls: type[Readout], meta: dict[str, Any]) -> Reado
 
 def write_checkpoint(
     path: str | Path,
-    run: dict[str, Any],
+    run: RunRecord | dict[str, Any],
     readout: Readout,
     model: torch.nn.Module | None = None,
     predictions: dict[str, Any] | None = None,
 ) -> Path:
-    """Write atomically: into `path.tmp`, then rename. The caller decides about overwriting."""
+    """Write atomically: into `path.tmp`, then rename. The caller decides about overwriting. `run`:
+    the record, or its fields (a checkpoint made by hand; the readout's kind is recorded from
+    `readout`)."""
+    if not isinstance(run, RunRecord):
+        fields = {k: v for k, v in run.items() if k != "format"}
+        run = RunRecord.from_fields(fields | {"readout": {"kind": readout.kind, **run.get("readout", {})}})
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     if tmp.exists() or tmp.is_symlink():
         remove_path(tmp)
     make_dirs(tmp.parent)
     tmp.mkdir()
-    run = {"format": FORMAT, **run, "readout": {"kind": readout.kind, **run.get("readout", {})}}
-    write_json(tmp / "run.json", run)
+    write_json(tmp / "run.json", run.to_json())
     save_file(readout.tensors(), tmp / "readout.safetensors")
     if model is not None:
         model.save_pretrained(tmp / "model", safe_serialization=True)

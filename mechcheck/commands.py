@@ -30,12 +30,11 @@ def train(args: argparse.Namespace) -> int:
 def _legacy_test_dir(out) -> bool:
     """A `mechcheck test` output written before the ownership marker: its results.json says so."""
     from mechcheck.errors import UserError
-    from mechcheck.records import STR, Obj, read_record
+    from mechcheck.records import read_json
+    from mechcheck.results_record import BatteryResults
 
     try:
-        return read_record(out / "results.json", Obj({"format": STR}, ("format",)))["format"].startswith(
-            "mechcheck-results/"
-        )
+        return BatteryResults.is_battery(read_json(out / "results.json"))
     except UserError:
         return False
 

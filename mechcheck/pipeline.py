@@ -41,9 +41,10 @@ from mechcheck.errors import UserError
 from mechcheck.experiment import Experiment, config_dict
 from mechcheck.outputs import write_json
 from mechcheck.records import DICT, NEURON, STR, ListOf, Obj, read_record
+from mechcheck.results_record import BatteryResults, ConditionResults, RunResults
+from mechcheck.run_record import RunRecord
 from mechcheck.stages import Stage, digest, run_stage
 
-RUN_FORMAT = "mechcheck-run/1"
 MIN_EVAL_TEXTS = BatteryOptions.min_labels  # the battery's minimum for a confidence interval
 RESULTS_VERSION = 2  # 2: each seed's verdicts alone (`seed_verdicts`) beside the pooled ones
 SPLITS = Obj({k: ListOf(STR) for k in ("train", "val", "test")}, required=("train", "val", "test"))
@@ -266,15 +267,16 @@ def combined_results(out: Path, experiment: Experiment, records: dict[str, dict[
     conditions = []
     for name in sorted(n for n in records if n.startswith("test/")):
         key = name.split("/", 1)[1]
-        results = read_record(out / name / "results.json", DICT)
+        results = BatteryResults.read(out / name / "results.json")
         curves = {}
         for run_file in sorted((out / "train" / key).glob("seed-*/run.json")):
-            run = read_record(run_file, DICT)
-            curves[str(run.get("seed", run_file.parent.name.split("-")[-1]))] = run.get("curves") or []
-        entry = {"key": key, "dir": name, "results": results, "curves": curves}
-        by_seed = seed_verdicts(results, out / name)  # several seeds: each decided alone as well
-        conditions.append(entry if by_seed is None else entry | {"seed_verdicts": by_seed})
-    batteries = [c["results"] for c in conditions if str(c["results"].get("format", "")).endswith("/2")]
+            run = RunRecord.read(run_file)
+            seed = run_file.parent.name.split("-")[-1] if run.seed is None else run.seed
+            curves[str(seed)] = run.curves or []
+        data = results.to_json()
+        by_seed = seed_verdicts(data, out / name)  # several seeds: each decided alone as well
+        conditions.append((key, name, data, curves, by_seed, results.withdrawn))
+    batteries = [c[2] for c in conditions if not c[5]]
     if batteries:  # the primary tests of the whole experiment, BH-corrected together
         from mechcheck.verdict import experiment_level
 
@@ -283,15 +285,11 @@ def combined_results(out: Path, experiment: Experiment, records: dict[str, dict[
     selection["neurons"] = selection["neurons"][:10]
     stages = {n: {"hash": r.get("hash"), "seconds": r.get("seconds")} for n, r in records.items()}
     header = {"corpus": read_record(out / "corpus" / "card.json", DICT)}
-    return {
-        "format": RUN_FORMAT,
-        "name": out.name,
-        "experiment": to_dict(experiment),
-        "header": header,
-        "selection": selection,
-        "conditions": conditions,
-        "stages": stages,
-    }
+    cells = tuple(
+        ConditionResults(key, name, BatteryResults.from_json(data, f"{out / name}"), curves, by_seed)
+        for key, name, data, curves, by_seed, _ in conditions
+    )  # each condition's results with the experiment's q-values added
+    return RunResults(cells, out.name, to_dict(experiment), header, selection, stages).to_json()
 
 
 def check_test_split(p: Pipeline) -> None:

@@ -8,53 +8,15 @@ real token for positions last/max/mean, every real token for position `all` — 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from mechcheck.neuron import MLP_OUT_COORDINATE, NEURON, TARGET_KINDS, Neuron, neuron_key
 from mechcheck.readout_base import READOUTS, Readout
 from mechcheck.subject import Edit, Site, Subject, gather_position
 
-NEURON = "neuron"
-MLP_OUT_COORDINATE = "mlp_out_coordinate"
-TARGET_KINDS = (NEURON, MLP_OUT_COORDINATE)
-
-
-@dataclass(frozen=True)
-class Neuron:
-    """What is reported: an MLP neuron `(layer, index)` (its activation, the down projection's input), or —
-    the original study's target kind, `mlp_out_coordinate` — coordinate `index` of layer `layer`'s MLP
-    OUTPUT in the residual basis, centred over d_model as TransformerLens's `hook_mlp_out` is."""
-
-    layer: int
-    index: int
-    kind: str = NEURON
-
-    def __post_init__(self) -> None:
-        if self.kind not in TARGET_KINDS:
-            raise ValueError(f"unknown target kind {self.kind!r}; known: {', '.join(TARGET_KINDS)}")
-
-    def as_dict(self) -> dict[str, int | str]:
-        """`{layer, index}`, plus `kind` when the target is not an MLP neuron."""
-        record: dict[str, int | str] = {"layer": self.layer, "index": self.index}
-        return record if self.kind == NEURON else record | {"kind": self.kind}
-
-    @classmethod
-    def from_dict(cls, record: dict) -> Neuron:
-        return cls(int(record["layer"]), int(record["index"]), str(record.get("kind", NEURON)))
-
-    @property
-    def site(self) -> Site:
-        """Where its value is read: `mlp_post` (neurons) or `mlp_out` (coordinates), at its layer."""
-        return Site("mlp_post" if self.kind == NEURON else "mlp_out", self.layer)
-
-    def check(self, subject: Subject) -> None:
-        """A UserError when the subject has no such neuron (or coordinate)."""
-        if self.kind == NEURON:
-            subject.anatomy.check_neuron(self.layer, self.index)
-        else:
-            subject.anatomy.check_coordinate(self.layer, self.index)
+__all__ = ["MLP_OUT_COORDINATE", "NEURON", "TARGET_KINDS", "Neuron", "neuron_key"]  # re-exported
 
 
 def site_values(site_value: torch.Tensor, kind: str) -> torch.Tensor:
@@ -170,12 +132,6 @@ def neuron_matrix(
     """Several neurons' activations reduced at `position`, one pass (any layers). [N, k]"""
     got = subject.run(enc, reads=list(dict.fromkeys(n.site for n in neurons)), edits=edits, grad=grad)
     return gather_position(target_columns(got, neurons), enc["attention_mask"], position)
-
-
-def neuron_key(neuron: Neuron) -> str:
-    """A short name for a neuron in tables, metric names and file names: `L8N1188` (`L8C481` for the
-    study's mlp_out coordinates)."""
-    return f"L{neuron.layer}{'N' if neuron.kind == NEURON else 'C'}{neuron.index}"
 
 
 # Token-space readouts ("digit", "on_off") register beside the linear one.

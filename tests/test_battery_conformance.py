@@ -36,8 +36,8 @@ def context(models, name: str, audit: bool = True):
     ck, base, trained = models
     texts = ck.predictions()["texts"]
     targets = (NEURON, OTHER) if "several_neurons" in PROBES.get(name).needs else ()
-    ctx = build_context(trained, base, ck.readout, ck.neuron, ck.position, texts, None, OPTIONS, ck.run,
-                        targets=targets)  # fmt: skip
+    ctx = build_context(trained, base, ck.readout, ck.neuron, ck.position, texts, None, OPTIONS,
+                        ck.run.to_json(), targets=targets)  # fmt: skip
     ctx.audit = audit
     return ctx
 

@@ -16,10 +16,10 @@ import pytest
 from hostile_kit import checkpoint, deep_json, edit_json, fails, listing, world
 
 import mechcheck.subject
-from mechcheck.checkpoint import RUN_RECORD
 from mechcheck.cli import main
 from mechcheck.records import PREDICTIONS, fits
-from mechcheck.report.views import BATTERY_RESULTS
+from mechcheck.results_record import BATTERY_RESULTS
+from mechcheck.run_record import RUN_JSON
 
 FIXTURE = Path(__file__).parent / "data" / "report_fixture"
 WRONG: list[Any] = [[1, 2], "text", {"a": 1}, 2.5, -1, True, None, [[[[[[]]]]]]]
@@ -92,7 +92,7 @@ def refused_test(capsys, ck: Path, tmp_path: Path, *fragments: str) -> None:
     ("name", "field", "value"),
     [
         pytest.param("run.json", *case.values, id=f"run.{case.id}")
-        for case in mutations(RUN_RECORD, ("neurons",))
+        for case in mutations(RUN_JSON, ("neurons",))
     ]
     + [
         pytest.param("predictions.json", *case.values, id=f"predictions.{case.id}")

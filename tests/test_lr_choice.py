@@ -37,7 +37,7 @@ def _train(tmp_path: Path, files, cap: float, grid: str = "[1e-5, 3e-3]") -> dic
     file = tmp_path / f"cap{cap}.toml"
     file.write_text(lr_run(model, corpus, cap, grid))
     runs = train_experiment(load_experiment(file), tmp_path / f"out{cap}", cache_dir=tmp_path / "cache")
-    return {r["condition"]: r for r in runs}
+    return {r.condition: r.to_json() for r in runs}  # as written
 
 
 def test_each_rate_trains_and_the_best_under_the_cap_is_kept(tmp_path, files) -> None:

@@ -66,13 +66,13 @@ def test_frozen_vector_readout_reads_two_planted_neurons(tmp_path, corpus_file):
     neurons = "neurons = [{layer = 3, index = 6}, {layer = 3, index = 9}]"
     toml = write_toml(tmp_path, model_dir, corpus_file, neurons, 'conditions = ["frozen"]')
     run = train_experiment(load_experiment(toml), tmp_path / "out")[0]
-    per = run["metrics"]["per_neuron"]
+    per = run.metrics["per_neuron"]
     assert [m["neuron"] for m in per] == [{"layer": 3, "index": 6}, {"layer": 3, "index": 9}]
     for m in per:
         assert m["neuron_before"]["std"] > 0.5 and m["test"]["skill"] > 0.99
         assert m["test_skill_ci"][0] > 0.98 and m["test_before"]["skill"] < 0.5
-    assert run["frozen_fit"]["ridge"]["test"]["skill"] > 0.99
-    assert len(run["frozen_fit"]["ridge"]["test"]["per_neuron"]) == 2
+    assert run.extra["frozen_fit"]["ridge"]["test"]["skill"] > 0.99
+    assert len(run.extra["frozen_fit"]["ridge"]["test"]["per_neuron"]) == 2
 
 
 def test_every_condition_trains_a_vector_readout(tmp_path, tiny_dir, corpus_file):  # noqa: F811
@@ -87,21 +87,22 @@ def test_every_condition_trains_a_vector_readout(tmp_path, tiny_dir, corpus_file
     assert "neuron" not in target and [n["layer"] for n in target["neurons"]] == [0, 2, 1]
     for name in ("frozen-fixed", "unfrozen-fixed", "unfrozen-live", "after_target-fixed"):
         ck = read_checkpoint(out / name / "seed-0")
-        assert "neuron" not in ck.run and len(ck.neurons) == 3 and ck.readout.weight.shape == (3, 32)
-        assert set(ck.run["weights_sha256"]) == {"L0N3", "L2N9", "L1N5"}
+        assert "neuron" not in ck.run.to_json() and len(ck.neurons) == 3
+        assert ck.readout.weight.shape == (3, 32)
+        assert set(ck.run.weights_sha256) == {"L0N3", "L2N9", "L1N5"}
         p = ck.predictions()
-        assert len(p["labels"][0]) == 3 and p["neurons"] == ck.run["neurons"]
+        assert len(p["labels"][0]) == 3 and p["neurons"] == ck.run.neuron_dicts
         recomputed = metrics_from_predictions(p, moves_neuron=name.startswith("unfrozen"))
-        assert {k: ck.run["metrics"][k] for k in recomputed} == json.loads(json.dumps(recomputed))
+        assert {k: ck.run.metrics[k] for k in recomputed} == json.loads(json.dumps(recomputed))
         again, trained, enc = reload_and_report(ck, p, "mean")
         torch.testing.assert_close(again, torch.tensor(p["predictions"]), atol=1e-4, rtol=1e-4)
         for i, (_, row) in enumerate(ck.views()):
             with torch.no_grad():
                 torch.testing.assert_close(report(trained, enc, row, "mean"), again[:, i])
-        assert "per_neuron" in ck.run["curves"][0] and len(ck.run["curves"][0]["per_neuron"]) == 3
+        assert "per_neuron" in ck.run.curves[0] and len(ck.run.curves[0]["per_neuron"]) == 3
     after = read_checkpoint(out / "after_target-fixed/seed-0").run
-    assert after["metrics"]["neuron_unchanged_maxdiff"] <= 1e-4  # layers 0..2 (the deepest) frozen
-    assert after["parameters"]["trainable"] < after["parameters"]["total"]
+    assert after.metrics["neuron_unchanged_maxdiff"] <= 1e-4  # layers 0..2 (the deepest) frozen
+    assert after.extra["parameters"]["trainable"] < after.extra["parameters"]["total"]
 
 
 @pytest.mark.parametrize(

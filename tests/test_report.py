@@ -158,10 +158,8 @@ def test_compare(run_dir: Path, tmp_path: Path, capsys) -> None:
     assert main(["compare", str(run_dir), str(other), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert printed == out.read_text()
-    rows = [
-        line for line in printed.splitlines() if line.startswith("| fixture") or line.startswith("| other")
-    ]
-    assert len(rows) == 2
+    rows = [line for line in printed.splitlines() if line.startswith("| unfrozen-fixed")]
+    assert len(rows) == 2  # a copy is the same run: named by its results, not by its folder
     view = load_view(run_dir)
     ratio = np.mean(
         [np.std(p["live_labels"]) / np.std(p["labels"]) for p in view.conditions[0].predictions.values()]

@@ -81,7 +81,7 @@ def test_checkpoint_round_trip(tmp_path, tok):
     run |= {"condition": "unfrozen", "target_mode": "fixed", "readout": readout.meta()}
     ckpt = read_checkpoint(write_checkpoint(tmp_path / "ckpt", run, readout))
     assert isinstance(ckpt.readout, DigitReadout)
-    assert ckpt.run["readout"]["prompt"] == readout.prompt
+    assert ckpt.run.readout["prompt"] == readout.prompt
     for name, value in readout.tensors().items():
         assert torch.equal(ckpt.readout.tensors()[name], value)
 

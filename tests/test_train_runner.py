@@ -83,7 +83,7 @@ def test_checkpoints_carry_provenance_and_recomputable_metrics(tmp_path, tiny_di
     )
     for name in folders:
         ckpt = read_checkpoint(out / name / "seed-0")
-        run, predictions = ckpt.run, ckpt.predictions()
+        run, predictions = ckpt.run.to_json(), ckpt.predictions()  # as written
         assert (ckpt.model_dir is None) == name.startswith("frozen")
         for key in (
             "seed",
@@ -153,10 +153,10 @@ def test_frozen_readout_finds_a_planted_linear_neuron(tmp_path, corpus_file):
     model_dir = _planted_linear_neuron(tmp_path / "planted")
     toml = write_toml(tmp_path, model_dir, corpus_file, "layer = 3\nindex = 6", 'conditions = ["frozen"]')
     run = train_experiment(load_experiment(toml), tmp_path / "out")[0]
-    assert run["target"]["std"] > 0.5  # a neuron with real spread
-    assert run["metrics"]["test"]["skill"] > 0.99
-    assert run["frozen_fit"]["ridge"]["test"]["skill"] > 0.99
-    assert run["metrics"]["test_before"]["skill"] < 0.5  # the untrained readout does not
+    assert run.target["std"] > 0.5  # a neuron with real spread
+    assert run.metrics["test"]["skill"] > 0.99
+    assert run.extra["frozen_fit"]["ridge"]["test"]["skill"] > 0.99
+    assert run.metrics["test_before"]["skill"] < 0.5  # the untrained readout does not
 
 
 def test_fixed_labels_go_stale_when_unfrozen_moves_the_neuron(tmp_path, tiny_dir, corpus_file):
@@ -165,7 +165,7 @@ def test_fixed_labels_go_stale_when_unfrozen_moves_the_neuron(tmp_path, tiny_dir
         tmp_path, tiny_dir, corpus_file, neuron, 'conditions = ["unfrozen"]\nlr = 3e-3\npatience = 9'
     )
     run = train_experiment(load_experiment(toml), tmp_path / "out")[0]
-    m = run["metrics"]
+    m = run.metrics
     assert m["best_step"] > 0  # the checkpoint is a trained model
     variance = m["neuron_before"]["std"] ** 2
     assert m["stale_labels"]["mse"] > 0.1 * variance  # the labels no longer describe the trained model
@@ -183,7 +183,7 @@ def test_position_all_keeps_a_text_index_per_label(tmp_path, tiny_dir, corpus_fi
     index = predictions["text_index"]
     assert len(index) == len(predictions["labels"]) > len(predictions["texts"])
     assert index == sorted(index) and set(index) == set(range(len(predictions["texts"])))
-    assert all(r["metrics"]["neuron_unchanged_maxdiff"] <= 1e-4 for r in runs)
+    assert all(r.metrics["neuron_unchanged_maxdiff"] <= 1e-4 for r in runs)
 
 
 def test_unset_neuron_is_selected_on_train_texts_and_recorded(tmp_path, tiny_dir, corpus_file):
@@ -195,7 +195,9 @@ def test_unset_neuron_is_selected_on_train_texts_and_recorded(tmp_path, tiny_dir
     selection = json.loads((tmp_path / "out/target.json").read_text())["selection"]
     assert selection["selected"] and selection["layers"] == [1, 2] and selection["scan_texts"] == 40
     chosen = selection["chosen"]
-    assert run["neuron"] == {"layer": chosen["layer"], "index": chosen["index"]} and chosen["layer"] in (1, 2)
+    assert run.neuron.as_dict() == {"layer": chosen["layer"], "index": chosen["index"]} and chosen[
+        "layer"
+    ] in (1, 2)
 
 
 @pytest.mark.parametrize(
@@ -247,7 +249,7 @@ def test_smollm2_after_target_checkpoint_round_trip(tmp_path, smollm2):
         'conditions = ["frozen", "after_target"]\nmax_steps = 4\neval_every = 2\nlr = 1e-4',
     )  # fmt: skip
     runs = train_experiment(load_experiment(toml), tmp_path / "out", subject=smollm2)
-    assert all(r["metrics"]["neuron_unchanged_maxdiff"] <= 1e-4 for r in runs)
+    assert all(r.metrics["neuron_unchanged_maxdiff"] <= 1e-4 for r in runs)
     ckpt = read_checkpoint(tmp_path / "out/after_target-fixed/seed-0")
     verify_base(ckpt, smollm2)
     trained = ckpt.load_subject(smollm2)

@@ -140,7 +140,8 @@ def test_run_writes_comparable_metrics_and_round_trips(tmp_path, corpus_file, ti
     exp = replace(exp, subject=replace(exp.subject, model=str(tiny_dir)))
     subject = load_subject(str(tiny_dir))
     out = tmp_path / "out"
-    [run] = train_experiment(exp, out, subject=subject, cache_dir=tmp_path / "cache")
+    [record] = train_experiment(exp, out, subject=subject, cache_dir=tmp_path / "cache")
+    run = record.to_json()  # as written
     folder = out / "after_target-fixed" / "seed-0"
     ck = read_checkpoint(folder)
     assert isinstance(ck.readout, DigitReadout)
@@ -157,7 +158,7 @@ def test_run_writes_comparable_metrics_and_round_trips(tmp_path, corpus_file, ti
     assert {"spearman", "mae", "argmax_accuracy"} <= set(m["digit"])
     assert m["digit"]["n"] == len(preds["texts"])
     assert {"skill", "mse", "r"} <= set(m["test"])  # in the neuron's units, like the linear head's
-    assert "digit Spearman" in summary_line(run) and "test MSE" in summary_line(run)
+    assert "digit Spearman" in summary_line(record) and "test MSE" in summary_line(record)
     assert preds["labels_digit"] == ck.readout.classes(torch.tensor(preds["labels"])).tolist()
     # the checkpoint rebuilds the same predictions through the battery's path (prompted text, logits)
     trained = ck.load_subject(subject)

@@ -33,8 +33,7 @@ def _corpus_texts(spec: str, ck: Checkpoint, options: BatteryOptions) -> list[st
     from mechcheck.corpus import load_corpus, split_corpus
 
     corpus = load_corpus(spec, seed=options.seed)
-    split = (ck.run.get("corpus") or {}).get("split") if isinstance(ck.run.get("corpus"), dict) else None
-    fractions = tuple(split) if isinstance(split, list) and len(split) == 3 else (0.8, 0.1, 0.1)
+    fractions = ck.run.corpus_split or (0.8, 0.1, 0.1)
     return list(split_corpus(corpus, fractions, seed=options.seed).test)
 
 
@@ -54,25 +53,17 @@ def _groups(ck: Checkpoint, texts: list[str], corpus: str | None) -> list[str]:
     if isinstance(saved, list) and saved_texts and len(saved) == len(saved_texts):
         table = dict(zip(saved_texts, map(str, saved), strict=True))
         return [table.get(t, t) for t in texts]
-    recorded = ck.run.get("corpus")
-    spec = corpus
-    if spec is None and isinstance(recorded, dict) and isinstance(recorded.get("spec"), dict):
-        spec = recorded["spec"].get("source")
-    if not isinstance(spec, str) or not spec:
+    spec = corpus or ck.run.corpus_source
+    if not spec:
         return list(texts)
     from mechcheck.corpus import load_corpus
 
     try:
-        found = load_corpus(spec, seed=options_seed(ck))
+        found = load_corpus(spec, seed=ck.run.corpus_seed)
     except (UserError, OSError, ValueError):
         return list(texts)
     table = dict(zip(found.texts, found.groups, strict=True))
     return [str(table.get(t, t)) for t in texts]
-
-
-def options_seed(ck: Checkpoint) -> int:
-    spec = (ck.run.get("corpus") or {}).get("card", {}) if isinstance(ck.run.get("corpus"), dict) else {}
-    return int(spec.get("seed", 0)) if isinstance(spec, dict) else 0
 
 
 def eval_texts(

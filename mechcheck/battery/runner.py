@@ -30,9 +30,11 @@ from mechcheck.checkpoint import Checkpoint, read_checkpoints, verify_base
 from mechcheck.errors import UserError
 from mechcheck.outputs import claim_dir, remove_path, versions, write_json
 from mechcheck.readout import neuron_key
+from mechcheck.results_record import NEURON_KEYS, BatteryResults, NeuronResults
 from mechcheck.verdict import shares, verdicts
 
-FORMAT = "mechcheck-results/2"
+FORMAT_VERSION = 2  # results.json: mechcheck-results/2 (`mechcheck.results_record`)
+FORMAT = f"mechcheck-results/{FORMAT_VERSION}"
 DATA = "battery"  # per-seed data: what every edit did to every head, per text
 
 
@@ -88,12 +90,11 @@ def _load(paths: Sequence[str | Path]) -> list[Checkpoint]:
             )
     first = checkpoints[0]
     for ck in checkpoints[1:]:
-        for field in ("base_model", "neuron", "neurons", "position", "condition", "target_mode"):
-            if ck.run.get(field) != first.run.get(field):
-                raise UserError(
-                    f"{ck.path} and {first.path} differ in {field}: "
-                    "only seeds of one run can be tested together"
-                )
+        field = ck.run.same_run(first.run)
+        if field is not None:
+            raise UserError(
+                f"{ck.path} and {first.path} differ in {field}: only seeds of one run can be tested together"
+            )
     return checkpoints
 
 
@@ -139,8 +140,8 @@ def run_checkpoint(
     runs, bare = [], []
     for neuron, readout in ck.views():
         start = time.perf_counter()
-        ctx = build_context(trained, base, readout, neuron, ck.position, texts, groups, options, ck.run,
-                            progress, targets=ck.neurons)  # fmt: skip
+        ctx = build_context(trained, base, readout, neuron, ck.position, texts, groups, options,
+                            ck.run.to_json(), progress, targets=ck.neurons)  # fmt: skip
         timing = {"clean_passes": time.perf_counter() - start}
         if not bare:
             bare.append(bare_forward_seconds(ctx))
@@ -150,7 +151,7 @@ def run_checkpoint(
         timing |= probe_time
         hs = heads(ctx)
         data = {n: {"label": h.label.tolist(), "clean": h.clean.tolist()} for n, h in hs.heads.items()}
-        runs.append(SeedRun(ck.run.get("seed", len(runs)), results, skipped, data, hs.describe(),
+        runs.append(SeedRun(_seed(ck, len(runs)), results, skipped, data, hs.describe(),
                             list(ctx.eval.texts), ctx.eval.groups.tolist(), timing,
                             len(ctx.interventions)))  # fmt: skip
         if len(bare) == 1:
@@ -167,14 +168,14 @@ def bare_forward_seconds(ctx: Context) -> float:
     return time.perf_counter() - start
 
 
+def _seed(ck: Checkpoint, default: int) -> Any:
+    return default if ck.run.seed is None else ck.run.seed
+
+
 def _max_tokens(ck: Checkpoint, options: BatteryOptions) -> int:
     """The truncation the labels were made with (the trainer records it), else the option."""
-    run = ck.run
-    places = (run, run.get("target", {}).get("card", {}), run.get("experiment", {}).get("corpus", {}))
-    for where in places:
-        if isinstance(where, dict) and isinstance(where.get("max_tokens"), int):
-            return where["max_tokens"]
-    return options.max_tokens
+    recorded = ck.run.label_max_tokens()
+    return options.max_tokens if recorded is None else recorded
 
 
 def aggregate(seeds: list[SeedRun], names: list[str], options: BatteryOptions) -> dict[str, dict[str, Any]]:
@@ -230,7 +231,7 @@ def run_battery(
     skipped: dict[str, str] = {}
     for ck in cks:
         verify_base(ck, base)
-        if not ck.run.get("weights_sha256"):
+        if not ck.run.weights_sha256:
             skipped["verify_base"] = (
                 "run.json has no weights_sha256: the base model's W_in/W_out were not checked"
             )
@@ -253,65 +254,54 @@ def run_battery(
             "skipped": {name: reason for s in seeds for name, reason in s.skipped.items()},
             "n_labels": len(seeds[0].texts), "seeds": [s.seed for s in seeds],
         })  # fmt: skip
-    results = _results(cks, evals, per_neuron, skipped, options)
+    record = _results(cks, evals, per_neuron, skipped, options, None if out is None else Path(out).name)
     spent = sum(sum(b) for b in bare)  # the bare-forward measurements are not the battery
     total = time.perf_counter() - start - spent
-    timing: dict[str, float] = {}
+    per_probe: dict[str, float] = {}
     for runs in per_ck:
         for run in runs:
             for k, v in run.timing.items():
-                timing[k] = timing.get(k, 0.0) + v
+                per_probe[k] = per_probe.get(k, 0.0) + v
     # one bare forward per checkpoint: the faster of the two measurements (before and after the probes),
     # i.e. a warm one: the first full-vocabulary LM-head pass of a process pays for its memory (on 266
     # texts 59.7 s before vs 25.1 s after), which would flatter the ratio
     forward = sum(min(b) for b in bare)
-    results["timing"] = {"total_s": total, "per_probe_s": timing, "bare_forward_s": forward,
-                         "bare_forward_before_after_s": bare,
-                         "ratio_to_bare_forward": total / forward if forward > 0 else None}  # fmt: skip
+    timing = {"total_s": total, "per_probe_s": per_probe, "bare_forward_s": forward,
+              "bare_forward_before_after_s": bare,
+              "ratio_to_bare_forward": total / forward if forward > 0 else None}  # fmt: skip
+    record = replace(record, timing=timing)
     if out is not None:
-        write_results(Path(out), results, cks, per_ck, overwrite)
-    return results
+        write_results(Path(out), record, cks, per_ck, overwrite)
+    return record.to_json()
 
 
-def _results(cks, evals, per_neuron: list[dict[str, Any]], skipped, options) -> dict[str, Any]:
+def _results(cks, evals, per_neuron: list[dict[str, Any]], skipped, options, name) -> BatteryResults:
     """One neuron: `neuron`, `probes`, `verdicts`, `skipped` at the top (the DESIGN.md contract).
     Several: `neurons`, one such entry per neuron under `per_neuron`, and the `cross_talk` matrix."""
     from mechcheck.battery.probes.cross_talk import matrix
 
-    first, one = cks[0], per_neuron[0] if len(per_neuron) == 1 else None
+    first, several = cks[0], len(per_neuron) > 1
     texts, _, source = evals[0]
-    skipped = {**skipped, **(one["skipped"] if one else {})}
+    skipped = {**skipped, **({} if several else per_neuron[0]["skipped"])}
     if first.predictions() is None:
         skipped["predictions"] = (
             "the checkpoint has no predictions.json: the report shows no saved predictions"
         )
-    results: dict[str, Any] = {
-        "format": FORMAT,
-        "checkpoints": [str(ck.path) for ck in cks],
-        "run": first.run,
-        "runs": [{k: v for k, v in ck.run.items() if k != "curves"} for ck in cks],
-        "position": first.position,
-        "condition": first.run.get("condition"),
-        "target_mode": first.run.get("target_mode"),
-        "eval": {
-            "source": source,
-            "n_texts": len(texts),
-            "n_labels": per_neuron[0]["n_labels"],
-            "seeds": per_neuron[0]["seeds"],
-        },  # fmt: skip
-    }
-    if one:
-        results["neuron"] = first.neuron.as_dict()
-        results |= {k: one[k] for k in ("probes", "verdicts", "twins", "shares", "twin_shares", "heads")}
-        results["skipped"] = skipped
-    else:
-        results |= {
-            "neurons": [n.as_dict() for n in first.neurons],
-            "per_neuron": per_neuron,
-            "skipped": skipped,
-        }
-        results["cross_talk"] = matrix(results["neurons"], per_neuron)
-    return results | {"config": options.as_dict(), "versions": versions()}
+    keys = NEURON_KEYS if not several else (*NEURON_KEYS, "skipped")
+    entries = [
+        NeuronResults(**{k: e[k] for k in ("neuron", *keys)}, extra={} if not several else
+                      {"n_labels": e["n_labels"], "seeds": e["seeds"]})
+        for e in per_neuron
+    ]  # fmt: skip
+    return BatteryResults(
+        FORMAT_VERSION, tuple(entries), several, name=name, checkpoints=[str(ck.path) for ck in cks],
+        run=first.run, runs=tuple(ck.run.without_curves() for ck in cks), position=first.position,
+        condition=first.run.condition, target_mode=first.run.target_mode,
+        eval={"source": source, "n_texts": len(texts), "n_labels": per_neuron[0]["n_labels"],
+              "seeds": per_neuron[0]["seeds"]},
+        skipped=skipped, cross_talk=matrix(first.run.neuron_dicts, per_neuron) if several else None,
+        config=options.as_dict(), versions=versions(),
+    )  # fmt: skip
 
 
 def _finite(value: Any) -> Any:
@@ -327,7 +317,7 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def write_results(out: Path, results: dict[str, Any], cks: list[Checkpoint], per_ck, overwrite: bool) -> None:
+def write_results(out: Path, results: BatteryResults, cks: list[Checkpoint], per_ck, overwrite: bool) -> None:
     """results.json, each checkpoint's predictions (predictions/seed-k.json) and the battery's
     per-seed data (battery/seed-k[-neuron].json)."""
     out = claim_dir(out, overwrite)
@@ -336,7 +326,7 @@ def write_results(out: Path, results: dict[str, Any], cks: list[Checkpoint], per
             remove_path(out / folder)  # never follows a link
     several = len(cks[0].neurons) > 1
     for k, (ck, runs) in enumerate(zip(cks, per_ck, strict=True)):
-        seed = ck.run.get("seed", k)
+        seed = _seed(ck, k)
         preds = ck.predictions()
         if preds is not None:
             write_json(out / "predictions" / f"seed-{seed}.json", preds)
@@ -346,7 +336,7 @@ def write_results(out: Path, results: dict[str, Any], cks: list[Checkpoint], per
                     "heads": run.heads,
                     "tests": {n: r.test for n, r in run.results.items() if r.test is not None}}  # fmt: skip
             write_json(out / DATA / f"seed-{seed}{suffix}.json", _finite(data))
-    write_json(out / "results.json", _finite(results))
+    write_json(out / "results.json", _finite(results.to_json()))
 
 
 def experiment_options(experiment: Any) -> BatteryOptions:

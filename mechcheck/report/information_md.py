@@ -26,7 +26,8 @@ TESTS = {
 
 
 def is_v2(c: ConditionView) -> bool:
-    return str(c.results.get("format") or "").endswith("/2")
+    """Results of the rebuilt battery (format 2); the first battery's verdicts are withdrawn."""
+    return not c.record.withdrawn
 
 
 def verdict_cell(entry: Any) -> str:

@@ -95,7 +95,7 @@ def header_section(view: RunView) -> str:
         ["evaluation", _eval_text(view)],
         ["versions", ", ".join(f"{k} {v}" for k, v in versions.items()) or MISSING],
     ]
-    return f"# mechcheck report — {view.name}\n\n" + md_table(["run", f"`{view.folder.name}`"], rows)
+    return f"# mechcheck report — {view.name}\n\n" + md_table(["run", f"`{view.name}`"], rows)
 
 
 def _selection_text(selection: Any) -> str:

@@ -13,40 +13,19 @@ Two layouts are understood:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from mechcheck import records
 from mechcheck.errors import UserError
-from mechcheck.records import DICT, NEURON, RUN, STR, ListOf, MapOf, Obj, column
-from mechcheck.report.tables import get
+from mechcheck.neuron import Neuron
+from mechcheck.records import column
+from mechcheck.results_record import BatteryResults, RunResults, read_results
+from mechcheck.run_record import RunRecord
 
-RESULTS_FORMAT = "mechcheck-results/1"
-RESULTS_FORMATS = (RESULTS_FORMAT, "mechcheck-results/2")
-RUN_FORMAT = "mechcheck-run/1"
-NEURON_KEYS = ("probes", "verdicts", "twins", "shares", "twin_shares", "heads")  # per neuron in per_neuron
 _SEED_FILE = re.compile(r"seed-(\d+)\.json$")
-# the fields the report reads, with their types (results.json: DESIGN.md's contract)
-VERDICTS = MapOf(Obj({"verdict": STR, "rule": STR, "evidence": DICT}, required=("verdict",)))
-_BATTERY = {
-    "run": RUN, "runs": ListOf(RUN), "neuron": NEURON, "neurons": ListOf(NEURON), "position": STR,
-    "condition": STR, "target_mode": STR, "eval": DICT, "probes": MapOf(DICT), "skipped": MapOf(STR),
-    "verdicts": VERDICTS, "config": DICT, "versions": DICT, "timing": DICT, "cross_talk": DICT,
-    "checkpoints": ListOf(STR), "twins": MapOf(VERDICTS), "shares": MapOf(DICT), "twin_shares": MapOf(DICT),
-    "heads": MapOf(DICT),
-}  # fmt: skip
-BATTERY_RESULTS = Obj(
-    _BATTERY | {"per_neuron": ListOf(Obj({"neuron": NEURON, "probes": MapOf(DICT), "verdicts": VERDICTS,
-                                          "skipped": MapOf(STR), "twins": MapOf(VERDICTS),
-                                          "shares": MapOf(DICT), "heads": MapOf(DICT)}))},
-    nullable=("position", "condition", "target_mode"),
-)  # fmt: skip
-CONDITION = Obj({"key": STR, "dir": STR, "results": BATTERY_RESULTS, "curves": MapOf(ListOf(DICT))})
-RUN_RESULTS = Obj({
-    "name": STR, "experiment": DICT, "header": DICT, "selection": DICT, "conditions": ListOf(CONDITION),
-    "stages": MapOf(DICT),
-})  # fmt: skip
 
 
 @dataclass
@@ -54,10 +33,15 @@ class ConditionView:
     """One condition × target mode: its battery results, saved predictions and curves per seed."""
 
     key: str
-    results: dict[str, Any]
+    record: BatteryResults
     predictions: dict[int, dict[str, Any]] = field(default_factory=dict)
     curves: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
     tag: str = ""  # the neuron, when this is one neuron's view of a several-neuron run
+
+    @cached_property
+    def results(self) -> dict[str, Any]:
+        """The results as results.json writes them (one neuron's, for a view of one neuron)."""
+        return self.record.to_json()
 
     @property
     def run_key(self) -> str:
@@ -69,35 +53,34 @@ class ConditionView:
         return f"{self.condition} ({self.target_mode})" + (f", neuron {self.tag}" if self.tag else "")
 
     @property
-    def run(self) -> dict[str, Any]:
-        return self.results.get("run") or {}
+    def run(self) -> RunRecord | None:
+        return self.record.run
 
     @property
-    def runs(self) -> list[dict[str, Any]]:
-        runs = self.results.get("runs")
-        return runs if isinstance(runs, list) and runs else ([self.run] if self.run else [])
+    def runs(self) -> tuple[RunRecord, ...]:
+        return self.record.all_runs
 
     @property
     def condition(self) -> str:
-        return str(self.results.get("condition") or self.run.get("condition") or self.key.split("-")[0])
+        return str(self.record.condition_name or self.key.split("-")[0])
 
     @property
     def target_mode(self) -> str:
-        return str(self.results.get("target_mode") or self.run.get("target_mode") or "fixed")
+        return self.record.target_mode_name
 
     @property
     def seeds(self) -> list[int]:
-        seeds = {r.get("seed") for r in self.runs if isinstance(r.get("seed"), int)}
+        seeds = {r.seed for r in self.runs if isinstance(r.seed, int)}
         return sorted(seeds | set(self.predictions) | set(self.curves))
 
     @property
     def readout_frozen(self) -> bool:
-        return bool(get(self.run, "readout", "frozen", default=False))
+        return self.run is not None and self.run.readout_frozen
 
     def metrics(self, seed: int) -> dict[str, Any]:
         for run in self.runs:
-            if run.get("seed") == seed:
-                return run.get("metrics") or {}
+            if run.seed == seed:
+                return run.metrics or {}
         return {}
 
 
@@ -115,36 +98,36 @@ class RunView:
 
 
 def _merge_neuron(entry: Any, i: int) -> Any:
-    """A run.json / curve row / metrics table with neuron i's `per_neuron` entry lifted to the top."""
+    """A curve row / metrics table with neuron i's `per_neuron` entry lifted to the top."""
     if not isinstance(entry, dict) or not isinstance(entry.get("per_neuron"), list):
         return entry
     return {**{k: v for k, v in entry.items() if k != "per_neuron"}, **entry["per_neuron"][i]}
 
 
-def _neuron_run(run: dict[str, Any], i: int, neuron: Any) -> dict[str, Any]:
-    return {**run, "neuron": neuron, "metrics": _merge_neuron(run.get("metrics"), i)}
+def _neuron_run(run: RunRecord, i: int, neuron: dict[str, Any]) -> RunRecord:
+    return replace(run, neurons=(Neuron.from_dict(neuron),), metrics=_merge_neuron(run.metrics, i))
 
 
 def neuron_views(view: ConditionView) -> list[ConditionView]:
     """A several-neuron condition as one single-neuron view per neuron (results.json `per_neuron`,
     predictions' columns, curves' and metrics' `per_neuron` entries); the first keeps `cross_talk`."""
-    per = view.results.get("per_neuron")
-    if not isinstance(per, list) or not per:
+    record = view.record
+    if not record.several or not record.per_neuron:
         return [view]
     out = []
-    for i, entry in enumerate(per):
-        n = entry.get("neuron") or {}
+    for i, entry in enumerate(record.per_neuron):
+        n = entry.neuron or {}
         tag = f"L{n.get('layer')}N{n.get('index')}"
-        results = {k: v for k, v in view.results.items() if k not in ("per_neuron", "neurons", "cross_talk")}
-        if i == 0 and "cross_talk" in view.results:
-            results["cross_talk"] = view.results["cross_talk"]
-        results |= {"neuron": n, **{k: entry.get(k) for k in NEURON_KEYS if k in entry}}
-        results["skipped"] = {**(view.results.get("skipped") or {}), **(entry.get("skipped") or {})}
-        results["run"] = _neuron_run(view.run, i, n)
-        results["runs"] = [_neuron_run(r, i, n) for r in view.runs]
+        one = replace(
+            record, several=False, per_neuron=(replace(entry, skipped=None, extra={}),),
+            skipped={**(record.skipped or {}), **(entry.skipped or {})},
+            cross_talk=record.cross_talk if i == 0 else None,
+            run=record.run and _neuron_run(record.run, i, n),
+            runs=tuple(_neuron_run(r, i, n) for r in view.runs),
+        )  # fmt: skip
         preds = {seed: column(p, i) for seed, p in view.predictions.items() if "neurons" in p}
         curves = {seed: [_merge_neuron(r, i) for r in rows] for seed, rows in view.curves.items()}
-        out.append(ConditionView(f"{view.key}-{tag}", results, preds, curves, tag))
+        out.append(ConditionView(f"{view.key}-{tag}", one, preds, curves, tag))
     return out
 
 
@@ -165,11 +148,27 @@ def load_predictions(folder: Path) -> dict[int, dict[str, Any]]:
     return found
 
 
-def _curves_from_results(results: dict[str, Any]) -> dict[int, list[dict[str, Any]]]:
+def checkpoint_predictions(folder: Path, results: BatteryResults) -> dict[int, dict[str, Any]]:
+    """A battery folder published with its checkpoint's files beside results.json (run.json,
+    predictions.json) instead of a predictions/ folder: that predictions.json, when the run.json
+    beside it is the one the battery tested (same configuration hash and seed)."""
+    run, beside = results.run, folder / "run.json"
+    if run is None or not beside.is_file() or not (folder / "predictions.json").is_file():
+        return {}
+    saved = RunRecord.read(beside)
+    if (saved.config_hash, saved.seed) != (run.config_hash, run.seed) or run.config_hash is None:
+        return {}
+    data = records.check_predictions(
+        records.read_json(folder / "predictions.json"), str(folder / "predictions.json")
+    )
+    return {run.seed if run.seed is not None else 0: data}
+
+
+def _curves_from_results(results: BatteryResults) -> dict[int, list[dict[str, Any]]]:
     curves: dict[int, list[dict[str, Any]]] = {}
-    for run in [results.get("run") or {}, *(results.get("runs") or [])]:
-        if isinstance(run, dict) and isinstance(run.get("curves"), list) and isinstance(run.get("seed"), int):
-            curves.setdefault(run["seed"], run["curves"])
+    for run in [results.run, *results.runs]:
+        if run is not None and isinstance(run.curves, list) and isinstance(run.seed, int):
+            curves.setdefault(run.seed, run.curves)
     return curves
 
 
@@ -179,61 +178,48 @@ def _int_keys(data: Any) -> dict[int, Any]:
     return {int(k): v for k, v in data.items() if str(k).lstrip("-").isdigit()}
 
 
-def condition_key(results: dict[str, Any]) -> str:
-    run = results.get("run") or {}
-    condition = results.get("condition") or run.get("condition") or "condition"
-    return f"{condition}-{results.get('target_mode') or run.get('target_mode') or 'fixed'}"
-
-
-def header_from(results: dict[str, Any]) -> dict[str, Any]:
+def header_from(results: BatteryResults) -> dict[str, Any]:
     """Model, neuron, position, corpus, versions — from one battery results.json."""
-    run = results.get("run") or {}
+    run = results.run
+    neurons = [n.neuron for n in results.per_neuron] if results.several else [results.neuron.neuron]
+    recorded = (run.neuron_dicts if len(run.neurons) > 1 else run.neuron_dicts[0]) if run else None
     return {
-        "model": run.get("base_model"),
-        "neuron": results.get("neuron") or run.get("neuron") or results.get("neurons") or run.get("neurons"),
-        "position": results.get("position") or run.get("position"),
-        "corpus": get(run, "corpus", "card") or run.get("corpus"),
-        "versions": results.get("versions") or run.get("versions"),
-        "eval": results.get("eval"),
+        "model": run.base_model if run else None,
+        "neuron": (neurons if results.several else neurons[0]) or recorded,
+        "position": results.position or (run.position if run else None),
+        "corpus": (run.corpus_card or run.corpus) if run else None,
+        "versions": results.versions or (run.versions if run else None),
+        "eval": results.eval,
     }
 
 
-def _battery_view(folder: Path, results: dict[str, Any]) -> RunView:
-    view = ConditionView(
-        condition_key(results),
-        results,
-        load_predictions(folder / "predictions"),
-        _curves_from_results(results),
-    )
-    reference = get(results, "run", "experiment", "reference")
-    return RunView(folder, folder.name, header_from(results), neuron_views(view), reference)
+def _battery_view(folder: Path, results: BatteryResults) -> RunView:
+    predictions = load_predictions(folder / "predictions") or checkpoint_predictions(folder, results)
+    view = ConditionView(results.key, results, predictions, _curves_from_results(results))
+    reference = (results.run.experiment or {}).get("reference") if results.run else None
+    return RunView(folder, results.title, header_from(results), neuron_views(view), reference)
 
 
-def _run_view(folder: Path, data: dict[str, Any]) -> RunView:
+def _run_view(folder: Path, data: RunResults) -> RunView:
     conditions = []
-    for entry in data.get("conditions") or []:
-        results = entry.get("results") or {}
-        sub = folder / entry.get("dir", f"test/{entry.get('key', '')}")
-        curves = _int_keys(entry.get("curves")) or _curves_from_results(results)
-        conditions += neuron_views(
-            ConditionView(
-                entry.get("key") or condition_key(results),
-                results,
-                load_predictions(sub / "predictions"),
-                curves,
-            )
+    for entry in data.conditions:
+        sub = folder / (entry.dir or f"test/{entry.key or ''}")
+        curves = _int_keys(entry.curves) or _curves_from_results(entry.results)
+        view = ConditionView(
+            entry.key or entry.results.key, entry.results, load_predictions(sub / "predictions"), curves
         )
-    header = dict(data.get("header") or {})
+        conditions += neuron_views(view)
+    header = dict(data.header or {})
     if conditions:
-        header = {**header_from(conditions[0].results), **{k: v for k, v in header.items() if v}}
+        header = {**header_from(conditions[0].record), **{k: v for k, v in header.items() if v}}
     return RunView(
         folder,
-        str(data.get("name") or folder.name),
+        data.name or folder.name,  # every run's results.json names it; the folder for a hand-made one
         header,
         conditions,
-        get(data, "experiment", "reference"),
-        data.get("selection"),
-        data.get("stages") or {},
+        (data.experiment or {}).get("reference"),
+        data.selection,
+        data.stages or {},
     )
 
 
@@ -243,14 +229,5 @@ def load_view(folder: str | Path) -> RunView:
     path = folder / "results.json"
     if not path.is_file():
         raise UserError(f"{folder} holds no results.json (run `mechcheck test` or `mechcheck run` first)")
-    data = read_json(path)
-    fmt = data.get("format") if isinstance(data, dict) else None
-    if fmt == RUN_FORMAT:
-        records.check(data, RUN_RESULTS, str(path))
-        return _run_view(folder, data)
-    if fmt in RESULTS_FORMATS:
-        records.check(data, BATTERY_RESULTS, str(path))
-        return _battery_view(folder, data)
-    raise UserError(
-        f"{path}: unknown format {fmt!r}; expected one of {', '.join(RESULTS_FORMATS)} or {RUN_FORMAT}"
-    )
+    record = read_results(path)
+    return _run_view(folder, record) if isinstance(record, RunResults) else _battery_view(folder, record)

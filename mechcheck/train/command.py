@@ -12,6 +12,7 @@ from typing import Any
 from mechcheck.experiment import load_experiment
 from mechcheck.outputs import BOOKKEEPING
 from mechcheck.ownership import hold
+from mechcheck.run_record import RunRecord
 from mechcheck.train.conditions import TARGET_MODES
 from mechcheck.train.runner import check_experiment, train_experiment
 
@@ -24,8 +25,8 @@ def legacy_train_dir(out: Path) -> bool:
     return (out / "target.json").is_file() and all(pattern.fullmatch(n) for n in names)
 
 
-def summary_line(run: dict[str, Any]) -> str:
-    m = run["metrics"]
+def summary_line(run: RunRecord) -> str:
+    m = run.metrics or {}
     if "per_neuron" in m:
         return _several_summary(run)
     b, a = m["test_before"], m["test"]
@@ -33,26 +34,26 @@ def summary_line(run: dict[str, Any]) -> str:
     kl = "-" if m.get("kl_after") is None else f"{m['kl_after']:.3g}"
     lm = "-" if m.get("lm_loss_before") is None else f"{m['lm_loss_before']:.3f} -> {m['lm_loss_after']:.3f}"
     return (
-        f"{run['condition']}-{run['target_mode']} seed {run['seed']}: "
+        f"{run.condition}-{run.target_mode} seed {run.seed}: "
         f"test MSE {b['mse']:.4g} -> {a['mse']:.4g} "
         f"(skill {a['skill']:.3f}), neuron std {nb['std']:.3g} -> {na['std']:.3g}, "
         f"LM loss {lm}, KL {kl}, "
-        f"{run['timing']['run']:.0f} s{' [collapsed]' if m['collapsed'] else ''}"
+        f"{(run.timing or {})['run']:.0f} s{' [collapsed]' if m['collapsed'] else ''}"
     ) + _digit_summary(m)
 
 
-def _several_summary(run: dict[str, Any]) -> str:
+def _several_summary(run: RunRecord) -> str:
     """One line for a several-neuron run: per neuron, test skill before -> after and the neuron's std."""
     parts = []
-    for m in run["metrics"]["per_neuron"]:
+    for m in run.metrics["per_neuron"]:
         n, b, a = m["neuron"], m["test_before"], m["test"]
         std = f"{m['neuron_before']['std']:.3g} -> {m['neuron_after']['std']:.3g}"
         parts.append(f"L{n['layer']}/{n['index']} skill {b['skill']:.3f} -> {a['skill']:.3f} (std {std})")
-    kl = run["metrics"].get("kl_after")
+    kl = run.metrics.get("kl_after")
     return (
-        f"{run['condition']}-{run['target_mode']} seed {run['seed']}: "
+        f"{run.condition}-{run.target_mode} seed {run.seed}: "
         + "; ".join(parts)
-        + f", KL {'-' if kl is None else f'{kl:.3g}'}, {run['timing']['run']:.0f} s"
+        + f", KL {'-' if kl is None else f'{kl:.3g}'}, {run.timing['run']:.0f} s"
     )
 
 

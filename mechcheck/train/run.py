@@ -30,6 +30,7 @@ from mechcheck.config import to_dict
 from mechcheck.errors import UserError
 from mechcheck.experiment import TrainConfig
 from mechcheck.readout import LinearReadout, Readout
+from mechcheck.run_record import RunRecord
 from mechcheck.stats import fit_metrics
 from mechcheck.subject import Site, Subject
 from mechcheck.targets import SPLITS, TargetSet, compute_labels
@@ -263,8 +264,8 @@ def train_run(
     progress: bool = False,
     on_step: Callable[[int], None] | None = None,
     targets: TargetSet | None = None,
-) -> dict[str, Any]:
-    """Train one run and write its checkpoint to `out`; returns run.json. With `train.lr_grid`, a
+) -> RunRecord:
+    """Train one run and write its checkpoint to `out`; returns its run.json record. With `train.lr_grid`, a
     condition that trains model weights trains once per rate and keeps the best on validation under
     `train.drift_cap` (`mechcheck.train.lr_sweep`). `targets`: another model's neuron over the bench's
     texts (cross-prediction) instead of the bench's own target set; run.json then has no
@@ -320,11 +321,12 @@ def train_run(
         **_prompt_tokens(bench),
         "timing": {"train_loop": result.seconds, "run": time.perf_counter() - start, **bench.seconds},
     }
+    record = RunRecord.from_fields(run)
     model = bench.subject.model if setup.trainable else None
-    write_checkpoint(out, run, readout.cpu(), model=model, predictions=predictions)
+    write_checkpoint(out, record, readout.cpu(), model=model, predictions=predictions)
     store.remove()
     bench.restore()
-    return run
+    return record
 
 
 def _prompt_tokens(bench: Bench) -> dict[str, Any]:

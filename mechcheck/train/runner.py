@@ -27,6 +27,7 @@ from mechcheck.experiment import Experiment, split_seed
 from mechcheck.outputs import claim_dir, versions, write_json
 from mechcheck.readout import READOUTS, TARGET_KINDS, Neuron
 from mechcheck.records import DICT, read_record
+from mechcheck.run_record import RunRecord
 from mechcheck.splits import SPLIT_BY
 from mechcheck.subject import POSITIONS, Subject
 from mechcheck.targets import SPLITS, TargetSet
@@ -170,9 +171,9 @@ def _write_target(out: Path, record: dict[str, Any], merge: bool, write: bool = 
         write_json(file, record)
 
 
-def _read_run(out: Path, key: tuple[int, str, str]) -> dict[str, Any]:
+def _read_run(out: Path, key: tuple[int, str, str]) -> RunRecord:
     seed, condition, mode = key
-    return read_record(run_dir(out, condition, mode, seed) / "run.json", DICT)
+    return RunRecord.read(run_dir(out, condition, mode, seed) / "run.json")
 
 
 def split_record(splits: Splits, seed: int, experiment: Experiment) -> dict[str, Any]:
@@ -193,7 +194,7 @@ def _claim_run(folder: Path, digest: str, resume: bool, overwrite: bool) -> bool
         if overwrite:
             shutil.rmtree(folder)
         elif resume:
-            saved = read_record(folder / "run.json", DICT).get("config_hash")
+            saved = RunRecord.read(folder / "run.json").config_hash
             if saved != digest:
                 raise UserError(f"{folder}: --resume with a different configuration; use --overwrite")
             return False
@@ -218,8 +219,8 @@ def train_experiment(
     selection: dict[str, Any] | None = None,
     cells: Collection[tuple[str, str, int]] | None = None,
     shared_cache: Path | None = None,
-) -> list[dict[str, Any]]:
-    """Train every planned run; returns their run.json dicts (finished ones read back on --resume).
+) -> list[RunRecord]:
+    """Train every planned run; returns their run.json records (finished ones read back on --resume).
 
     `splits`: (the selection split, each seed's split) as the corpus stage made them (else made here
     from the experiment, `mechcheck.corpus.experiment_splits`); `selection`: how the select stage

@@ -16,14 +16,16 @@ import json
 from pathlib import Path
 from typing import Any
 
+from mechcheck.run_record import RunRecord
 
-def row(run: dict[str, Any], file: Path) -> dict[str, Any]:
-    m = run["metrics"]
-    splits = run["target"]["card"]["splits"]
+
+def row(run: RunRecord, file: Path) -> dict[str, Any]:
+    m = run.metrics or {}
+    splits = (run.target or {})["card"]["splits"]
     out = {
         "run": str(file),
-        "readout": run["readout"]["kind"],
-        "condition": run["condition"],
+        "readout": run.readout_kind,
+        "condition": run.condition,
         "texts": {s: splits[s]["texts"] for s in ("train", "val", "test")},
         "steps": m["steps"],
         "best_step": m["best_step"],
@@ -33,7 +35,7 @@ def row(run: dict[str, Any], file: Path) -> dict[str, Any]:
         "test_mse": m["test"]["mse"],
         "lm_loss": [m["lm_loss_before"], m["lm_loss_after"]],
         "kl_after": m["kl_after"],
-        "seconds": run["timing"]["run"],
+        "seconds": (run.timing or {})["run"],
     }
     if "digit" in m:
         for when, key in (("before", "digit_before"), ("after", "digit")):
@@ -71,7 +73,7 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path, help="run.json files written by mechcheck train")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    rows = [row(json.loads(file.read_text()), file) for file in args.runs]
+    rows = [row(RunRecord.read(file), file) for file in args.runs]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
     (args.out / "summary.md").write_text(markdown(rows))
