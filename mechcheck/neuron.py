@@ -1,4 +1,5 @@
-"""What a run reports: an MLP neuron, or one of the original study's `mlp_out` coordinates.
+"""What a run reports (an MLP neuron, or one of the original study's `mlp_out` coordinates) and where
+in the forward pass a value is read (`Site`).
 
 Plain data, importable without torch, so the records that name neurons (run.json, results.json)
 and the report that reads them need nothing of the model code.
@@ -7,14 +8,30 @@ and the report that reads them need nothing of the model code.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from mechcheck.subject import Site, Subject
+from typing import Any
 
 NEURON = "neuron"
 MLP_OUT_COORDINATE = "mlp_out_coordinate"
 TARGET_KINDS = (NEURON, MLP_OUT_COORDINATE)
+
+
+_STAGES = {
+    "resid_pre": 0, "mlp_in": 1, "mlp_post": 2, "mlp_out": 3, "resid_post": 4, "final_norm": 0, "logits": 1,
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Site:
+    """A place in the forward pass: `kind` in `_STAGES`; `layer` is None for final_norm/logits."""
+
+    kind: str
+    layer: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in _STAGES:
+            raise ValueError(f"unknown site kind {self.kind!r}; known: {', '.join(_STAGES)}")
+        if (self.layer is None) != (self.kind in ("final_norm", "logits")):
+            raise ValueError(f"site {self.kind!r} {'needs' if self.layer is None else 'takes no'} layer")
 
 
 @dataclass(frozen=True)
@@ -43,11 +60,9 @@ class Neuron:
     @property
     def site(self) -> Site:
         """Where its value is read: `mlp_post` (neurons) or `mlp_out` (coordinates), at its layer."""
-        from mechcheck.subject import Site  # the subject module needs torch; a record does not
-
         return Site("mlp_post" if self.kind == NEURON else "mlp_out", self.layer)
 
-    def check(self, subject: Subject) -> None:
+    def check(self, subject: Any) -> None:  # a mechcheck.subject.Subject
         """A UserError when the subject has no such neuron (or coordinate)."""
         if self.kind == NEURON:
             subject.anatomy.check_neuron(self.layer, self.index)

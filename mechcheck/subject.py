@@ -21,7 +21,6 @@ import functools
 import hashlib
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from torch import nn
 
 from mechcheck.anatomy import Anatomy, anatomy_for
 from mechcheck.errors import UserError
+from mechcheck.neuron import _STAGES, Site
 from mechcheck.offline import (
     DEQUANTISED_DONE,
     GEMMA3,
@@ -45,25 +45,6 @@ from mechcheck.offline import (
 )
 
 DEVICE_ENV = "MECHCHECK_DEVICE"  # where load_subject puts a model by default (e.g. cuda in a GPU cell)
-
-_STAGES = {
-    "resid_pre": 0, "mlp_in": 1, "mlp_post": 2, "mlp_out": 3, "resid_post": 4, "final_norm": 0, "logits": 1,
-}  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Site:
-    """A place in the forward pass: `kind` in `_STAGES`; `layer` is None for final_norm/logits."""
-
-    kind: str
-    layer: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.kind not in _STAGES:
-            raise ValueError(f"unknown site kind {self.kind!r}; known: {', '.join(_STAGES)}")
-        if (self.layer is None) != (self.kind in ("final_norm", "logits")):
-            raise ValueError(f"site {self.kind!r} {'needs' if self.layer is None else 'takes no'} layer")
-
 
 Edit = tuple[Site, Callable[[torch.Tensor], torch.Tensor]]
 
