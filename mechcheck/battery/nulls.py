@@ -46,8 +46,9 @@ def span_variance(cov: np.ndarray, basis: np.ndarray) -> float:
     return float(np.trace(basis.T @ cov @ basis))
 
 
-def _power(cov: np.ndarray, alpha: float) -> np.ndarray:
-    values, vectors = np.linalg.eigh(cov)
+def _power(eig: tuple[np.ndarray, np.ndarray], alpha: float) -> np.ndarray:
+    """Σ^(α/2) from Σ's eigendecomposition `eig` = (values, vectors), computed once per Σ."""
+    values, vectors = eig
     return (vectors * np.maximum(values, 0) ** (alpha / 2)) @ vectors.T
 
 
@@ -67,9 +68,10 @@ def matched_subspaces(
     d = cov.shape[0]
     target = span_variance(cov, exclude)
     comp = np.eye(d) - exclude @ exclude.T  # onto the complement of the tested span
+    eig = np.linalg.eigh(cov)  # once: every candidate round reshapes by a power of the same Σ
 
     def candidates(alpha: float, m: int) -> tuple[list[np.ndarray], np.ndarray]:
-        shaped = comp @ _power(cov, alpha)
+        shaped = comp @ _power(eig, alpha)
         out, var = [], []
         for _ in range(m):
             q = np.linalg.qr(shaped @ rng.standard_normal((d, k)))[0]
