@@ -1,4 +1,4 @@
-"""Shared pieces of the hostile-input suite (tests/test_hostile_*.py): a tiny world (model, corpus,
+"""Shared pieces of the hostile-input suite (tests/cli/test_hostile_*.py): a tiny world (model, corpus,
 experiment file), hand-made checkpoints whose hashes are exact, and the one-line-error check."""
 
 from __future__ import annotations

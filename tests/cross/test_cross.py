@@ -257,7 +257,7 @@ def test_bad_input_is_one_line_and_exit_2(cross_run, tmp_path, case, expect):
 def test_shipped_experiment_parses():
     from mechcheck.cross.experiment import load_cross
 
-    e = load_cross(Path(__file__).parent.parent / "experiments" / "cross_prediction.toml")
+    e = load_cross(Path(__file__).parents[2] / "experiments" / "cross_prediction.toml")
     assert [(m.model, m.layer, m.index) for m in e.models] == [
         ("smollm2-135m", 8, 1188),
         ("gemma3-270m", 5, 511),

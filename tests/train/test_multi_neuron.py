@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-from test_train_runner import _planted_linear_neuron, corpus_file, reload_and_report, write_toml  # noqa: F401
 
 from mechcheck.checkpoint import read_checkpoint
 from mechcheck.cli import main
@@ -16,6 +15,8 @@ from mechcheck.targets import build_targets, compute_labels
 from mechcheck.testing import random_texts, tiny_subject
 from mechcheck.train.record import metrics_from_predictions, training_config
 from mechcheck.train.runner import train_experiment
+
+from .test_runner import _planted_linear_neuron, corpus_file, reload_and_report, write_toml  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

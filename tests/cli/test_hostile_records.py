@@ -21,7 +21,7 @@ from mechcheck.records import PREDICTIONS, fits
 from mechcheck.results_record import BATTERY_RESULTS
 from mechcheck.run_record import RUN_JSON
 
-FIXTURE = Path(__file__).parent / "data" / "report_fixture"
+FIXTURE = Path(__file__).parent.parent / "data" / "report_fixture"
 WRONG: list[Any] = [[1, 2], "text", {"a": 1}, 2.5, -1, True, None, [[[[[[]]]]]]]
 RAW = {  # whole-file corruptions
     "not_utf8": b"\xff\xfe\x00garbage",

@@ -17,7 +17,7 @@ from mechcheck.report.tables import fmt, fmt_ci
 from mechcheck.report.views import load_view
 from mechcheck.stats import fit
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parent.parent / "data"
 FIXTURE = DATA / "report_fixture"
 SNAPSHOT = DATA / "report_fixture.md"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -14,7 +14,7 @@ import pytest
 from mechcheck.report import render_report
 from mechcheck.stats import r2
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parent.parent / "data"
 FIXTURE = DATA / "report_fixture_v2"
 SNAPSHOT = DATA / "report_fixture_v2.md"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

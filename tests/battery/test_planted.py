@@ -3,7 +3,7 @@ say how much of the report's information each route carries.
 
 Cases H1, H2_in and H2_out (see tests/planted.py) over three seeds of the tiny model, through the
 library entry `run_battery`; H3 and the null case are in tests/test_verdict.py, the attention
-sink in tests/test_battery_sink.py.
+sink in tests/battery/test_sink.py.
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Tests of the command line (mechcheck/cli.py, commands.py): hostile input, exit codes, locks, dispatch."""
