@@ -32,12 +32,12 @@ from mechcheck.readout import Neuron
 from mechcheck.subject import load_subject
 from mechcheck.targets import SPLITS
 from mechcheck.train.bench import Bench
+from mechcheck.train.cell import build_task
 from mechcheck.train.conditions import plan
 from mechcheck.train.loop import Loop, total_steps
 from mechcheck.train.monitors import predict_split
+from mechcheck.train.plan import build_tables
 from mechcheck.train.readouts import fit_token_readout, is_token
-from mechcheck.train.run import build_task
-from mechcheck.train.runner import build_tables
 
 
 def subsample(splits, n: int):

@@ -23,10 +23,10 @@ from mechcheck.readout import Neuron
 from mechcheck.subject import load_subject
 from mechcheck.targets import build_targets
 from mechcheck.train.bench import Bench
+from mechcheck.train.cell import build_task
 from mechcheck.train.conditions import CONDITIONS
 from mechcheck.train.frozen_fit import cached_features, fit_ridge
 from mechcheck.train.loop import Loop, train_loop
-from mechcheck.train.run import build_task
 
 CONDITION_NAMES = ("unfrozen", "after_target", "frozen")
 

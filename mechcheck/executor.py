@@ -209,7 +209,7 @@ def train_cell(
 ) -> None:
     """Train `runs` ((condition, mode, seed) triples; none: prepare) of the experiment into `folder`,
     on the corpus stage's `splits` with the select stage's `selection` record."""
-    from mechcheck.train.runner import train_experiment
+    from mechcheck.train.plan import train_experiment
 
     train_experiment(
         experiment, folder, resume=True, cells=runs, shared_cache=shared, splits=splits, selection=selection

@@ -159,8 +159,8 @@ class Pipeline:
 
     def planned_runs(self, experiment: Experiment) -> dict[str, str]:
         """`<condition>-<mode>/seed-<k>` → the trainer's configuration hash of that run."""
+        from mechcheck.train.plan import check_experiment
         from mechcheck.train.record import config_hash
-        from mechcheck.train.runner import check_experiment
 
         seeds = experiment.train.seeds
         pairs = check_experiment(experiment, seeds)
@@ -181,7 +181,7 @@ class Pipeline:
         return self.stage("train", inputs, outputs, self._train if run_now else None, runs=runs)
 
     def _train(self, stage: Stage, previous: dict[str, Any]) -> None:
-        from mechcheck.train.runner import train_experiment
+        from mechcheck.train.plan import train_experiment
 
         self.invalidate_train(stage, previous)
         subject = self.subject() if self._subject is not None else None

@@ -23,7 +23,7 @@ def check_experiment(experiment: Experiment) -> None:
     (the values themselves were checked when the file was read)."""
     from mechcheck.battery.runner import select_probes
     from mechcheck.scan import check_criterion
-    from mechcheck.train.runner import check_experiment as check_training
+    from mechcheck.train.plan import check_experiment as check_training
 
     check_training(experiment, experiment.train.seeds)
     select_probes(list(experiment.battery.probes) or None)

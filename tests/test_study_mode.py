@@ -22,7 +22,7 @@ from mechcheck.subject import Site
 from mechcheck.targets import compute_labels
 from mechcheck.testing import random_texts, tiny_subject
 from mechcheck.train.loop import lr_factor
-from mechcheck.train.runner import train_experiment
+from mechcheck.train.plan import train_experiment
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -117,7 +117,7 @@ def _check_train(e: CrossExperiment) -> None:
     """What cross-prediction cannot train, then the trainer's own checks (`check_experiment`): a cell is
     an ordinary training run whose labels come from another model."""
     from mechcheck.train.conditions import CONDITIONS
-    from mechcheck.train.runner import check_experiment
+    from mechcheck.train.plan import check_experiment
 
     t = e.train
     usable = [name for name in CONDITIONS.names() if not CONDITIONS.get(name).moves_neuron]

@@ -106,12 +106,12 @@ class CrossPipeline:
         return stages
 
     def _train(self, stage: Stage, previous: dict[str, Any]) -> None:
-        """The reporter's cells through the trainer (`mechcheck.train.run.train_run`) on one bench: its
+        """The reporter's cells through the trainer (`mechcheck.train.cell.train_run`) on one bench: its
         own labels for the self cells, the other model's for the other cells; every cell's frozen prefix
         ends at the reporter's own neuron's layer."""
         from mechcheck.train.bench import Bench
+        from mechcheck.train.cell import train_run
         from mechcheck.train.frozen_fit import default_cache_dir
-        from mechcheck.train.run import train_run
 
         e, name = self.experiment, stage.extra["reporter"]
         splits = self.base.splits()

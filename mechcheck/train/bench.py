@@ -8,7 +8,7 @@ after-target residual leaving `layer`.
 `layer` is where every condition's frozen prefix ends (the resume layer): `after_target` trains the
 layers after it, from its cached output. For a run on the bench's own neurons it is the deepest
 neuron's layer (`targets.layer`); a cross-prediction reporter keeps its OWN neuron's layer whichever
-model's labels a run trains on (`mechcheck.train.run.train_run`'s `targets`), so the two cells of
+model's labels a run trains on (`mechcheck.train.cell.train_run`'s `targets`), so the two cells of
 its row train the same parameters and differ only in the labels.
 
 With a `TextTable` of the texts the model reads (`mechcheck.train.table`: one pass over every text

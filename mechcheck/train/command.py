@@ -1,5 +1,5 @@
 """`mechcheck train EXPERIMENT.toml --out DIR`: the experiment's checkpoints without the battery, and
-one summary line per checkpoint (`mechcheck.train.runner.train_experiment` does the work)."""
+one summary line per checkpoint (`mechcheck.train.plan.train_experiment` does the work)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from mechcheck.outputs import BOOKKEEPING
 from mechcheck.ownership import hold
 from mechcheck.run_record import RunRecord
 from mechcheck.train.conditions import TARGET_MODES
-from mechcheck.train.runner import check_experiment, train_experiment
+from mechcheck.train.plan import check_experiment, train_experiment
 
 
 def legacy_train_dir(out: Path) -> bool:

@@ -16,7 +16,7 @@ from mechcheck.errors import UserError
 from mechcheck.experiment import CorpusConfig, Experiment, NeuronConfig, TrainConfig
 from mechcheck.testing import random_texts, tiny_subject
 from mechcheck.train.loop import batch_order, lr_factor, total_steps
-from mechcheck.train.runner import run_dir, train_experiment
+from mechcheck.train.plan import run_dir, train_experiment
 
 # wall-clock seconds, where a run was resumed, and whether the feature cache was already filled
 VOLATILE = ("timing", "seconds", "eval_seconds", "resumed_from_step", "cached")

@@ -11,7 +11,7 @@ from test_seeds import tiny_run
 from mechcheck.experiment import TrainConfig, load_experiment
 from mechcheck.testing import random_texts, save_tiny
 from mechcheck.train.loop import Task, train_loop
-from mechcheck.train.runner import train_experiment
+from mechcheck.train.plan import train_experiment
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -13,8 +13,8 @@ from mechcheck.experiment import Experiment, NeuronConfig, NeuronRef, load_exper
 from mechcheck.readout import Neuron, report
 from mechcheck.targets import build_targets, compute_labels
 from mechcheck.testing import random_texts, tiny_subject
+from mechcheck.train.plan import train_experiment
 from mechcheck.train.record import metrics_from_predictions, training_config
-from mechcheck.train.runner import train_experiment
 
 from .test_runner import _planted_linear_neuron, corpus_file, reload_and_report, write_toml  # noqa: F401
 

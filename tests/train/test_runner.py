@@ -15,8 +15,8 @@ from mechcheck.experiment import load_experiment
 from mechcheck.readout import report
 from mechcheck.stats import regression_metrics
 from mechcheck.testing import random_texts, tiny_model
+from mechcheck.train.plan import train_experiment
 from mechcheck.train.record import metrics_from_predictions
-from mechcheck.train.runner import train_experiment
 
 TRAIN = """
 epochs = 2

@@ -21,13 +21,13 @@ from mechcheck.targets import build_targets
 from mechcheck.testing import random_texts, tiny_model, tiny_subject
 from mechcheck.token_readout import DigitReadout
 from mechcheck.train.bench import Bench
+from mechcheck.train.cell import build_task
 from mechcheck.train.command import summary_line
 from mechcheck.train.conditions import CONDITIONS
 from mechcheck.train.loop import Loop
+from mechcheck.train.plan import train_experiment
 from mechcheck.train.readouts import digit_metrics, fit_token_readout
 from mechcheck.train.record import metrics_from_predictions
-from mechcheck.train.run import build_task
-from mechcheck.train.runner import train_experiment
 from mechcheck.train.sources import FINAL_NORM, LOGITS, head_logits
 
 LAYER, INDEX = 1, 5

@@ -1,4 +1,6 @@
-"""`mechcheck train`: every condition × applicable target mode × seed of an experiment.
+"""The plan of an experiment's training: every condition × applicable target mode × seed (its cells),
+with what they share — the table of labels, features and residuals, and one bench per seed — made
+once. `mechcheck train` (`mechcheck.train.command`) and the pipeline's train stage call it.
 
 Checkpoints go to `OUT/<condition>-<target_mode>/seed-<k>/`; `OUT/target.json` records the
 neuron (and how it was chosen) and, per seed, the target card and the corpus card with its split.
@@ -32,12 +34,12 @@ from mechcheck.splits import SPLIT_BY
 from mechcheck.subject import POSITIONS, Subject
 from mechcheck.targets import SPLITS, TargetSet
 from mechcheck.train.bench import Bench
+from mechcheck.train.cell import READOUT_SITES, readout_site, train_run
 from mechcheck.train.conditions import CONDITIONS, plan
 from mechcheck.train.frozen_fit import default_cache_dir
 from mechcheck.train.loop import LR_SCHEDULES
 from mechcheck.train.readouts import check_readout, fit_token_readout, is_token, prompted_texts
 from mechcheck.train.record import config_hash
-from mechcheck.train.run import READOUT_SITES, readout_site, train_run
 from mechcheck.train.sources import FINAL_NORM
 from mechcheck.train.table import TextTable, build_table
 

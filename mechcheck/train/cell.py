@@ -1,4 +1,4 @@
-"""One training run: a condition × target mode × seed on a bench, through the one loop.
+"""One training cell: a condition × target mode × seed on a bench, through the one loop.
 
 `build_task` wires a condition to the loop: it freezes every parameter the condition does not
 train, picks where the report is computed from, and defines the loss for the label regime
