@@ -79,10 +79,9 @@ def test_command(args: argparse.Namespace) -> int:
     from mechcheck.report import render_report
 
     options = BatteryOptions(seed=0 if args.seed is None else args.seed)
-    if args.quiet:
-        from transformers.utils import logging as hf_logging
+    from mechcheck.experiment import quiet_transformers
 
-        hf_logging.disable_progress_bar()
+    quiet_transformers(args.quiet)
     results = run_battery(
         args.checkpoints, corpus=args.corpus, probes=args.probes, options=options, out=args.out,
         overwrite=args.overwrite, progress=not args.quiet,

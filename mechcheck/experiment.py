@@ -227,3 +227,19 @@ def split_seed(experiment: Experiment, train_seed: int) -> int:
     """The seed of the split a training seed uses: its own (`corpus.split_seed = "train"`, so a seed
     varies the split as well as the initialisation and the data order), or the experiment's."""
     return train_seed if experiment.corpus.split_seed == "train" else experiment.seed
+
+
+def quiet_transformers(quiet: bool) -> None:
+    """`-q`: no transformers progress bars (mechcheck's own are off through `progress=False`)."""
+    if quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+
+def with_command_options(experiment: Any, args: Any) -> Any:
+    """The experiment a command runs: `--seed` replaces the experiment's seed; `-q` is applied."""
+    if getattr(args, "seed", None) is not None:
+        experiment = replace(experiment, seed=args.seed)
+    quiet_transformers(bool(getattr(args, "quiet", False)))
+    return experiment

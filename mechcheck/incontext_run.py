@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from mechcheck.errors import UserError
-from mechcheck.experiment import Experiment, load_experiment
+from mechcheck.experiment import Experiment, load_experiment, with_command_options
 from mechcheck.outputs import write_json
 from mechcheck.ownership import hold
 from mechcheck.pipeline import Pipeline
@@ -82,9 +81,7 @@ def incontext_command(args: argparse.Namespace) -> int:
     from mechcheck.config import to_dict
     from mechcheck.report.incontext_md import render_incontext
 
-    experiment = load_experiment(args.experiment)
-    if args.seed is not None:
-        experiment = replace(experiment, seed=args.seed)
+    experiment = with_command_options(load_experiment(args.experiment), args)
     check_options(experiment, tuple(args.ks), args.n_train, args.n_test)
     name, config = identity(experiment, args.experiment), to_dict(experiment)
     with hold(args.out) as output:

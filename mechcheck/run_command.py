@@ -5,12 +5,11 @@ executor (`mechcheck.executor`)."""
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 
 from mechcheck.battery.base import BatteryOptions
 from mechcheck.config import to_dict
 from mechcheck.errors import UserError
-from mechcheck.experiment import Experiment, load_experiment, variants
+from mechcheck.experiment import Experiment, load_experiment, variants, with_command_options
 from mechcheck.ownership import hold
 from mechcheck.pipeline import run_pipeline
 from mechcheck.rundir import RUN_ENTRIES, claim_run_dir, identity, write_run_record
@@ -40,12 +39,7 @@ def check_experiment(experiment: Experiment) -> None:
 def run_command(args: argparse.Namespace) -> int:
     """`mechcheck run EXPERIMENT.toml --out runs/NAME [--overwrite] [--seed S] [-q]`."""
     experiment = load_experiment(args.experiment)
-    if args.seed is not None:
-        experiment = replace(experiment, seed=args.seed)
-    if args.quiet:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
+    experiment = with_command_options(experiment, args)
     runs = variants(experiment, str(args.experiment))
     chosen = list(getattr(args, "variants", None) or runs)
     unknown = [v for v in chosen if v not in runs]

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from mechcheck.config import to_dict
 from mechcheck.cross.experiment import CrossExperiment, read_cross
 from mechcheck.cross.labels import read_labels, write_labels
 from mechcheck.errors import UserError
+from mechcheck.experiment import with_command_options
 from mechcheck.outputs import versions, write_json
 from mechcheck.ownership import hold
 from mechcheck.pipeline import Pipeline
@@ -220,12 +220,7 @@ def cross_run_command(args: argparse.Namespace, data: dict[str, Any]) -> int:
     """`mechcheck run CROSS.toml --out runs/NAME`: both models are loaded (and their neurons checked)
     before anything is written."""
     experiment = read_cross(data, str(args.experiment))
-    if args.seed is not None:
-        experiment = replace(experiment, seed=args.seed)
-    if args.quiet:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
+    experiment = with_command_options(experiment, args)
     subjects = {m.name: load_model(experiment, m.name) for m in experiment.models}
     name, config = identity(experiment, args.experiment), to_dict(experiment)
     with hold(args.out) as output:

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import argparse
 import re
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from mechcheck.experiment import load_experiment
+from mechcheck.experiment import load_experiment, with_command_options
 from mechcheck.outputs import BOOKKEEPING
 from mechcheck.ownership import hold
 from mechcheck.run_record import RunRecord
@@ -72,12 +71,7 @@ def _digit_summary(metrics: dict[str, Any]) -> str:
 def train_command(args: argparse.Namespace) -> int:
     """`mechcheck train EXPERIMENT.toml --out DIR [--seeds 0,1,2] [--resume] [--overwrite] [-q]`."""
     experiment = load_experiment(args.experiment)
-    if args.seed is not None:
-        experiment = replace(experiment, seed=args.seed)
-    if args.quiet:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
+    experiment = with_command_options(experiment, args)
     seeds = experiment.train.seeds if args.seeds is None else args.seeds
     pairs = check_experiment(experiment, seeds)
     entries = ("target.json", *(f"{c.name}-{m}" for c, m in pairs))
