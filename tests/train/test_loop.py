@@ -45,9 +45,11 @@ def experiment(corpus_file: Path, conditions=("unfrozen",), **train) -> Experime
 
 
 def train(exp: Experiment, out: Path, **kw) -> list[dict]:
-    return train_experiment(
+    """The run.json of every trained run (what each RunRecord writes)."""
+    runs = train_experiment(
         exp, out, subject=tiny_subject("llama", seed=2), cache_dir=out.parent / "cache", **kw
     )
+    return [run.to_json() for run in runs]
 
 
 def stable(value):
