@@ -264,7 +264,7 @@ def combined_results(out: Path, experiment: Experiment, records: dict[str, dict[
     seed's verdicts alone: `mechcheck.battery.seed_verdicts`), curves per seed, the stages."""
     from mechcheck.battery.seed_verdicts import seed_verdicts
 
-    conditions = []
+    conditions = []  # (key, folder, results.json data, curves per seed, written by the first battery)
     for name in sorted(n for n in records if n.startswith("test/")):
         key = name.split("/", 1)[1]
         results = BatteryResults.read(out / name / "results.json")
@@ -273,10 +273,8 @@ def combined_results(out: Path, experiment: Experiment, records: dict[str, dict[
             run = RunRecord.read(run_file)
             seed = run_file.parent.name.split("-")[-1] if run.seed is None else run.seed
             curves[str(seed)] = run.curves or []
-        data = results.to_json()
-        by_seed = seed_verdicts(data, out / name)  # several seeds: each decided alone as well
-        conditions.append((key, name, data, curves, by_seed, results.withdrawn))
-    batteries = [c[2] for c in conditions if not c[5]]
+        conditions.append((key, name, results.to_json(), curves, results.withdrawn))
+    batteries = [data for _, _, data, _, withdrawn in conditions if not withdrawn]
     if batteries:  # the primary tests of the whole experiment, BH-corrected together
         from mechcheck.verdict import experiment_level
 
@@ -285,11 +283,13 @@ def combined_results(out: Path, experiment: Experiment, records: dict[str, dict[
     selection["neurons"] = selection["neurons"][:10]
     stages = {n: {"hash": r.get("hash"), "seconds": r.get("seconds")} for n, r in records.items()}
     header = {"corpus": read_record(out / "corpus" / "card.json", DICT)}
-    cells = tuple(
-        ConditionResults(key, name, BatteryResults.from_json(data, f"{out / name}"), curves, by_seed)
-        for key, name, data, curves, by_seed, _ in conditions
-    )  # each condition's results with the experiment's q-values added
-    return RunResults(cells, out.name, to_dict(experiment), header, selection, stages).to_json()
+    # each condition's results with the experiment's q-values added; with several seeds, each seed
+    # decided alone as well, counted against the pooled verdicts as they stand after that correction
+    cells = []
+    for key, name, data, curves, _ in conditions:
+        battery = BatteryResults.from_json(data, str(out / name))
+        cells.append(ConditionResults(key, name, battery, curves, seed_verdicts(data, out / name)))
+    return RunResults(tuple(cells), out.name, to_dict(experiment), header, selection, stages).to_json()
 
 
 def check_test_split(p: Pipeline) -> None:
