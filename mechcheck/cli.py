@@ -97,9 +97,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("dir")
     _common(p)
 
-    p = sub.add_parser("compare", help="tabulate several runs")
-    p.add_argument("dirs", nargs="+")
-    p.add_argument("--out", default=None)
+    p = sub.add_parser("compare", help="tabulate battery runs, or trained checkpoints' run.json")
+    p.add_argument("dirs", nargs="+", metavar="PATH")
+    p.add_argument("--out", default=None, help="also write the markdown table here")
+    p.add_argument("--json", default=None, help="also write the rows, numbers unrounded, as JSON")
     _common(p)
 
     p = sub.add_parser("incontext", help="the in-context baseline: the untouched model asked with k examples")

@@ -7,19 +7,16 @@ it overwrites report.md and the figures it draws, and never touches the results.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import mechcheck.report.information_md as information_md
-from mechcheck.errors import UserError
-from mechcheck.outputs import claim_file, write_text
+from mechcheck.outputs import write_text
 from mechcheck.report.battery_md import battery_section
 from mechcheck.report.cross_talk_md import cross_talk_sections
 from mechcheck.report.markdown import Figures, condition_section, header_section, threats_section
-from mechcheck.report.predictions import pooled_fit, std_ratio
 from mechcheck.report.reference import reference_section
-from mechcheck.report.tables import MISSING, fmt, fmt_ci, get, md_table
-from mechcheck.report.verdicts_md import HYPOTHESES, verdict_section
+from mechcheck.report.tables import MISSING, fmt, md_table
+from mechcheck.report.verdicts_md import verdict_section
 from mechcheck.report.views import RunView, load_view
 
 REPORT = "report.md"
@@ -81,66 +78,4 @@ def report_command(args: argparse.Namespace) -> int:
     """`mechcheck report DIR`: re-render the report (it is a view, so it is always replaced)."""
     path = render_report(args.dir)
     print(f"report: {path}")
-    return 0
-
-
-VERDICT_SHORT = {"supported": "yes", "not_supported": "no", "inconclusive": "?"}
-
-
-def compare_rows(view: RunView) -> list[list[str]]:
-    rows = []
-    for c in view.conditions:
-        pooled = pooled_fit(c.predictions)
-        ratios = [r for p in c.predictions.values() if (r := std_ratio(p)) is not None]
-        neuron = c.results.get("neuron") or view.header.get("neuron") or {}
-        verdicts = [VERDICT_SHORT.get(get(c.results, "verdicts", h, "verdict"), MISSING) for h in HYPOTHESES]
-        rows.append(
-            [
-                view.name,
-                f"`{view.header.get('model') or MISSING}`",
-                f"{neuron.get('layer', '?')}/{neuron.get('index', '?')}"
-                if isinstance(neuron, dict)
-                else MISSING,
-                c.condition,
-                c.target_mode,
-                ", ".join(map(str, c.seeds)) or MISSING,
-                fmt_ci(pooled.skill, pooled.ci) if pooled else MISSING,
-                fmt(sum(ratios) / len(ratios)) if ratios else MISSING,
-                *verdicts,
-            ]
-        )
-    return rows
-
-
-def compare_table(folders: list[str | Path]) -> str:
-    rows = [row for folder in folders for row in compare_rows(load_view(folder))]
-    head = [
-        "run",
-        "model",
-        "neuron",
-        "condition",
-        "labels",
-        "seeds",
-        "test skill [95 % CI]",
-        "neuron std ratio",
-        *(h.replace("_", "-") for h in HYPOTHESES),
-    ]
-    legend = (
-        "Test skill against what each run was trained on (fixed labels or its live neuron), seeds pooled, "
-        "95 % CI by bootstrap over texts; neuron std ratio = trained/original model on the test texts; "
-        "verdicts: yes = supported, no = not supported, ? = inconclusive."
-    )
-    return md_table(head, rows) + "\n\n" + legend + "\n"
-
-
-def compare_command(args: argparse.Namespace) -> int:
-    """`mechcheck compare DIR…`: a markdown table of the runs on stdout (and in `--out`)."""
-    table = compare_table(list(args.dirs))
-    if args.out:
-        if Path(args.out).name in ("results.json", REPORT):
-            raise UserError(
-                f"--out {args.out}: choose another name; results.json and report.md belong to runs"
-            )
-        write_text(claim_file(args.out, args.overwrite), table)
-    sys.stdout.write(table)
     return 0
