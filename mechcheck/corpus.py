@@ -56,7 +56,7 @@ from mechcheck.study_texts import study_corpus
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from mechcheck.experiment import Experiment
+    from mechcheck.experiment import CorpusConfig, Experiment
 
 NAMED_SPECS = ("default", "wiki", "fortunes", "wiki+fortunes")
 
@@ -319,6 +319,18 @@ def load_corpus(
     return Corpus(texts, tuple(item.group for item in final), card)
 
 
+def configured_corpus(c: CorpusConfig, seed: int) -> Corpus:
+    """The corpus a `[corpus]` table names, loaded (and subsampled) with `seed`."""
+    return load_corpus(
+        c.source, max_texts=c.max_texts, seed=seed, min_words=c.min_words, max_words=c.max_words
+    )
+
+
+def configured_split(c: CorpusConfig, corpus: Corpus, seed: int) -> Splits:
+    """`corpus` split as a `[corpus]` table says (its fractions and `split_by`), with `seed`."""
+    return make_split(corpus, tuple(c.split), seed, c.split_by)
+
+
 def experiment_splits(experiment: Experiment, seeds: Sequence[int]) -> tuple[Splits, dict[int, Splits]]:
     """An experiment's corpus, split once per seed from one load: the selection split (the
     experiment's seed: the neuron is scanned on its train part) and each training seed's split
@@ -326,12 +338,10 @@ def experiment_splits(experiment: Experiment, seeds: Sequence[int]) -> tuple[Spl
     from mechcheck.experiment import split_seed
 
     c, seed = experiment.corpus, experiment.seed
-    corpus = load_corpus(
-        c.source, max_texts=c.max_texts, seed=seed, min_words=c.min_words, max_words=c.max_words
-    )
-    selection = make_split(corpus, tuple(c.split), seed, c.split_by)
+    corpus = configured_corpus(c, seed)
+    selection = configured_split(c, corpus, seed)
     per_seed = {}
     for train_seed in seeds:
         k = split_seed(experiment, train_seed)
-        per_seed[train_seed] = selection if k == seed else make_split(corpus, tuple(c.split), k, c.split_by)
+        per_seed[train_seed] = selection if k == seed else configured_split(c, corpus, k)
     return selection, per_seed

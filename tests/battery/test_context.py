@@ -298,3 +298,51 @@ def test_eval_texts_refuse_what_cannot_give_a_ci(tmp_path):
         eval_texts(_checkpoint(tmp_path, "none", None), None, BatteryOptions())
     with pytest.raises(UserError, match="at least 20"):
         eval_texts(_checkpoint(tmp_path, "few", {"texts": random_texts(10)}), None, BatteryOptions())
+
+
+def _corpus_checkpoint(tmp_path, config, seed: int):
+    """A checkpoint recording, as the trainer does, the corpus spec and the split it trained on."""
+    from dataclasses import asdict
+
+    from mechcheck.corpus import configured_corpus, configured_split
+
+    splits = configured_split(config, configured_corpus(config, seed), seed)
+    run = {"base_model": "x", "neuron": NEURON.as_dict(), "position": "last", "condition": "frozen",
+           "target_mode": "fixed", "corpus": {"spec": asdict(config), "card": splits.card}}  # fmt: skip
+    return read_checkpoint(write_checkpoint(tmp_path / "ck", run, readout(32))), splits
+
+
+def test_a_corpus_the_checkpoint_trained_on_gives_its_recorded_test_split(tmp_path):
+    """Not the battery's own fractions and seed: the split run.json records (issue 13)."""
+    from mechcheck.corpus import configured_corpus, configured_split
+    from mechcheck.experiment import CorpusConfig
+
+    corpus_file = tmp_path / "texts.txt"
+    corpus_file.write_text("\n".join(random_texts(400, seed=4)) + "\n")
+    config = CorpusConfig(source=str(corpus_file), max_texts=300, split=(0.5, 0.2, 0.3))
+    ck, trained = _corpus_checkpoint(tmp_path, config, seed=7)
+    options = BatteryOptions(max_eval=1000)
+    texts, groups, source = eval_texts(ck, str(corpus_file), options)
+    assert texts == list(trained.test) and groups == list(trained.groups["test"])
+    assert source == str(corpus_file)
+    whole = CorpusConfig(source=str(corpus_file), max_texts=None)
+    battery_own = configured_split(whole, configured_corpus(whole, options.seed), options.seed)
+    assert set(texts) != set(battery_own.test)  # what the battery's own split would have evaluated
+    corpus_file.write_text("\n".join(random_texts(400, seed=5)) + "\n")  # the corpus changed since
+    with pytest.raises(UserError, match="no longer gives the split"):
+        eval_texts(ck, str(corpus_file), options)
+
+
+def test_another_corpus_is_split_as_the_pipeline_splits_it(tmp_path):
+    from mechcheck.corpus import configured_corpus, configured_split
+    from mechcheck.experiment import CorpusConfig
+
+    trained_on, other = tmp_path / "a.txt", tmp_path / "b.txt"
+    trained_on.write_text("\n".join(random_texts(200, seed=1)) + "\n")
+    other.write_text("\n".join(random_texts(500, seed=2)) + "\n")
+    ck, _ = _corpus_checkpoint(tmp_path, CorpusConfig(source=str(trained_on), max_texts=None), 3)
+    options = BatteryOptions(max_eval=1000, seed=5)
+    texts, groups, _ = eval_texts(ck, str(other), options)
+    config = CorpusConfig(source=str(other), max_texts=None)
+    expected = configured_split(config, configured_corpus(config, 5), 5)
+    assert texts == list(expected.test) and groups == list(expected.groups["test"])
