@@ -32,7 +32,6 @@ from mechcheck.experiment import TrainConfig
 from mechcheck.readout import LinearReadout, Readout
 from mechcheck.run_record import RunRecord
 from mechcheck.stats import fit_metrics
-from mechcheck.subject import Site, Subject
 from mechcheck.targets import SPLITS, TargetSet, compute_labels
 from mechcheck.token_readout import TokenReadout
 from mechcheck.train.bench import Bench
@@ -41,7 +40,7 @@ from mechcheck.train.frozen_fit import fit_ridge
 from mechcheck.train.loop import LoopResult, Task, train_loop
 from mechcheck.train.lr_sweep import sweep_lr
 from mechcheck.train.monitors import Evaluator, SplitPredictions, predict_split
-from mechcheck.train.readouts import fit_token_readout, is_token, readout_record
+from mechcheck.train.readouts import READOUT_INIT_STD, is_token, make_readout, readout_record
 from mechcheck.train.record import (
     fold_readout,
     metrics_from_predictions,
@@ -49,7 +48,6 @@ from mechcheck.train.record import (
     unchanged_tolerance,
 )
 from mechcheck.train.sources import (
-    FINAL_NORM,
     LOGITS,
     FeatureSource,
     FullSource,
@@ -58,11 +56,6 @@ from mechcheck.train.sources import (
     head_logits,
 )
 from mechcheck.train.state import StateStore
-
-READOUT_INIT_STD = 0.02  # the study's head: N(0, 0.02) weights, bias 0
-
-
-READOUT_SITES = ("final_norm", "resid_final")
 
 
 @dataclass
@@ -85,26 +78,6 @@ class Setup:
     own_labels: bool = True
 
 
-def readout_site(subject: Subject, cfg: TrainConfig) -> Site:
-    """Where the linear head reads: the final normed residual, or (`resid_final`, the study's head)
-    the last layer's output before the final norm."""
-    if cfg.readout_site not in READOUT_SITES:
-        raise UserError(f"train.readout_site {cfg.readout_site!r}: choose one of {', '.join(READOUT_SITES)}")
-    return FINAL_NORM if cfg.readout_site == "final_norm" else Site("resid_post", subject.n_layers - 1)
-
-
-def init_readout(
-    d_model: int, seed: int, frozen: bool, n_outputs: int = 1, site: Site | None = None
-) -> LinearReadout:
-    gen = torch.Generator().manual_seed(seed)
-    readout = LinearReadout(d_model, n_outputs, site)
-    with torch.no_grad():
-        readout.weight.copy_(torch.randn(n_outputs, d_model, generator=gen) * READOUT_INIT_STD)
-        readout.bias.zero_()
-    readout.requires_grad_(not frozen)
-    return readout
-
-
 def make_source(bench: Bench, condition: Condition, readout: Readout) -> Source:
     """The readout's input (its site) for each chunk; prompted chunks cannot read the raw-text neuron."""
     t, site = bench.targets, readout.site
@@ -115,15 +88,6 @@ def make_source(bench: Bench, condition: Condition, readout: Readout) -> Source:
     return FullSource(
         bench.subject, t.neuron_spec, t.position, bench.chunks, site, read_neuron=not bench.prompted
     )
-
-
-def make_readout(bench: Bench, targets: TargetSet, cfg: TrainConfig, seed: int) -> Readout:
-    if is_token(cfg.readout):
-        if not bench.prompted:
-            raise ValueError(f"readout {cfg.readout!r} needs a bench built with its prompt")
-        return fit_token_readout(cfg.readout, bench.subject, targets)
-    k, site = targets.k, readout_site(bench.subject, cfg)
-    return init_readout(bench.subject.d_model, seed, cfg.readout_frozen, k, site).to(bench.subject.device)
 
 
 def initial_source(bench: Bench, readout: Readout) -> Source | None:
@@ -155,7 +119,7 @@ def build_task(
     trainable = condition.trainable(subject, bench.layer)
     if cfg.readout_frozen and not trainable:
         raise UserError(f"condition {condition.name!r} with readout_frozen = true would train nothing")
-    readout = make_readout(bench, targets, cfg, seed)
+    readout = make_readout(subject, targets, cfg, seed, bench.prompted)
     source = make_source(bench, condition, readout)  # builds the original model's caches first, if needed
     for name, p in subject.model.named_parameters():
         p.requires_grad_(name in trainable)

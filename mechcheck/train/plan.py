@@ -34,11 +34,18 @@ from mechcheck.splits import SPLIT_BY
 from mechcheck.subject import POSITIONS, Subject
 from mechcheck.targets import SPLITS, TargetSet
 from mechcheck.train.bench import Bench
-from mechcheck.train.cell import READOUT_SITES, readout_site, train_run
+from mechcheck.train.cell import train_run
 from mechcheck.train.conditions import CONDITIONS, plan
 from mechcheck.train.frozen_fit import default_cache_dir
 from mechcheck.train.loop import LR_SCHEDULES
-from mechcheck.train.readouts import check_readout, fit_token_readout, is_token, prompted_texts
+from mechcheck.train.readouts import (
+    READOUT_SITES,
+    check_readout,
+    fit_token_readout,
+    is_token,
+    prompted_texts,
+    readout_site,
+)
 from mechcheck.train.record import config_hash
 from mechcheck.train.sources import FINAL_NORM
 from mechcheck.train.table import TextTable, build_table

@@ -1,7 +1,9 @@
 """Which readout a run trains, and what the token-space readouts need beyond the linear head.
 
-`linear` (the default): a fresh regression head on the final normed residual, trained on
-standardised labels (the trainer folds the standardisation into it afterwards).
+`linear` (the default): a fresh regression head (N(0, 0.02) weights, `init_readout`) on the final
+normed residual (or, `train.readout_site = "resid_final"`, the last layer's output before the final
+norm), trained on standardised labels (the trainer folds the standardisation into it afterwards).
+`make_readout` builds whichever a run starts from.
 `digit` / `on_off` (`mechcheck.token_readout`): no new head — the model answers a prompt through
 its own LM head, trained with cross-entropy on the label's class token at the answer position.
 
@@ -24,17 +26,24 @@ For token readouts:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from scipy.stats import spearmanr
 
 from mechcheck.errors import UserError
-from mechcheck.readout import READOUTS, Readout
-from mechcheck.subject import Subject
+from mechcheck.readout import READOUTS, LinearReadout, Readout
+from mechcheck.subject import Site, Subject
 from mechcheck.targets import TargetSet, token_counts
 from mechcheck.token_readout import TokenReadout
+from mechcheck.train.sources import FINAL_NORM
+
+if TYPE_CHECKING:
+    from mechcheck.experiment import TrainConfig
+
+READOUT_INIT_STD = 0.02  # the study's head: N(0, 0.02) weights, bias 0
+READOUT_SITES = ("final_norm", "resid_final")  # where the linear head may read (train.readout_site)
 
 
 def is_token(kind: str) -> bool:
@@ -128,3 +137,36 @@ def readout_record(readout: Readout) -> dict[str, Any]:
             "fitted_on": "train labels (original model, raw texts)",
         }
     return record
+
+
+def readout_site(subject: Subject, cfg: TrainConfig) -> Site:
+    """Where the linear head reads: the final normed residual, or (`resid_final`, the study's head)
+    the last layer's output before the final norm."""
+    if cfg.readout_site not in READOUT_SITES:
+        raise UserError(f"train.readout_site {cfg.readout_site!r}: choose one of {', '.join(READOUT_SITES)}")
+    return FINAL_NORM if cfg.readout_site == "final_norm" else Site("resid_post", subject.n_layers - 1)
+
+
+def init_readout(
+    d_model: int, seed: int, frozen: bool, n_outputs: int = 1, site: Site | None = None
+) -> LinearReadout:
+    gen = torch.Generator().manual_seed(seed)
+    readout = LinearReadout(d_model, n_outputs, site)
+    with torch.no_grad():
+        readout.weight.copy_(torch.randn(n_outputs, d_model, generator=gen) * READOUT_INIT_STD)
+        readout.bias.zero_()
+    readout.requires_grad_(not frozen)
+    return readout
+
+
+def make_readout(
+    subject: Subject, targets: TargetSet, cfg: TrainConfig, seed: int, prompted: bool
+) -> Readout:
+    """The readout a run starts from: a token readout fitted on the train labels (a bench built with
+    its prompt: `prompted`), or a fresh linear head at its site."""
+    if is_token(cfg.readout):
+        if not prompted:
+            raise ValueError(f"readout {cfg.readout!r} needs a bench built with its prompt")
+        return fit_token_readout(cfg.readout, subject, targets)
+    k, site = targets.k, readout_site(subject, cfg)
+    return init_readout(subject.d_model, seed, cfg.readout_frozen, k, site).to(subject.device)

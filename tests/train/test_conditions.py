@@ -11,9 +11,10 @@ from mechcheck.readout import Neuron
 from mechcheck.targets import build_targets
 from mechcheck.testing import random_texts, tiny_subject
 from mechcheck.train.bench import Bench
-from mechcheck.train.cell import build_task, init_readout
+from mechcheck.train.cell import build_task
 from mechcheck.train.conditions import CONDITIONS, check_pair, plan
 from mechcheck.train.loop import Loop
+from mechcheck.train.readouts import init_readout
 
 LAYER, INDEX = 1, 5
 CFG = TrainConfig(lr=1e-2, readout_lr=1e-2, warmup_steps=1, eval_train_texts=16)
