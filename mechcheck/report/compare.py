@@ -72,29 +72,13 @@ def battery_cells(row: dict[str, Any]) -> list[str]:
     ]
 
 
-def battery_table(rows: list[dict[str, Any]]) -> str:
-    head = [
-        "run",
-        "model",
-        "neuron",
-        "condition",
-        "labels",
-        "seeds",
-        "test skill [95 % CI]",
-        "neuron std ratio",
-        *(h.replace("_", "-") for h in HYPOTHESES),
-    ]
-    legend = (
-        "Test skill against what each run was trained on (fixed labels or its live neuron), seeds pooled, "
-        "95 % CI by bootstrap over texts; neuron std ratio = trained/original model on the test texts; "
-        "verdicts: yes = supported, no = not supported, ? = inconclusive."
-    )
-    return md_table(head, [battery_cells(r) for r in rows]) + "\n\n" + legend + "\n"
-
-
-def compare_table(folders: list[str | Path]) -> str:
-    """The markdown table of battery runs."""
-    return battery_table([row for folder in folders for row in battery_rows(load_view(folder))])
+BATTERY_HEAD = ("run", "model", "neuron", "condition", "labels", "seeds", "test skill [95 % CI]",
+                "neuron std ratio", *(h.replace("_", "-") for h in HYPOTHESES))  # fmt: skip
+BATTERY_LEGEND = (
+    "Test skill against what each run was trained on (fixed labels or its live neuron), seeds pooled, "
+    "95 % CI by bootstrap over texts; neuron std ratio = trained/original model on the test texts; "
+    "verdicts: yes = supported, no = not supported, ? = inconclusive."
+)
 
 
 # --- trained checkpoints ----------------------------------------------------------------------
@@ -150,24 +134,14 @@ def training_cells(row: dict[str, Any]) -> list[str]:
     ]
 
 
-def training_table(rows: list[dict[str, Any]]) -> str:
-    head = [
-        "readout",
-        "condition",
-        "texts (train/val/test)",
-        "steps (best)",
-        "test skill before → after",
-        "r",
-        "digit Spearman before → after",
-        "digit MAE before → after",
-        "arg-max acc. before → after",
-    ]
-    legend = (
-        "Test skill = 1 − MSE / Var(labels) on each run's test split, in the neuron's units (a digit "
-        "readout's report is Σ p_d · mean train label of decile d); the digit columns score the expected "
-        "digit against the true decile. LM loss, KL, within-one accuracy and chance accuracy: `--json`."
-    )
-    return md_table(head, [training_cells(r) for r in rows]) + "\n\n" + legend + "\n"
+TRAINING_HEAD = ("readout", "condition", "texts (train/val/test)", "steps (best)",
+                 "test skill before → after", "r", "digit Spearman before → after",
+                 "digit MAE before → after", "arg-max acc. before → after")  # fmt: skip
+TRAINING_LEGEND = (
+    "Test skill = 1 − MSE / Var(labels) on each run's test split, in the neuron's units (a digit "
+    "readout's report is Σ p_d · mean train label of decile d); the digit columns score the expected "
+    "digit against the true decile. LM loss, KL, within-one accuracy and chance accuracy: `--json`."
+)
 
 
 # --- the command ------------------------------------------------------------------------------
@@ -181,18 +155,20 @@ def run_file(path: Path) -> Path | None:
 
 
 def compare(paths: list[str | Path]) -> tuple[str, list[dict[str, Any]]]:
-    """The table and its rows: of battery runs, or of trained checkpoints (not both at once)."""
+    """The markdown table and its rows: of battery runs, or of trained checkpoints (not both at once)."""
     files = [run_file(Path(p)) for p in paths]
     if all(f is not None for f in files):
         rows = [training_row(RunRecord.read(f), f) for f in files if f is not None]
-        return training_table(rows), rows
-    if any(f is not None for f in files):
+        head, cells, legend = TRAINING_HEAD, [training_cells(r) for r in rows], TRAINING_LEGEND
+    elif any(f is not None for f in files):
         raise UserError(
             "compare tabulates battery runs (folders with results.json) or trained checkpoints "
             "(run.json), not both in one table"
         )
-    rows = [row for p in paths for row in battery_rows(load_view(p))]
-    return battery_table(rows), rows
+    else:
+        rows = [row for p in paths for row in battery_rows(load_view(p))]
+        head, cells, legend = BATTERY_HEAD, [battery_cells(r) for r in rows], BATTERY_LEGEND
+    return md_table(head, cells) + "\n\n" + legend + "\n", rows
 
 
 def compare_command(args: argparse.Namespace) -> int:
