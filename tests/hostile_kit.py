@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from run_kit import write_corpus
 
 from mechcheck.checkpoint import base_weights_sha256, params_digest, write_checkpoint
 from mechcheck.cli import main
 from mechcheck.readout import LinearReadout, Neuron
 from mechcheck.subject import load_subject
-from mechcheck.testing import random_texts, save_tiny
+from mechcheck.testing import save_tiny
 from mechcheck.train.conditions import CONDITIONS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,8 +39,7 @@ def world(root: Path) -> dict[str, Path]:
     """A tiny Llama (its own folder), a 300-text corpus and an experiment file over both."""
     root.mkdir(parents=True, exist_ok=True)
     model = save_tiny(root / "model", "llama", seed=0)
-    corpus = root / "corpus.txt"
-    corpus.write_text("\n".join(random_texts(300, seed=1, min_words=5, max_words=12)) + "\n")
+    corpus = write_corpus(root / "corpus.txt")
     experiment = root / "hostile.toml"
     data = {
         **EXPERIMENT,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from results_compare import run_results
-from test_pipeline import write_experiment
+from run_kit import tiny_data, write_experiment
 
 from mechcheck import executor
 from mechcheck.cli import main
@@ -23,7 +23,6 @@ from mechcheck.errors import UserError
 from mechcheck.executor import Cell, InProcessExecutor
 from mechcheck.experiment import load_experiment
 from mechcheck.pipeline import run_pipeline
-from mechcheck.testing import random_texts, save_tiny
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 FAILING = ("after_target", "fixed", 1)
@@ -32,9 +31,7 @@ FAILING = ("after_target", "fixed", 1)
 @pytest.fixture(scope="module")
 def local_run(tmp_path_factory) -> tuple[Path, Path]:
     """The experiment file and its run with the local executor."""
-    folder = tmp_path_factory.mktemp("cells")
-    save_tiny(folder / "model", "llama", seed=0)
-    (folder / "corpus.txt").write_text("\n".join(random_texts(340, seed=1, min_words=5, max_words=12)) + "\n")
+    folder = tiny_data(tmp_path_factory.mktemp("cells"), n_texts=340)
     toml = write_experiment(folder, folder, name="cells", n_bootstrap=20)
     text = toml.read_text().replace("seeds = [0]", "seeds = [0, 1]").replace('probes = ["variance"]\n', "")
     text = text.replace("max_texts = 300", "max_texts = 340")  # each seed's own split: >= 20 test texts

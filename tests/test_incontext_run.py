@@ -7,37 +7,22 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_pipeline import write_experiment
+from run_kit import tiny_data, write_experiment
 
 from mechcheck.cli import main
 from mechcheck.incontext import incontext_baseline
 from mechcheck.readout import Neuron
 from mechcheck.subject import load_subject
-from mechcheck.testing import random_texts, save_tiny
 
 OPTIONS = ("--ks", "0,2", "--n-train", "40", "--n-test", "12")
 
 
 @pytest.fixture(scope="module")
 def baseline(tmp_path_factory) -> tuple[Path, Path, Path]:
-    folder = tmp_path_factory.mktemp("incontext")
-    save_tiny(folder / "model", "llama", seed=0)
-    (folder / "corpus.txt").write_text("\n".join(random_texts(300, seed=1, min_words=5, max_words=12)) + "\n")
+    folder = tiny_data(tmp_path_factory.mktemp("incontext"))
     experiment = write_experiment(folder, folder)
     out = folder / "runs" / "ic"
-    args = [
-        "incontext",
-        str(experiment),
-        "--out",
-        str(out),
-        "--ks",
-        "0,2",
-        "--n-train",
-        "40",
-        "--n-test",
-        "12",
-    ]
-    assert main([*args, "-q"]) == 0
+    assert main(["incontext", str(experiment), "--out", str(out), *OPTIONS, "-q"]) == 0
     return folder, experiment, out
 
 
@@ -69,19 +54,7 @@ def test_report_rerenders_identically_and_a_rerun_skips(baseline, tmp_path: Path
     assert main(["report", str(copy), "-q"]) == 0
     assert (copy / "report.md").read_text() == before
     stage = json.loads((copy / "incontext/stage.json").read_text())
-    args = [
-        "incontext",
-        str(experiment),
-        "--out",
-        str(copy),
-        "--ks",
-        "0,2",
-        "--n-train",
-        "40",
-        "--n-test",
-        "12",
-    ]
-    assert main([*args, "-q"]) == 0
+    assert main(["incontext", str(experiment), "--out", str(copy), *OPTIONS, "-q"]) == 0
     assert json.loads((copy / "incontext/stage.json").read_text()) == stage  # done: not asked again
 
 

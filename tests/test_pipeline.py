@@ -7,61 +7,19 @@ import shutil
 from pathlib import Path
 
 import pytest
+from run_kit import tiny_data, write_experiment
 
 from mechcheck.cli import main
 from mechcheck.experiment import load_experiment
 from mechcheck.ownership import hold
 from mechcheck.rundir import claim_run_dir
-from mechcheck.testing import random_texts, save_tiny
 
 EXPERIMENTS = Path(__file__).parent.parent / "experiments"
-
-TOML = """
-name = "tiny"
-[subject]
-model = "{model}"
-[corpus]
-source = "{corpus}"
-max_texts = 300
-[neuron]
-layers = [1]
-criterion = "std"
-scan_texts = 40
-[train]
-conditions = ["frozen", "after_target"]
-epochs = 1
-max_steps = 2
-batch_size = 8
-eval_every = 2
-drift_texts = 4
-eval_train_texts = 8
-seeds = [0]
-{override}
-[battery]
-probes = ["collapse"]
-n_bootstrap = 50
-max_eval = 30
-"""
-
-
-def write_experiment(
-    dest: Path, data: Path, name: str = "tiny", override: str = "", n_bootstrap: int = 50
-) -> Path:
-    """An experiment file in `dest` over the tiny model and corpus in `data`."""
-    text = TOML.format(model=data / "model", corpus=data / "corpus.txt", override=override)
-    text = text.replace('name = "tiny"', f'name = "{name}"').replace(
-        "n_bootstrap = 50", f"n_bootstrap = {n_bootstrap}"
-    )
-    path = dest / f"{name}.toml"
-    path.write_text(text)
-    return path
 
 
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory) -> tuple[Path, Path, str]:
-    folder = tmp_path_factory.mktemp("pipeline")
-    save_tiny(folder / "model", "llama", seed=0)
-    (folder / "corpus.txt").write_text("\n".join(random_texts(300, seed=1, min_words=5, max_words=12)) + "\n")
+    folder = tiny_data(tmp_path_factory.mktemp("pipeline"))
     experiment = write_experiment(folder, folder)
     out = folder / "runs" / "tiny"
     import io

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_pipeline import TOML as RUN
+from run_kit import TOML as RUN
+from run_kit import write_corpus
 
 from mechcheck.cli import main
 from mechcheck.corpus import Splits, experiment_splits, load_corpus
@@ -66,9 +67,7 @@ def experiment_of(folder: Path, corpus_extra: str):
 
 @pytest.fixture(scope="module")
 def corpus_file(tmp_path_factory) -> Path:
-    file = tmp_path_factory.mktemp("corpus") / "texts.txt"
-    file.write_text("\n".join(random_texts(300, seed=4, min_words=5, max_words=12)) + "\n")
-    return file
+    return write_corpus(tmp_path_factory.mktemp("corpus") / "texts.txt", 300, seed=4)
 
 
 def test_checkpoints_of_two_seeds_record_and_use_their_own_splits(

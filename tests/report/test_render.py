@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from report_kit import PNG_MAGIC, check_snapshot, copy_fixture, figure_links
 
 from mechcheck.cli import main
 from mechcheck.report import render_report
@@ -17,30 +17,22 @@ from mechcheck.report.tables import fmt, fmt_ci
 from mechcheck.report.views import load_view
 from mechcheck.stats import fit
 
-DATA = Path(__file__).parent.parent / "data"
-FIXTURE = DATA / "report_fixture"
-SNAPSHOT = DATA / "report_fixture.md"
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
 
 @pytest.fixture
 def run_dir(tmp_path: Path) -> Path:
-    folder = tmp_path / "fixture"
-    shutil.copytree(FIXTURE, folder)
-    return folder
+    return copy_fixture("report_fixture", tmp_path)
 
 
-def test_snapshot(run_dir: Path) -> None:
-    """The rendered markdown equals the committed snapshot (MECHCHECK_UPDATE_SNAPSHOTS=1 rewrites it)."""
-    text = render_report(run_dir).read_text()
-    if os.environ.get("MECHCHECK_UPDATE_SNAPSHOTS"):
-        SNAPSHOT.write_text(text)
-    assert text == SNAPSHOT.read_text()
+@pytest.mark.parametrize("name", ["report_fixture", "report_fixture_v2"])
+def test_snapshot(name: str, tmp_path: Path) -> None:
+    """The rendered markdown equals the committed snapshot (the first battery's results and the
+    rebuilt battery's)."""
+    check_snapshot(render_report(copy_fixture(name, tmp_path)).read_text(), name)
 
 
 def test_every_linked_figure_is_a_png(run_dir: Path) -> None:
     text = render_report(run_dir).read_text()
-    links = [line[line.index("](") + 2 : -1] for line in text.splitlines() if line.startswith("![")]
+    links = figure_links(text)
     assert len(links) == 7
     for link in links:
         assert (run_dir / link).read_bytes()[:8] == PNG_MAGIC

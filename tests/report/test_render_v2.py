@@ -1,38 +1,23 @@
-"""The report of the rebuilt battery: a snapshot of a real (planted, two-seed) battery directory,
-and its numbers recomputed from the per-seed data files it rests on."""
+"""The report of the rebuilt battery, rendered from a real (planted, two-seed) battery directory (its
+snapshot: test_render.py's `test_snapshot`), and its numbers recomputed from the per-seed data files
+it rests on."""
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from report_kit import PNG_MAGIC, copy_fixture, figure_links
 
 from mechcheck.report import render_report
 from mechcheck.stats import r2
 
-DATA = Path(__file__).parent.parent / "data"
-FIXTURE = DATA / "report_fixture_v2"
-SNAPSHOT = DATA / "report_fixture_v2.md"
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
 
 @pytest.fixture
 def battery_dir(tmp_path: Path) -> Path:
-    folder = tmp_path / "fixture"
-    shutil.copytree(FIXTURE, folder)
-    return folder
-
-
-def test_snapshot(battery_dir: Path) -> None:
-    """The rendered markdown equals the committed snapshot (MECHCHECK_UPDATE_SNAPSHOTS=1 rewrites it)."""
-    text = render_report(battery_dir).read_text()
-    if os.environ.get("MECHCHECK_UPDATE_SNAPSHOTS"):
-        SNAPSHOT.write_text(text)
-    assert text == SNAPSHOT.read_text()
+    return copy_fixture("report_fixture_v2", tmp_path)
 
 
 def test_the_report_shows_verdicts_shares_and_twins(battery_dir: Path) -> None:
@@ -42,7 +27,7 @@ def test_the_report_shows_verdicts_shares_and_twins(battery_dir: Path) -> None:
     for twin in ("twin.H1", "twin.H2_in", "twin.H2_out", "twin.null"):
         assert f"`{twin}`" in text
     assert "2 training seeds (seeds resampled first)" in text
-    links = [line[line.index("](") + 2 : -1] for line in text.splitlines() if line.startswith("![")]
+    links = figure_links(text)
     assert links and all((battery_dir / link).read_bytes()[:8] == PNG_MAGIC for link in links)
 
 

@@ -14,7 +14,7 @@ import torch
 
 from mechcheck.errors import UserError
 from mechcheck.experiment import CorpusConfig, Experiment, NeuronConfig, TrainConfig
-from mechcheck.testing import random_texts, tiny_subject
+from mechcheck.testing import tiny_subject
 from mechcheck.train.loop import batch_order, lr_factor, total_steps
 from mechcheck.train.plan import run_dir, train_experiment
 
@@ -23,13 +23,6 @@ VOLATILE = ("timing", "seconds", "eval_seconds", "resumed_from_step", "cached")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def corpus_file(tmp_path_factory) -> Path:
-    file = tmp_path_factory.mktemp("corpus") / "texts.txt"
-    file.write_text("\n".join(random_texts(90, seed=5, min_words=5, max_words=12)) + "\n")
-    return file
 
 
 def experiment(corpus_file: Path, conditions=("unfrozen",), **train) -> Experiment:

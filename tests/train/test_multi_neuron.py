@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from run_kit import write_corpus
 
 from mechcheck.checkpoint import read_checkpoint
 from mechcheck.cli import main
@@ -135,8 +136,7 @@ def test_one_neuron_configuration_hashes_as_before_several_neurons_existed():
 
 
 def test_pipeline_runs_and_reports_several_neurons(tmp_path, tiny_dir):
-    corpus = tmp_path / "corpus.txt"  # enough test texts for the battery's CIs
-    corpus.write_text("\n".join(random_texts(300, seed=1, min_words=5, max_words=12)) + "\n")
+    corpus = write_corpus(tmp_path / "corpus.txt")  # enough test texts for the battery's CIs
     toml = tmp_path / "multi.toml"
     toml.write_text(
         f'name = "multi"\n[subject]\nmodel = "{tiny_dir}"\n'

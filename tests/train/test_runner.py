@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from run_kit import write_corpus
 
 from mechcheck.checkpoint import read_checkpoint, verify_base
 from mechcheck.cli import main
@@ -14,7 +15,7 @@ from mechcheck.errors import UserError
 from mechcheck.experiment import load_experiment
 from mechcheck.readout import report
 from mechcheck.stats import regression_metrics
-from mechcheck.testing import random_texts, tiny_model
+from mechcheck.testing import tiny_model
 from mechcheck.train.plan import train_experiment
 from mechcheck.train.record import metrics_from_predictions
 
@@ -40,9 +41,7 @@ def feature_cache(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def corpus_file(tmp_path_factory) -> Path:
-    file = tmp_path_factory.mktemp("corpus") / "texts.txt"
-    file.write_text("\n".join(random_texts(100, seed=7, min_words=5, max_words=12)) + "\n")
-    return file
+    return write_corpus(tmp_path_factory.mktemp("corpus") / "texts.txt", 100, seed=7)
 
 
 def write_toml(folder: Path, model: Path, corpus: Path, neuron: str, train: str) -> Path:

@@ -50,13 +50,6 @@ def bench() -> Bench:
     return Bench(subject, targets, batch_size=8, drift_texts=4, prompt=prompt, layer=targets.layer)
 
 
-@pytest.fixture(scope="module")
-def corpus_file(tmp_path_factory) -> Path:
-    file = tmp_path_factory.mktemp("corpus") / "texts.txt"
-    file.write_text("\n".join(random_texts(90, seed=5, min_words=5, max_words=12)) + "\n")
-    return file
-
-
 def experiment(corpus_file: Path, conditions=("after_target",), **train) -> Experiment:
     settings = dict(
         readout="digit", conditions=conditions, epochs=3, eval_every=6, patience=10, lr=3e-3,
