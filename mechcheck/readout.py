@@ -1,8 +1,13 @@
-"""Readouts: what turns the model's state into a report, and the shared `report` / `neuron_values`.
+"""Readouts: what turns the model's state into a report, and the shared `readout_values` (the
+readout's output) / `neuron_values` (the label it reports).
 
 A readout reads one site (`final_norm` for the linear head) at the report positions — the last
 real token for positions last/max/mean, every real token for position `all` — and maps each
 `[d]` vector to a scalar report in the neuron's own units. Readouts register under a unique name.
+
+Names: DESIGN.md's "report" is the model's answer (the battery's `report` head, `report.r2` in
+results.json); `report` as a module, command or stage is the markdown (`mechcheck.report`,
+`mechcheck report`, report.md), so the readout's function is `readout_values`, not `report`.
 """
 
 from __future__ import annotations
@@ -88,12 +93,12 @@ class LinearReadout(Readout):
         return nn.functional.mse_loss(self(x), labels)
 
 
-def report_positions(enc: dict[str, torch.Tensor], position: str) -> str:
-    """Where a report is read: every real token for `all`, else the last real token."""
+def readout_positions(enc: dict[str, torch.Tensor], position: str) -> str:
+    """Where a readout reads (its report): every real token for `all`, else the last real token."""
     return "all" if position == "all" else "last"
 
 
-def report(
+def readout_values(
     subject: Subject,
     enc: dict[str, torch.Tensor],
     readout: Readout,
@@ -102,9 +107,10 @@ def report(
     grad: bool = False,
     resume: tuple[int, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """The readout's report for each example (or token, for position `all`). [N]"""
+    """The readout's output (the model's report of its neuron) for each example (or token, for
+    position `all`); `neuron_values` is the label it reports. [N]"""
     got = subject.run(enc, reads=[readout.site], edits=edits, grad=grad, resume=resume)
-    x = gather_position(got[readout.site], enc["attention_mask"], report_positions(enc, position))
+    x = gather_position(got[readout.site], enc["attention_mask"], readout_positions(enc, position))
     return readout(x)
 
 

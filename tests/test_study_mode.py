@@ -15,7 +15,7 @@ from mechcheck.cli import main
 from mechcheck.corpus import load_corpus, make_split, split_corpus, split_rows
 from mechcheck.errors import UserError
 from mechcheck.experiment import load_experiment, variants
-from mechcheck.readout import MLP_OUT_COORDINATE, Neuron, neuron_values, report
+from mechcheck.readout import MLP_OUT_COORDINATE, Neuron, neuron_values, readout_values
 from mechcheck.scan import scan
 from mechcheck.study_texts import SUFFIXES, TEMPLATES, study_rows
 from mechcheck.subject import Site
@@ -166,7 +166,7 @@ def test_study_settings_train_and_are_recorded(tmp_path, tiny_dir, monkeypatch) 
     trained = ckpt.load_subject()
     enc = trained.encode(predictions["texts"], max_length=128)
     with torch.no_grad():
-        again = report(trained, enc, ckpt.readout, "last")
+        again = readout_values(trained, enc, ckpt.readout, "last")
     torch.testing.assert_close(again, torch.tensor(predictions["predictions"]), atol=1e-4, rtol=1e-4)
     with pytest.raises(UserError, match="the battery tests neurons"):
         verify_base(ckpt, ckpt.load_base())

@@ -7,7 +7,7 @@ import torch
 
 from mechcheck.checkpoint import read_checkpoint, write_checkpoint
 from mechcheck.errors import UserError
-from mechcheck.readout import READOUTS, report
+from mechcheck.readout import READOUTS, readout_values
 from mechcheck.subject import Site, last_index
 from mechcheck.testing import random_texts, tiny_subject, tiny_tokenizer
 from mechcheck.token_readout import DigitReadout, OnOffReadout, answer_token_ids
@@ -91,10 +91,10 @@ def test_report_reads_the_answer_position_batched_equals_single(tok):
     readout = DigitReadout.fit(subject.tokenizer, _labels())
     texts = [readout.format_text(t) for t in random_texts(5, seed=3)]
     enc = subject.encode(texts)
-    batched = report(subject, enc, readout, "last")
+    batched = readout_values(subject, enc, readout, "last")
     # the last real token of every prompted text is the ":" right before the answer
     last = enc["input_ids"][torch.arange(5), last_index(enc["attention_mask"])]
     assert set(last.tolist()) == {subject.tokenizer.convert_tokens_to_ids(":")}
-    singles = torch.cat([report(subject, subject.encode([t]), readout, "last") for t in texts])
+    singles = torch.cat([readout_values(subject, subject.encode([t]), readout, "last") for t in texts])
     assert torch.allclose(batched, singles, atol=1e-5)
     assert ((batched >= 0) & (batched <= 9)).all() and batched.std() > 0

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 import torch
 from tqdm import tqdm
 
-from mechcheck.readout import Neuron, report_positions, target_columns
+from mechcheck.readout import Neuron, readout_positions, target_columns
 from mechcheck.subject import Site, Subject, gather_position
 from mechcheck.targets import Chunk, n_rows
 
@@ -36,7 +36,7 @@ class Source(ABC):
         """The readout's input for chunk `i` of `split`, and the live neuron when it can move."""
 
     def _report_rows(self, got: torch.Tensor, chunk: Chunk, position: str) -> torch.Tensor:
-        return gather_position(got, chunk.enc["attention_mask"], report_positions(chunk.enc, position))
+        return gather_position(got, chunk.enc["attention_mask"], readout_positions(chunk.enc, position))
 
     def _site_rows(self, subject: Subject, got: dict[Site, torch.Tensor], chunk: Chunk, site: Site):
         """The readout's site at the report positions; logits are computed from the final norm there
@@ -155,6 +155,6 @@ def final_norm_features(
     features = torch.empty(n_rows(chunks), subject.d_model, dtype=torch.float32)
     for chunk in tqdm(chunks, desc=desc, disable=not progress, leave=False):
         got = subject.run(chunk.enc, reads=[FINAL_NORM])[FINAL_NORM]
-        rows = gather_position(got, chunk.enc["attention_mask"], report_positions(chunk.enc, position))
+        rows = gather_position(got, chunk.enc["attention_mask"], readout_positions(chunk.enc, position))
         features[chunk.rows] = rows.float().cpu()
     return features

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from mechcheck.readout import Neuron, report_positions, target_columns
+from mechcheck.readout import Neuron, readout_positions, target_columns
 from mechcheck.subject import Site, Subject, gather_position
 from mechcheck.targets import LABEL_BATCH, SPLITS, Chunk, TargetSet, assemble_targets, make_chunks, n_rows
 from mechcheck.tensor_cache import content_key, load_or_compute, model_digest
@@ -160,7 +160,7 @@ def _one_pass(subject, texts, neurons, position, max_tokens, reads, progress, de
             values = gather_position(target_columns(got, neurons), mask, position)
             out_labels[chunk.rows] = (values[:, 0] if k == 1 else values).float().cpu()
         if features:
-            rows = gather_position(got[feature_site], mask, report_positions(chunk.enc, position))
+            rows = gather_position(got[feature_site], mask, readout_positions(chunk.enc, position))
             out_features[chunk.rows] = rows.float().cpu()
         if resid_site:
             lengths = mask.sum(-1).tolist()

@@ -18,7 +18,7 @@ from mechcheck.battery.evaluation import eval_texts
 from mechcheck.battery.vectors import in_directions, orthonormal
 from mechcheck.checkpoint import read_checkpoint, write_checkpoint
 from mechcheck.errors import UserError
-from mechcheck.readout import LinearReadout, Neuron, neuron_values, report
+from mechcheck.readout import LinearReadout, Neuron, neuron_values, readout_values
 from mechcheck.subject import Site, Subject, gather_position
 from mechcheck.testing import random_texts, tiny_subject
 from mechcheck.token_readout import DigitReadout
@@ -201,7 +201,7 @@ def test_labels_line_up_with_one_text_at_a_time(subject, position, separate_base
     want_pos = [int(a.argmax()) if position == "max" else len(a) - 1 for a in acts]
     assert _label_positions(ctx).tolist() == want_pos
     assert ctx.eval.n_tokens.tolist() == [len(a) for a in acts]
-    clean = torch.cat([report(subject, e, r, "last") for e in one]).detach()
+    clean = torch.cat([readout_values(subject, e, r, "last") for e in one]).detach()
     assert np.allclose(ctx.eval.report, clean.double().numpy(), atol=1e-5)
     at_p = torch.stack([a[p] for a, p in zip(acts, want_pos, strict=True)])
     assert torch.allclose(ctx.eval.units_p[:, NEURON.layer, NEURON.index], at_p, atol=1e-5)

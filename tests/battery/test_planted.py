@@ -41,7 +41,8 @@ def share(results: dict, key: str) -> float:
     return results["shares"][key]["value"]
 
 
-def report(results: dict, probe: str) -> dict:
+def readout_head(results: dict, probe: str) -> dict:
+    """A probe's entry for the checkpoint's readout (results.json's `report` head)."""
     return results["probes"][probe]["heads"]["report"]
 
 
@@ -54,7 +55,7 @@ def assert_only(results: dict, planted: str) -> None:
 
 def assert_decided_at_the_floor(results: dict, probe: str) -> None:
     """The deciding test beats every one of its matched null draws, and is specific."""
-    entry = report(results, probe)
+    entry = readout_head(results, probe)
     assert entry["null"]["n"] == TEST_OPTIONS.n_null
     assert entry["null"]["p"] == pytest.approx(FLOOR)
     assert entry["null"]["q"] <= 3 * FLOOR  # BH over the battery's primary tests
@@ -84,8 +85,8 @@ def test_planted_h1_separate_model(battery, seed):
         assert abs(share(results, key)) < 0.02, (key, results["shares"][key])
     # the report reads e2 (the neuron's copy) and nothing the edits touch: no null draw is beaten
     for probe in ("neuron", "in_bypass", "in_total", "out_direct"):
-        assert report(results, probe)["null"]["p"] > 0.05, probe
-    assert report(results, "neuron")["r2"]["value"] > 0.95
+        assert readout_head(results, probe)["null"]["p"] > 0.05, probe
+    assert readout_head(results, "neuron")["r2"]["value"] > 0.95
     assert_twins_right(results)
 
 
@@ -100,7 +101,7 @@ def test_planted_h2_in_reads_w_in(battery, seed):
     assert share(results, "neither (survives)") < 0.3
     assert_decided_at_the_floor(results, "in_bypass")
     # the most label-informative direction outside the W_in span carries nothing of the report
-    label_subspace = report(results, "in_bypass")["comparisons"]["label_subspace"]
+    label_subspace = readout_head(results, "in_bypass")["comparisons"]["label_subspace"]
     assert label_subspace["share"]["value"] < 0.1
     assert_twins_right(results)
 

@@ -11,7 +11,7 @@ from run_kit import write_corpus
 from mechcheck.checkpoint import read_checkpoint
 from mechcheck.cli import main
 from mechcheck.experiment import Experiment, NeuronConfig, NeuronRef, load_experiment
-from mechcheck.readout import Neuron, report
+from mechcheck.readout import Neuron, readout_values
 from mechcheck.targets import build_targets, compute_labels
 from mechcheck.testing import random_texts, tiny_subject
 from mechcheck.train.plan import train_experiment
@@ -100,7 +100,7 @@ def test_every_condition_trains_a_vector_readout(tmp_path, tiny_dir, corpus_file
         torch.testing.assert_close(again, torch.tensor(p["predictions"]), atol=1e-4, rtol=1e-4)
         for i, (_, row) in enumerate(ck.views()):
             with torch.no_grad():
-                torch.testing.assert_close(report(trained, enc, row, "mean"), again[:, i])
+                torch.testing.assert_close(readout_values(trained, enc, row, "mean"), again[:, i])
         assert "per_neuron" in ck.run.curves[0] and len(ck.run.curves[0]["per_neuron"]) == 3
     after = read_checkpoint(out / "after_target-fixed/seed-0").run
     assert after.metrics["neuron_unchanged_maxdiff"] <= 1e-4  # layers 0..2 (the deepest) frozen

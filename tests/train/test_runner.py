@@ -13,7 +13,7 @@ from mechcheck.checkpoint import read_checkpoint, verify_base
 from mechcheck.cli import main
 from mechcheck.errors import UserError
 from mechcheck.experiment import load_experiment
-from mechcheck.readout import report
+from mechcheck.readout import readout_values
 from mechcheck.stats import regression_metrics
 from mechcheck.testing import tiny_model
 from mechcheck.train.plan import train_experiment
@@ -63,7 +63,7 @@ def reload_and_report(ckpt, predictions: dict, position: str):
     trained = ckpt.load_subject(base)
     enc = trained.encode(predictions["texts"], max_length=32)
     with torch.no_grad():
-        return report(trained, enc, ckpt.readout, position), trained, enc
+        return readout_values(trained, enc, ckpt.readout, position), trained, enc
 
 
 def test_checkpoints_carry_provenance_and_recomputable_metrics(tmp_path, tiny_dir, corpus_file):
@@ -257,5 +257,5 @@ def test_smollm2_after_target_checkpoint_round_trip(tmp_path, smollm2):
     predictions = ckpt.predictions()
     enc = trained.encode(predictions["texts"][:8], max_length=32)
     with torch.no_grad():
-        again = report(trained, enc, ckpt.readout, "last")
+        again = readout_values(trained, enc, ckpt.readout, "last")
     torch.testing.assert_close(again, torch.tensor(predictions["predictions"][:8]), atol=1e-3, rtol=1e-4)

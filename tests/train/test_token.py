@@ -15,7 +15,7 @@ from mechcheck.battery.runner import run_battery
 from mechcheck.checkpoint import read_checkpoint
 from mechcheck.errors import UserError
 from mechcheck.experiment import CorpusConfig, Experiment, NeuronConfig, TrainConfig
-from mechcheck.readout import Neuron, neuron_values, report
+from mechcheck.readout import Neuron, neuron_values, readout_values
 from mechcheck.subject import gather_position, load_subject
 from mechcheck.targets import build_targets
 from mechcheck.testing import random_texts, tiny_model, tiny_subject
@@ -156,7 +156,7 @@ def test_run_writes_comparable_metrics_and_round_trips(tmp_path, corpus_file, ti
     # the checkpoint rebuilds the same predictions through the battery's path (prompted text, logits)
     trained = ck.load_subject(subject)
     enc = trained.encode([ck.readout.format_text(t) for t in preds["texts"]], max_length=run["max_tokens"])
-    digits = report(trained, enc, ck.readout, "last")
+    digits = readout_values(trained, enc, ck.readout, "last")
     assert np.allclose(digits.numpy(), preds["predictions_digit"], atol=1e-4)
     x = trained.run(enc, reads=[ck.readout.site])[ck.readout.site]
     in_units = ck.readout.in_units(x[torch.arange(len(enc["input_ids"])), enc["attention_mask"].sum(1) - 1])
