@@ -109,13 +109,14 @@ def incontext(args: argparse.Namespace) -> int:
 
 
 def report(args: argparse.Namespace) -> int:
-    from mechcheck.cross.pipeline import cross_report_command, is_cross_run
+    from mechcheck.cross.render import is_cross_run, render_cross
     from mechcheck.incontext_run import is_incontext_run
     from mechcheck.ownership import hold
 
     with hold(args.dir, create=False), _rendering(args.dir):
         if is_cross_run(args.dir):
-            return cross_report_command(args)
+            print(f"report: {render_cross(args.dir)}")
+            return 0
         from mechcheck.report.study_md import is_study_run, render_study
 
         if is_study_run(args.dir):
@@ -139,18 +140,6 @@ def compare(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mechcheck.config import read_toml
-    from mechcheck.cross.experiment import is_cross
-
-    data = read_toml(args.experiment)
-    if is_cross(data):  # a `models` array: the cross-prediction control
-        from mechcheck.cross.pipeline import cross_run_command
-        from mechcheck.errors import UserError
-
-        if args.executor != "local":
-            raise UserError(f"--executor {args.executor}: cross-prediction runs have only the local executor")
-
-        return cross_run_command(args, data)
     from mechcheck.run_command import run_command
 
     return run_command(args)

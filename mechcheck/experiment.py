@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -157,6 +158,26 @@ class BatteryConfig:
 
 
 @dataclass(frozen=True)
+class LabelsConfig:
+    """`[labels]`: train on the neuron of another model (at that model's own label position, on the
+    same texts) instead of the subject's own; computed once by the run's labels stage."""
+
+    model: Text
+    layer: Index
+    index: Index
+
+
+@dataclass(frozen=True)
+class CrossConfig:
+    """`[cross]`: every `[[variant]]` (a model and its neuron) reports every variant's neuron, and the
+    report compares each neuron's self report with the other model's (`mechcheck.cross.matrix`)."""
+
+    n_bootstrap: Annotated[int, Check(ge=100)] = 2000
+    ci: Probability = 0.95
+    min_advantage: NonNegative = 0.02  # skill margin a self-report needs beside its CI above 0
+
+
+@dataclass(frozen=True)
 class Experiment:
     name: str = "experiment"
     seed: Seed = 0
@@ -166,6 +187,8 @@ class Experiment:
     neuron: NeuronConfig = field(default_factory=NeuronConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     battery: BatteryConfig = field(default_factory=BatteryConfig)
+    labels: LabelsConfig | None = None  # None: the subject's own neuron
+    cross: CrossConfig | None = None  # set: the variants are crossed (reporter x label model)
     variant: tuple[dict[str, Any], ...] = ()  # [[variant]]: named table overrides, each run as its own cell
 
     def problems(self) -> Iterator[str]:
@@ -202,7 +225,40 @@ def variants(experiment: Experiment, where: str = "experiment") -> dict[str, Exp
         merged = _merge(base, table)
         merged["name"] = f"{experiment.name}/{name}"
         out[name] = build(Experiment, merged, f"{where} [[variant]] {name!r}")
+    return out if experiment.cross is None else crossed(out, where)
+
+
+def crossed(models: dict[str, Experiment], where: str) -> dict[str, Experiment]:
+    """A `[cross]` experiment's runs: each variant (a model and its fixed neuron) trained on each
+    variant's neuron (`[labels]`), named `<reporter>/<label>`; the self runs too take their labels
+    from the labels stage, so every cell of one neuron is scored on the very same numbers."""
+    if len(models) != 2:
+        raise UserError(
+            f"{where}: [cross] needs exactly two [[variant]] tables (a model and its neuron each), got "
+            f"{len(models)}"
+        )
+    for name, e in models.items():
+        here = f"{where}: [[variant]] {name!r}"
+        if e.neuron.layer is None or e.neuron.neurons:
+            raise UserError(f"{here}: [cross] needs one fixed neuron per model (neuron = {{layer, index}})")
+        if e.labels is not None:
+            raise UserError(f"{here}: [cross] sets each run's labels itself; leave [labels] out")
+    a, b = (e.subject.model for e in models.values())
+    if same_model(a, b):
+        raise UserError(f"{where}: both [[variant]]s are {a!r}: cross-prediction needs two different models")
+    out = {}
+    for reporter, r in models.items():
+        for label, m in models.items():
+            labels = LabelsConfig(m.subject.model, m.neuron.layer, m.neuron.index)
+            out[f"{reporter}/{label}"] = replace(r, name=f"{r.name}/{label}", labels=labels)
     return out
+
+
+def same_model(a: str, b: str) -> bool:
+    """Whether two model specs name one model (equal, or two paths to one local directory)."""
+    if a == b:
+        return True
+    return os.path.isdir(a) and os.path.isdir(b) and Path(a).resolve() == Path(b).resolve()
 
 
 def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
@@ -215,11 +271,14 @@ def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
 
 
 def config_dict(experiment: Experiment) -> dict[str, Any]:
-    """`to_dict` for hashing: `neuron.neurons` left out when unset, so a one-neuron experiment hashes as
-    it did before several neurons existed (its runs still resume)."""
+    """`to_dict` for hashing: `neuron.neurons`, `labels` and `cross` left out when unset, so an experiment
+    without them hashes as it did before they existed (its runs still resume)."""
     config = to_dict(experiment)
     if config["neuron"]["neurons"] is None:
         del config["neuron"]["neurons"]
+    for key in ("labels", "cross"):
+        if config[key] is None:
+            del config[key]
     return config
 
 

@@ -168,7 +168,36 @@ class Pipeline:
             f"{c.name}-{m}/seed-{s}": config_hash(experiment, c.name, m, s) for c, m in pairs for s in seeds
         }
 
-    def train(self, corpus: Stage, select: Stage, run_now: bool = True) -> Stage:
+    # labels ------------------------------------------------------------------------------
+    def labels(self, corpus: Stage) -> Stage | None:
+        """`[labels]`: the named neuron's labels of every text (another model's, for cross-prediction),
+        made once and shared by every run that reads them."""
+        from mechcheck.train.labels import LABELS_FILE
+
+        e = self.experiment
+        if e.labels is None:
+            return None
+        inputs = {"labels": to_dict(e.labels), "position": e.neuron.position, "corpus": corpus.hash}
+        inputs["max_tokens"] = e.corpus.max_tokens
+        return self.stage("labels", inputs, (LABELS_FILE,), self._labels, shareable=True)
+
+    def _labels(self, stage: Stage, previous: dict[str, Any]) -> None:
+        from mechcheck.targets import SPLITS
+        from mechcheck.train.labels import LABELS_FILE, make_labels
+
+        _, per_seed = self.seed_splits()
+        texts = [t for splits in per_seed.values() for name in SPLITS for t in getattr(splits, name)]
+        make_labels(self.experiment, texts, self.progress).write(stage.folder / LABELS_FILE)
+
+    def label_source(self):
+        from mechcheck.train.labels import LABELS_FILE, read_labels
+
+        return None if self.experiment.labels is None else read_labels(self.folders["labels"] / LABELS_FILE)
+
+    # train -------------------------------------------------------------------------------
+    def train(
+        self, corpus: Stage, select: Stage, labels: Stage | None = None, run_now: bool = True
+    ) -> Stage:
         experiment = self.train_experiment()
         runs = self.planned_runs(experiment)
         inputs = {
@@ -177,6 +206,8 @@ class Pipeline:
             "select": select.hash,
             "runs": runs,
         }
+        if labels is not None:  # only then: the train stage of a run without [labels] hashes as it did
+            inputs["labels"] = labels.hash
         outputs = ("target.json", *(f"{run}/run.json" for run in runs))
         return self.stage("train", inputs, outputs, self._train if run_now else None, runs=runs)
 
@@ -188,7 +219,7 @@ class Pipeline:
         self._subject = None  # the trainer changes and restores the weights; never reuse it afterwards
         train_experiment(
             self.train_experiment(), stage.folder, resume=True, progress=self.progress, subject=subject,
-            splits=self.seed_splits(), selection=self.run_selection(),
+            splits=self.seed_splits(), selection=self.run_selection(), label_source=self.label_source(),
         )  # fmt: skip
 
     def invalidate_train(self, stage: Stage, previous: dict[str, Any]) -> None:
@@ -200,7 +231,7 @@ class Pipeline:
                 for path in (stage.folder / run, stage.folder / f"{run}.state"):
                     shutil.rmtree(path, ignore_errors=True)
         before = previous.get("inputs") or {}
-        if any(before.get(k) != stage.inputs[k] for k in ("model", "corpus", "select")):
+        if any(before.get(k) != stage.inputs.get(k) for k in ("model", "corpus", "select", "labels")):
             (stage.folder / "target.json").unlink(
                 missing_ok=True
             )  # a new target set: the trainer rewrites it
@@ -212,8 +243,13 @@ class Pipeline:
         return as_run_record(self.selection(), self.experiment.neuron.band)
 
     # test --------------------------------------------------------------------------------
+    def has_battery(self) -> bool:
+        """The battery tests an MLP neuron of the trained model itself: not the study's mlp_out target,
+        not a run on `[labels]` (another model's neuron; cross-prediction's report is its matrix)."""
+        return self.experiment.neuron.target == "neuron" and self.experiment.labels is None
+
     def test(self, train: Stage, run_now: bool = True) -> list[Stage]:
-        if self.experiment.neuron.target != "neuron":  # the battery's tests are about an MLP neuron
+        if not self.has_battery():
             return []
         by_key: dict[str, dict[str, str]] = {}
         for run, run_hash in train.extra["runs"].items():
@@ -296,7 +332,7 @@ def check_test_split(p: Pipeline) -> None:
     """The battery's evaluation texts come from the test split: refuse a too small one before training."""
     from mechcheck.battery.evaluation import check_eval_size
 
-    if p.experiment.neuron.target != "neuron":  # no battery
+    if not p.has_battery():
         return
     _, per_seed = p.seed_splits()
     n = min(min(len(s.test) for s in per_seed.values()), p.experiment.battery.max_eval)
@@ -313,10 +349,11 @@ def run_pipeline(
     corpus = p.corpus()
     check_test_split(p)
     select = p.select(corpus)
+    labels = p.labels(corpus)
     if executor is None:
-        train = p.train(corpus, select)
+        train = p.train(corpus, select, labels)
         tests = p.test(train)
     else:
         train, tests = executor.run_cells(p, corpus, select)
-    p.report([corpus, select, train, *tests])
+    p.report([corpus, select, *([labels] if labels else []), train, *tests])
     return p.out / "report.md"

@@ -36,6 +36,21 @@ def check_experiment(experiment: Experiment) -> None:
         )
 
 
+def check_label_models(experiments: list[Experiment]) -> None:
+    """Every `[labels]` model loads and has its neuron, before anything is written (a cross-prediction
+    run's models are the labels' models)."""
+    from mechcheck.subject import load_subject
+
+    loaded = {}
+    for l in (e.labels for e in experiments if e.labels is not None):
+        try:
+            if l.model not in loaded:
+                loaded[l.model] = load_subject(l.model)
+            loaded[l.model].anatomy.check_neuron(l.layer, l.index)
+        except UserError as err:
+            raise UserError(f"[labels] model {l.model!r}: {err}") from err
+
+
 def run_command(args: argparse.Namespace) -> int:
     """`mechcheck run EXPERIMENT.toml --out runs/NAME [--overwrite] [--seed S] [-q]`."""
     experiment = load_experiment(args.experiment)
@@ -48,11 +63,15 @@ def run_command(args: argparse.Namespace) -> int:
         raise UserError(f"--variants {unknown[0]!r}: the experiment's variants are {known}")
     for one in [runs[v] for v in chosen] or [experiment]:
         check_experiment(one)
+    if args.executor != "local" and any(one.labels is not None for one in runs.values() or [experiment]):
+        raise UserError(f"--executor {args.executor}: runs on [labels] (cross-prediction) have only the local executor")
+    check_label_models([runs[v] for v in chosen] or [experiment])
     from mechcheck.executor import make_executor
 
     executor = make_executor(args.executor, args.cell_cpus, args.cell_gpus)  # refused before writing
     name, config = identity(experiment, args.experiment), to_dict(experiment)
-    entries = (*RUN_ENTRIES, "shared", *runs) if runs else RUN_ENTRIES
+    folders = dict.fromkeys(v.split("/")[0] for v in runs)  # a [cross] run's variants: <reporter>/<label>
+    entries = (*RUN_ENTRIES, "shared", *folders) if runs else RUN_ENTRIES
     try:
         with hold(args.out) as output:
             claim_run_dir(output, name, config, args.overwrite, entries)
@@ -66,7 +85,11 @@ def run_command(args: argparse.Namespace) -> int:
                     shared=output.out / "shared",
                 )  # fmt: skip
                 print(f"{v}: report: {path}")
-            if runs:
+            if experiment.cross is not None:
+                from mechcheck.cross.render import render_cross
+
+                print(f"report: {render_cross(output.out)}")
+            elif runs:
                 from mechcheck.report.study_md import render_study
 
                 print(f"study: {render_study(output.out)}")

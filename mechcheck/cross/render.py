@@ -1,8 +1,11 @@
 """`report.md` and its figure for a cross-prediction run, from the saved test predictions alone.
 
-`render_cross(folder)` finds every cell's checkpoint under `train/`, recomputes the matrix
-(`mechcheck.cross.matrix`) from their predictions.json, writes `results.json`, the figure
-`figures/cross_skills.png` (self vs other skill with CIs, per neuron and condition) and `report.md`.
+`render_cross(folder)` finds every cell's checkpoint, recomputes the matrix (`mechcheck.cross.matrix`)
+from their predictions.json, writes `results.json`, the figure `figures/cross_skills.png` (self vs
+other skill with CIs, per neuron and condition) and `report.md`. A cell is one ordinary training run
+of the `[cross]` experiment's run `<reporter>/<label>/` (`train/<condition>-fixed/seed-<k>/`); a run
+directory of the first cross-prediction pipeline (`[[models]]` in its experiment.json, cells under
+`train/<reporter>/<condition>/<label>/seed-<k>/`) renders as it did.
 """
 
 from __future__ import annotations
@@ -17,62 +20,98 @@ from matplotlib.figure import Figure
 from mechcheck.cross.matrix import cross_matrix
 from mechcheck.errors import UserError
 from mechcheck.outputs import save_figure, write_json, write_text
-from mechcheck.records import read_json
+from mechcheck.records import DICT, Obj, read_json, read_record
 
 FIGURE = "figures/cross_skills.png"
+CELLS = {  # layout: (the cells' run.json, relative to the run directory; the report's footnote)
+    "variants": ("*/*/train/*-fixed/seed-*/run.json", "<reporter>/<label>/train/<condition>-fixed/seed-<k>"),
+    "models": ("train/*/*/*/seed-*/run.json", "train/<reporter>/<condition>/<label>/seed-<k>"),
+}
 
 
-def collect_runs(folder: Path) -> list[dict[str, Any]]:
-    """Every finished cell under `folder/train/<reporter>/<condition>/<label>/seed-<k>/`."""
+def is_cross_run(folder: str | Path) -> bool:
+    """Whether `folder` is a cross-prediction run (its experiment.json has a [cross] table, or the first
+    pipeline's [[models]])."""
+    try:
+        config = read_record(Path(folder) / "experiment.json", Obj({"config": DICT})).get("config") or {}
+    except UserError:
+        return False
+    return "models" in config or config.get("cross") is not None
+
+
+def collect_runs(folder: Path, layout: str) -> list[dict[str, Any]]:
+    """Every finished cell under `folder`: {reporter, label, condition, seed, predictions, run}."""
     runs = []
-    for run_file in sorted(Path(folder).glob("train/*/*/*/seed-*/run.json")):
+    for run_file in sorted(Path(folder).glob(CELLS[layout][0])):
         run = read_json(run_file)
         try:
-            cross = run.get("cross") or {}
             condition, seed = str(run["condition"]), int(run["seed"])
+            if layout == "models":
+                cross = run.get("cross") or {}
+                reporter, label = cross.get("reporter"), cross.get("label")
+            else:
+                reporter, label = run_file.parents[4].name, run_file.parents[3].name
         except (AttributeError, KeyError, TypeError, ValueError) as err:
             raise UserError(f"{run_file}: not a cross-prediction checkpoint's run.json ({err!r})") from err
         runs.append({
-            "reporter": cross.get("reporter"), "label": cross.get("label"), "condition": condition,
-            "seed": seed, "predictions": run_file.parent / "predictions.json", "run": run,
+            "reporter": reporter, "label": label, "condition": condition, "seed": seed,
+            "predictions": run_file.parent / "predictions.json", "run": run,
         })  # fmt: skip
     if not runs:
-        raise UserError(f"{folder} holds no cross-prediction checkpoints under train/")
+        raise UserError(f"{folder} holds no cross-prediction checkpoints ({CELLS[layout][1]}/)")
     return runs
 
 
 def render_cross(folder: str | Path) -> Path:
     """Recompute results.json from the predictions, draw the figure, write report.md; returns its path."""
     folder = Path(folder)
-    config, names, order, c = _config(folder / "experiment.json")
-    seeds = config["train"]["seeds"]
+    config, view = _config(folder / "experiment.json")
+    names, order, c = tuple(m["name"] for m in view["models"]), view["conditions"], view["cross"]
     # only the experiment's own cells (a rerun with fewer seeds or conditions leaves the others on disk)
     runs = [
-        r for r in collect_runs(folder)
-        if r["condition"] in order and r["seed"] in seeds and r["reporter"] in names and r["label"] in names
+        r for r in collect_runs(folder, view["layout"])
+        if r["condition"] in order and r["seed"] in view["seeds"] and r["reporter"] in names
+        and r["label"] in names
     ]  # fmt: skip
     if not runs:
-        raise UserError(f"{folder} holds no checkpoints of the experiment's cells under train/")
+        raise UserError(f"{folder} holds no checkpoints of the experiment's cells")
     runs.sort(key=lambda r: (order.index(r["condition"]), r["seed"]))
-    matrix = cross_matrix(runs, names, c["n_bootstrap"], c["ci"], config["seed"], c["min_advantage"])
+    matrix = cross_matrix(runs, names, c["n_bootstrap"], c["ci"], view["seed"], c["min_advantage"])
     matrix["experiment"] = config
     write_json(folder / "results.json", matrix)
     skills_figure(matrix, folder / FIGURE)
-    return write_text(folder / "report.md", markdown(matrix, runs))
+    return write_text(folder / "report.md", markdown(matrix, runs, view))
 
 
-def _config(path: Path) -> tuple[dict[str, Any], tuple[str, ...], list[str], dict[str, Any]]:
-    """experiment.json's config: it, the model names, the condition order and the [cross] table."""
+def _config(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """experiment.json's config, and what the report reads of it in either layout: the models (name,
+    spec, neuron), position, corpus source, conditions, seeds, seed and the [cross] table."""
     try:
         config = read_json(path)["config"]
-        names = tuple(str(m["name"]) for m in config["models"])
-        order, c = list(config["train"]["conditions"]), config["cross"]
-        _ = config["seed"], list(config["train"]["seeds"]), c["n_bootstrap"], c["ci"], c["min_advantage"]
+        layout = "models" if "models" in config else "variants"
+        if layout == "models":
+            models, position = config["models"], config["position"]
+        else:
+            models = [_model(v, config) for v in config["variant"]]
+            position = config["neuron"]["position"]
+        view = {
+            "layout": layout, "models": [{k: m[k] for k in ("name", "model", "layer", "index")} for m in models],
+            "position": position, "source": config["corpus"]["source"], "seed": config["seed"],
+            "conditions": list(config["train"]["conditions"]), "seeds": list(config["train"]["seeds"]),
+            "cross": {k: config["cross"][k] for k in ("n_bootstrap", "ci", "min_advantage")},
+        }  # fmt: skip
     except (KeyError, TypeError) as err:
         raise UserError(f"{path}: not a cross-prediction run's experiment record ({err!r})") from err
-    if len(names) != 2:
-        raise UserError(f"{path}: a cross-prediction run names two models, this one {len(names)}")
-    return config, names, order, c
+    if len(view["models"]) != 2:
+        raise UserError(f"{path}: a cross-prediction run names two models, this one {len(view['models'])}")
+    return config, view
+
+
+def _model(variant: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """A [cross] variant's model and neuron (the experiment's own tables where the variant sets none)."""
+    subject = {**config["subject"], **(variant.get("subject") or {})}
+    neuron = {**config["neuron"], **(variant.get("neuron") or {})}
+    return {"name": variant["name"], "model": subject["model"], "layer": neuron["layer"], "index": neuron["index"]}
 
 
 def fmt(value: float) -> str:
@@ -88,10 +127,9 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
-def markdown(matrix: dict[str, Any], runs: list[dict[str, Any]]) -> str:
-    config = matrix["experiment"]
-    models = {m["name"]: m for m in config["models"]}
-    ci = round(100 * config["cross"]["ci"])
+def markdown(matrix: dict[str, Any], runs: list[dict[str, Any]], view: dict[str, Any]) -> str:
+    models = {m["name"]: m for m in view["models"]}
+    ci = round(100 * view["cross"]["ci"])
     first = runs[0]["run"]
     parts = [
         f"# Cross-prediction: {' vs '.join(models)}",
@@ -105,11 +143,11 @@ def markdown(matrix: dict[str, Any], runs: list[dict[str, Any]]) -> str:
                 for n, m in models.items()
             ],
         ),
-        f"Labels: each neuron at its own model's `{config['position']}` position, fixed (original model); "
+        f"Labels: each neuron at its own model's `{view['position']}` position, fixed (original model); "
         "reporters read the final normed residual at their own last token. Corpus: "
-        f"`{config['corpus']['source']}`, {_split_sizes(first)}. Skill = 1 − MSE / Var(label) on the "
+        f"`{view['source']}`, {_split_sizes(first)}. Skill = 1 − MSE / Var(label) on the "
         f"test split, averaged over seeds; {ci} % CIs: percentile bootstrap over test texts "
-        f"({config['cross']['n_bootstrap']} resamples, paired for the difference).",
+        f"({view['cross']['n_bootstrap']} resamples, paired for the difference).",
         f"**Rule.** {matrix['rule']}.",
     ]
     for condition, table in matrix["conditions"].items():
@@ -119,7 +157,7 @@ def markdown(matrix: dict[str, Any], runs: list[dict[str, Any]]) -> str:
     parts.append(f"![self vs other skill]({FIGURE})")
     parts.append(
         "---\n*Rendered by `mechcheck report` from the cells' saved test predictions "
-        "(`train/<reporter>/<condition>/<label>/seed-<k>/predictions.json`); every number above is "
+        f"(`{CELLS[view['layout']][1]}/predictions.json`); every number above is "
         "computed from those files.*"
     )
     return "\n\n".join(parts) + "\n"

@@ -37,6 +37,7 @@ from mechcheck.train.bench import Bench
 from mechcheck.train.cell import train_run
 from mechcheck.train.conditions import CONDITIONS, plan
 from mechcheck.train.frozen_fit import default_cache_dir
+from mechcheck.train.labels import LabelSource, check_labels, make_labels
 from mechcheck.train.loop import LR_SCHEDULES
 from mechcheck.train.readouts import (
     READOUT_SITES,
@@ -69,6 +70,7 @@ def check_experiment(experiment: Experiment, seeds: Sequence[int]) -> list[tuple
         choices = ", ".join(POSITIONS)
         raise UserError(f"neuron.position {experiment.neuron.position!r}: choose one of {choices}")
     check_study_options(experiment)
+    check_labels(experiment)
     check_value(Seeds, tuple(seeds), "the seeds to train (--seeds or train.seeds)")
     return pairs
 
@@ -152,6 +154,24 @@ def build_tables(
     return labels, model
 
 
+def label_run(source: LabelSource, neurons: tuple[Neuron, ...]) -> dict[str, Any]:
+    """What a checkpoint trained on another model's neuron says besides the training: that neuron,
+    whose it is (and its weights' hashes there), and where the trained model's frozen prefix ends."""
+    return {
+        "neuron": source.neuron.as_dict(), "label_model": source.model,
+        "label_weights_sha256": source.weights_sha256, "reporter_layer": max(n.layer for n in neurons),
+    }  # fmt: skip
+
+
+def label_targets(source: LabelSource, splits: Splits) -> TargetSet:
+    """The target set of `source`'s labels over one seed's splits (every text must be labelled)."""
+    known = set(source.table.texts)
+    missing = [t for name in SPLITS for t in getattr(splits, name) if t not in known]
+    if missing:
+        raise UserError(f"the labels of {source.model!r} lack {len(missing)} of the texts; rerun the labels")
+    return source.table.targets(splits)
+
+
 def neuron_record(neurons: TargetSet | Sequence[Neuron]) -> dict[str, Any]:
     """run.json / target.json: `neuron` for one neuron (as always), `neurons` for several."""
     neurons = neurons.neurons if isinstance(neurons, TargetSet) else tuple(neurons)
@@ -228,6 +248,7 @@ def train_experiment(
     selection: dict[str, Any] | None = None,
     cells: Collection[tuple[str, str, int]] | None = None,
     shared_cache: Path | None = None,
+    label_source: LabelSource | None = None,
 ) -> list[RunRecord]:
     """Train every planned run; returns their run.json records (finished ones read back on --resume).
 
@@ -238,7 +259,9 @@ def train_experiment(
     (`mechcheck.executor`): an empty set trains nothing and only prepares — it writes target.json and
     fills the caches the planned runs read — and a non-empty one leaves target.json as the prepare
     cell wrote it. `shared_cache` is a folder for those caches (the original model's table of
-    labels, features and residuals) that every such process reads."""
+    labels, features and residuals) that every such process reads. `label_source`: the labels of the
+    experiment's `[labels]` neuron (the pipeline's labels stage; made here when not given): the trained
+    model's own neuron's labels computed beforehand, or another model's (`label_run`)."""
     seeds = tuple(experiment.train.seeds if seeds is None else seeds)
     pairs = check_experiment(experiment, seeds)
     out = claim_dir(out, overwrite, resume)
@@ -275,12 +298,20 @@ def train_experiment(
         labels, model_table = build_tables(
             experiment, subject, neurons, texts, pairs, len(table_seeds), progress, cache
         )  # fmt: skip
+        if experiment.labels is not None and label_source is None:
+            every = [t for seed in seeds for name in SPLITS for t in getattr(per_seed[seed], name)]
+            label_source = make_labels(experiment, every, progress)
+        own = label_source is None or label_source.is_own(experiment.subject.model, neurons)
+        if label_source is not None and own:
+            labels = label_source.table  # the same neuron's labels, as the labels stage made them
         original = {k: v.detach().clone() for k, v in subject.model.state_dict().items()}
         base = {
             "base_model": experiment.subject.model, **neuron_record(neurons),
             "position": experiment.neuron.position, "experiment": to_dict(experiment),
             "neuron_selection": selection or chosen, "versions": versions(),
         }  # fmt: skip
+        if not own:
+            base |= label_run(label_source, neurons)
     cfg, c = experiment.train, experiment.corpus
     cache_dir = cache_dir or (shared / "features" if shared else default_cache_dir())
     prepared = time.perf_counter() - start
@@ -291,10 +322,11 @@ def train_experiment(
             continue
         seed_start = time.perf_counter()
         targets = labels.targets(per_seed[seed])
+        reported = targets if own else label_targets(label_source, per_seed[seed])
         corpus = {"spec": to_dict(c), "card": per_seed[seed].card}
-        record = {**neuron_record(neurons), "position": base["position"]}
+        record = {**neuron_record(reported), "position": base["position"]}
         record["selection"] = base["neuron_selection"]
-        record["seeds"] = {str(seed): {"target": targets.card, "corpus": corpus}}
+        record["seeds"] = {str(seed): {"target": reported.card, "corpus": corpus}}
         table = {"texts": len(labels.texts), "seconds": labels.seconds}
         merge, write = resume or seed != todo[0], cells is None or prepare_only
         _write_target(out, record | {"table": table}, merge, write)
@@ -309,7 +341,7 @@ def train_experiment(
         bench.seconds |= {"prepare": prepared, "table": model_table.seconds, "seed": seconds}
         provenance = base | {
             "corpus": corpus, "split": split_record(per_seed[seed], split_seed(experiment, seed), experiment),
-            "target": {"card": targets.card, "mean": targets.mean, "std": targets.std},
+            "target": {"card": reported.card, "mean": reported.mean, "std": reported.std},
         }  # fmt: skip
         for condition, mode in pairs:
             key = (seed, condition.name, mode)
@@ -331,6 +363,7 @@ def train_experiment(
                     resume=resume,
                     progress=progress,
                     on_step=on_step,
+                    targets=None if own else reported,
                 )  # fmt: skip
             )
     return runs
