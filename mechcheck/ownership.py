@@ -168,6 +168,11 @@ class Output:
         if path.is_file() and not path.is_symlink() and name not in self._saved:
             self._saved[name] = path.read_bytes()
 
+    def settle(self) -> None:
+        """Count what the directory holds now as there before this command: a layout migration done
+        under the lock, which a later refusal must not undo."""
+        self.before = frozenset(self.results())
+
     def undo(self) -> None:
         """Remove what this command created (the whole directory, when it created that) and put back
         the files it preserved."""

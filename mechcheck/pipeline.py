@@ -169,9 +169,9 @@ class Pipeline:
         }
 
     # labels ------------------------------------------------------------------------------
-    def labels(self, corpus: Stage) -> Stage | None:
+    def labels(self, corpus: Stage, step=None) -> Stage | None:
         """`[labels]`: the named neuron's labels of every text (another model's, for cross-prediction),
-        made once and shared by every run that reads them."""
+        made once and shared by every run that reads them (`step`: made otherwise, from saved labels)."""
         from mechcheck.train.labels import LABELS_FILE
 
         e = self.experiment
@@ -179,15 +179,19 @@ class Pipeline:
             return None
         inputs = {"labels": to_dict(e.labels), "position": e.neuron.position, "corpus": corpus.hash}
         inputs["max_tokens"] = e.corpus.max_tokens
-        return self.stage("labels", inputs, (LABELS_FILE,), self._labels, shareable=True)
+        return self.stage("labels", inputs, (LABELS_FILE,), step or self._labels, shareable=True)
 
     def _labels(self, stage: Stage, previous: dict[str, Any]) -> None:
-        from mechcheck.targets import SPLITS
         from mechcheck.train.labels import LABELS_FILE, make_labels
 
+        make_labels(self.experiment, self.texts(), self.progress).write(stage.folder / LABELS_FILE)
+
+    def texts(self) -> list[str]:
+        """Every text some training seed reads (each seed's splits in turn)."""
+        from mechcheck.targets import SPLITS
+
         _, per_seed = self.seed_splits()
-        texts = [t for splits in per_seed.values() for name in SPLITS for t in getattr(splits, name)]
-        make_labels(self.experiment, texts, self.progress).write(stage.folder / LABELS_FILE)
+        return [t for splits in per_seed.values() for name in SPLITS for t in getattr(splits, name)]
 
     def label_source(self):
         from mechcheck.train.labels import LABELS_FILE, read_labels
@@ -220,7 +224,15 @@ class Pipeline:
         train_experiment(
             self.train_experiment(), stage.folder, resume=True, progress=self.progress, subject=subject,
             splits=self.seed_splits(), selection=self.run_selection(), label_source=self.label_source(),
+            shared_cache=self.table_cache(),
         )  # fmt: skip
+
+    def table_cache(self) -> Path | None:
+        """Where a `[cross]` experiment's runs keep the original model's table: a reporter's runs read
+        the same texts at the same neuron, so one pass serves all of them."""
+        if self.experiment.cross is None or self.shared is None:
+            return None
+        return self.shared / "cache"
 
     def invalidate_train(self, stage: Stage, previous: dict[str, Any]) -> None:
         """Before training again: drop the runs whose configuration changed, and the target set when

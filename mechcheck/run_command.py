@@ -13,6 +13,7 @@ from mechcheck.experiment import Experiment, load_experiment, variants, with_com
 from mechcheck.ownership import hold
 from mechcheck.pipeline import run_pipeline
 from mechcheck.rundir import RUN_ENTRIES, claim_run_dir, identity, write_run_record
+from mechcheck.train.labels import check_labels
 
 MIN_EVAL_TEXTS = BatteryOptions.min_labels  # the battery's minimum for a confidence interval
 
@@ -51,6 +52,20 @@ def check_label_models(experiments: list[Experiment]) -> None:
             raise UserError(f"[labels] model {l.model!r}: {err}") from err
 
 
+def adopt_legacy(output, runs: dict[str, Experiment], name: str, file: str, config: dict, progress: bool) -> None:
+    """A run of the first cross-prediction pipeline in `output` (this experiment's, by name): its
+    finished cells moved into this experiment's runs (`mechcheck.cross.legacy`), then resumed."""
+    from mechcheck.cross.legacy import adopt, is_legacy
+    from mechcheck.rundir import MARKER, RUN_RECORD
+    from mechcheck.records import read_record
+
+    if not is_legacy(output.out) or read_record(output.out / MARKER, RUN_RECORD)["identity"] != name:
+        return
+    adopted = adopt(output.out, runs, name, file, config, progress)
+    output.settle()
+    print(f"{output.out}: the first cross-prediction layout, moved into this one ({len(adopted)} finished cells kept)")
+
+
 def run_command(args: argparse.Namespace) -> int:
     """`mechcheck run EXPERIMENT.toml --out runs/NAME [--overwrite] [--seed S] [-q]`."""
     experiment = load_experiment(args.experiment)
@@ -61,6 +76,8 @@ def run_command(args: argparse.Namespace) -> int:
     if unknown:
         known = ", ".join(runs) or "none: the experiment has no [[variant]]"
         raise UserError(f"--variants {unknown[0]!r}: the experiment's variants are {known}")
+    for one in runs.values():  # what a run on another model's labels cannot train: before the rest
+        check_labels(one)
     for one in [runs[v] for v in chosen] or [experiment]:
         check_experiment(one)
     if args.executor != "local" and any(one.labels is not None for one in runs.values() or [experiment]):
@@ -74,6 +91,8 @@ def run_command(args: argparse.Namespace) -> int:
     entries = (*RUN_ENTRIES, "shared", *folders) if runs else RUN_ENTRIES
     try:
         with hold(args.out) as output:
+            if experiment.cross is not None and not args.overwrite:
+                adopt_legacy(output, runs, name, str(args.experiment), config, not args.quiet)
             claim_run_dir(output, name, config, args.overwrite, entries)
             write_run_record(output.out, name, args.experiment, config, output.marker["run_id"])
             if not runs:

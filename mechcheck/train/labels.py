@@ -93,12 +93,20 @@ def read_labels(path: Path) -> LabelSource:
     if r["format"] != LABELS_FORMAT or len(r["texts"]) != len(r["labels"]) or len(set(r["texts"])) != len(r["texts"]):
         raise UserError(f"{path}: not a {LABELS_FORMAT} file of one label per distinct text; rerun the labels")
     neuron = Neuron(r["neuron"]["layer"], r["neuron"]["index"])
-    n = len(r["texts"])
+    return label_source(r["model"], neuron, r["texts"], r["labels"], r["position"], r["max_tokens"], r["weights_sha256"])
+
+
+def label_source(
+    model: str, neuron: Neuron, texts: Sequence[str], labels: Sequence[float], position: str, max_tokens: int,
+    weights_sha256: dict[str, str],
+) -> LabelSource:  # fmt: skip
+    """A label source of one label per text, from saved values."""
+    n = len(texts)
     table = TextTable(
-        tuple(r["texts"]), torch.arange(n + 1), torch.tensor(r["labels"], dtype=torch.float32), None, None,
-        None, (neuron,), r["position"], r["max_tokens"], 0.0,
+        tuple(texts), torch.arange(n + 1), torch.tensor(list(labels), dtype=torch.float32), None, None, None,
+        (neuron,), position, max_tokens, 0.0,
     )  # fmt: skip
-    return LabelSource(r["model"], neuron, table, dict(r["weights_sha256"]))
+    return LabelSource(model, neuron, table, dict(weights_sha256))
 
 
 def check_labels(experiment: Experiment) -> None:

@@ -200,6 +200,15 @@ def _write_target(out: Path, record: dict[str, Any], merge: bool, write: bool = 
         write_json(file, record)
 
 
+def _target_seeds(out: Path) -> set[str]:
+    """The seeds target.json records (none when it is missing or unreadable)."""
+    try:
+        seeds = read_record(out / "target.json", DICT).get("seeds")
+    except UserError:
+        return set()
+    return set(seeds) if isinstance(seeds, dict) else set()
+
+
 def _read_run(out: Path, key: tuple[int, str, str]) -> RunRecord:
     seed, condition, mode = key
     return RunRecord.read(run_dir(out, condition, mode, seed) / "run.json")
@@ -287,7 +296,11 @@ def train_experiment(
         if _claim_run(run_dir(out, *key[1:], key[0]), digest, resume, overwrite)
     }
     prepare_only = cells is not None and not cells
-    todo = [seed for seed in seeds if prepare_only or any(key[0] == seed for key in pending)]
+    recorded = _target_seeds(out) if cells is None else None  # target.json lost: its seeds made again
+    todo = [
+        seed for seed in seeds
+        if prepare_only or any(key[0] == seed for key in pending) or (recorded is not None and str(seed) not in recorded)
+    ]  # fmt: skip
     shared = None if shared_cache is None else Path(shared_cache)
     if todo:
         neuron, chosen = choose_neuron(experiment, subject, select_split.train, progress)

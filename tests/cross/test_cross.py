@@ -28,24 +28,15 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 TOML = """
 name = "tiny_cross"
-position = "last"
-
-[[models]]
-name = "llama"
-model = "{a}"
-layer = {layer}
-index = 5
-
-[[models]]
-name = "gpt2"
-model = "{b}"
-layer = 0
-index = 5
 
 [corpus]
 source = "{corpus}"
 max_texts = 600
 max_tokens = 64
+split_seed = "experiment"
+
+[neuron]
+position = "last"
 
 [train]
 {train}
@@ -64,6 +55,16 @@ eval_every = 10
 
 [cross]
 n_bootstrap = 500
+
+[[variant]]
+name = "llama"
+subject = {{ model = "{a}" }}
+neuron = {{ layer = {layer}, index = 5 }}
+
+[[variant]]
+name = "gpt2"
+subject = {{ model = "{b}" }}
+neuron = {{ layer = 0, index = 5 }}
 """
 CONDITIONS = 'conditions = ["frozen", "after_target"]'
 
@@ -75,6 +76,11 @@ def write_toml(
     path = folder / "cross.toml"
     path.write_text(text)
     return path
+
+
+def cell(run: Path, reporter: str, condition: str, label: str) -> Path:
+    """A cell's checkpoint: the run `<reporter>/<label>/` of the [cross] experiment, one training run."""
+    return run / reporter / label / "train" / f"{condition}-fixed" / "seed-0"
 
 
 def run_cli(*argv: str) -> tuple[int, str, str]:
@@ -98,9 +104,7 @@ def cross_run(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def predictions(run: Path, reporter: str, condition: str, label: str) -> dict:
-    return json.loads(
-        (run / "train" / reporter / condition / label / "seed-0" / "predictions.json").read_text()
-    )
+    return json.loads((cell(run, reporter, condition, label) / "predictions.json").read_text())
 
 
 def test_labels_of_the_other_model_are_that_models_own_labels(cross_run):
@@ -111,9 +115,10 @@ def test_labels_of_the_other_model_are_that_models_own_labels(cross_run):
         subject = load_subject(str(folder / ("A" if owner == "llama" else "B")))
         direct, _ = compute_labels(subject, own["texts"], NEURON, "last", 64)
         assert np.allclose(crossed["labels"], direct.numpy(), atol=1e-5)
-        cell = json.loads((run / "train" / other / "frozen" / owner / "seed-0" / "run.json").read_text())
-        assert cell["label_model"] == subject.spec and cell["base_model"] != subject.spec
-        assert cell["cross"] == {"reporter": other, "label": owner, "self": False}
+        record = json.loads((cell(run, other, "frozen", owner) / "run.json").read_text())
+        assert record["label_model"] == subject.spec and record["base_model"] != subject.spec
+        assert record["experiment"]["name"] == f"tiny_cross/{other}/{owner}"
+        assert record["experiment"]["labels"] == {"model": subject.spec, "layer": 0, "index": 5}
 
 
 def test_every_cell_is_an_ordinary_training_run(cross_run):
@@ -122,12 +127,14 @@ def test_every_cell_is_an_ordinary_training_run(cross_run):
     from mechcheck.train.record import metrics_from_predictions
 
     _, run = cross_run
-    keys = {"split", "texts", "target", "labels", "live_labels", "predictions", "predictions_before"}
-    for cell in sorted(run.glob("train/*/*/*/seed-0")):
-        p = json.loads((cell / "predictions.json").read_text())
-        r = json.loads((cell / "run.json").read_text())
+    keys = {"split", "texts", "groups", "target", "labels", "live_labels", "predictions", "predictions_before"}
+    cells = sorted(run.glob("*/*/train/*-fixed/seed-0"))
+    assert len(cells) == 8
+    for folder in cells:
+        p = json.loads((folder / "predictions.json").read_text())
+        r = json.loads((folder / "run.json").read_text())
         assert set(p) == keys and p["target"] == "labels"
-        if r["cross"]["self"]:
+        if folder.parents[2].name == folder.parents[3].name:  # <reporter>/<label>: a self cell
             assert np.allclose(p["live_labels"], p["labels"], atol=1e-5) and "weights_sha256" in r
         else:
             assert p["live_labels"] == p["labels"] and "label_weights_sha256" in r
@@ -199,28 +206,28 @@ def test_rerun_is_up_to_date_and_report_rerenders_identically(cross_run, tmp_pat
 
 
 def test_frozen_cells_of_one_reporter_share_the_cached_features(cross_run):
+    """A reporter's runs read one table of the original model (labels, features, residual): one pass,
+    made by the first run and read from the shared cache by the second."""
     _, run = cross_run
+    assert len(list((run / "shared" / "cache" / "tables").glob("*.safetensors"))) == 2  # one per reporter
     for reporter in ("llama", "gpt2"):
         fits = [
-            json.loads((run / "train" / reporter / "frozen" / label / "seed-0" / "run.json").read_text())
-            for label in ("llama", "gpt2")
+            json.loads((cell(run, reporter, "frozen", label) / "run.json").read_text()) for label in ("llama", "gpt2")
         ]
-        keys = {f["frozen_fit"]["features"]["key"] for f in fits}
-        assert len(keys) == 1 and Path(fits[0]["frozen_fit"]["features"]["file"]).is_file()
+        assert all(f["frozen_fit"]["features"] == {"table": True, "seconds": 0.0} for f in fits)
+        assert [f["timing"]["table"] > 0 for f in fits] == [True, False]  # runs in order: <reporter>/llama first
 
 
 def test_after_target_trains_the_reporters_layers_after_its_own_neuron(cross_run):
     _, run = cross_run
-    cell = json.loads((run / "train" / "gpt2" / "after_target" / "llama" / "seed-0" / "run.json").read_text())
-    assert cell["reporter_layer"] == 0 and cell["parameters"]["trainable"] > 0
-    assert (run / "train" / "gpt2" / "after_target" / "llama" / "seed-0" / "model").is_dir()
+    record = json.loads((cell(run, "gpt2", "after_target", "llama") / "run.json").read_text())
+    assert record["reporter_layer"] == 0 and record["parameters"]["trainable"] > 0
+    assert (cell(run, "gpt2", "after_target", "llama") / "model").is_dir()
 
 
 def test_battery_refuses_a_cross_checkpoint(cross_run, tmp_path):
     _, run = cross_run
-    code, _, err = run_cli(
-        "test", str(run / "train" / "gpt2" / "frozen" / "llama" / "seed-0"), "--out", str(tmp_path / "t")
-    )
+    code, _, err = run_cli("test", str(cell(run, "gpt2", "frozen", "llama")), "--out", str(tmp_path / "t"))
     assert code == 2 and err.count("\n") == 1 and "cross-prediction" in err
     assert not (tmp_path / "t").exists()
 
@@ -255,17 +262,21 @@ def test_bad_input_is_one_line_and_exit_2(cross_run, tmp_path, case, expect):
 
 
 def test_shipped_experiment_parses():
-    from mechcheck.cross.experiment import load_cross
+    from mechcheck.experiment import load_experiment, variants
 
-    e = load_cross(Path(__file__).parents[2] / "experiments" / "cross_prediction.toml")
-    assert [(m.model, m.layer, m.index) for m in e.models] == [
-        ("smollm2-135m", 8, 1188),
-        ("gemma3-270m", 5, 511),
-    ]
-    assert e.train.conditions == ("frozen", "after_target") and e.corpus.source == "default"
+    path = Path(__file__).parents[2] / "experiments" / "cross_prediction.toml"
+    runs = variants(load_experiment(path), str(path))
+    assert list(runs) == ["smollm2/smollm2", "smollm2/gemma3", "gemma3/smollm2", "gemma3/gemma3"]
+    models = {"smollm2": ("smollm2-135m", 8, 1188), "gemma3": ("gemma3-270m", 5, 511)}
+    for key, e in runs.items():
+        reporter, label = key.split("/")
+        assert (e.subject.model, e.neuron.layer, e.neuron.index) == models[reporter]
+        assert (e.labels.model, e.labels.layer, e.labels.index) == models[label]
+        assert e.train.conditions == ("frozen", "after_target") and e.corpus.source == "default"
+        assert e.corpus.split_seed == "experiment" and e.train.drift_cap == 0.5
 
 
-CELL = "train/gpt2/frozen/llama/seed-0"
+CELL = "gpt2/llama/train/frozen-fixed/seed-0"
 
 
 def _edit_json(path: Path, change) -> None:
@@ -288,6 +299,9 @@ CORRUPT = {
     "experiment.json without tables": lambda d: (d / "experiment.json").write_text(
         json.dumps({"config": {"models": [{"name": "llama"}, {"name": "gpt2"}], "seed": 0}})
     ),
+    "experiment.json of variants without tables": lambda d: (d / "experiment.json").write_text(
+        json.dumps({"config": {"variant": [{"name": "llama"}, {"name": "gpt2"}], "cross": {}, "seed": 0}})
+    ),
 }
 
 
@@ -307,11 +321,11 @@ def test_report_reads_only_the_experiments_cells_in_seed_order(cross_run, tmp_pa
     _, run = cross_run
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
-    for cell in copy.glob("train/*/*/*/seed-0"):  # seed 2 = seed 0's predictions; seed 10 exact
+    for folder in copy.glob("*/*/train/*-fixed/seed-0"):  # seed 2 = seed 0's predictions; seed 10 exact
         for seed in (2, 10):
-            shutil.copytree(cell, cell.with_name(f"seed-{seed}"))
-            _edit_json(cell.with_name(f"seed-{seed}") / "run.json", lambda r, s=seed: r.update(seed=s))
-        exact = cell.with_name("seed-10") / "predictions.json"
+            shutil.copytree(folder, folder.with_name(f"seed-{seed}"))
+            _edit_json(folder.with_name(f"seed-{seed}") / "run.json", lambda r, s=seed: r.update(seed=s))
+        exact = folder.with_name("seed-10") / "predictions.json"
         _edit_json(exact, lambda p: p.update(predictions=p["labels"]))
 
     def planned(e: dict) -> None:
