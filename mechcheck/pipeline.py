@@ -199,9 +199,7 @@ class Pipeline:
         return None if self.experiment.labels is None else read_labels(self.folders["labels"] / LABELS_FILE)
 
     # train -------------------------------------------------------------------------------
-    def train(
-        self, corpus: Stage, select: Stage, labels: Stage | None = None, run_now: bool = True
-    ) -> Stage:
+    def train(self, corpus: Stage, select: Stage, labels: Stage | None = None, run_now: bool = True) -> Stage:
         experiment = self.train_experiment()
         runs = self.planned_runs(experiment)
         inputs = {

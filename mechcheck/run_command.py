@@ -43,27 +43,32 @@ def check_label_models(experiments: list[Experiment]) -> None:
     from mechcheck.subject import load_subject
 
     loaded = {}
-    for l in (e.labels for e in experiments if e.labels is not None):
+    for source in (e.labels for e in experiments if e.labels is not None):
         try:
-            if l.model not in loaded:
-                loaded[l.model] = load_subject(l.model)
-            loaded[l.model].anatomy.check_neuron(l.layer, l.index)
+            if source.model not in loaded:
+                loaded[source.model] = load_subject(source.model)
+            loaded[source.model].anatomy.check_neuron(source.layer, source.index)
         except UserError as err:
-            raise UserError(f"[labels] model {l.model!r}: {err}") from err
+            raise UserError(f"[labels] model {source.model!r}: {err}") from err
 
 
-def adopt_legacy(output, runs: dict[str, Experiment], name: str, file: str, config: dict, progress: bool) -> None:
+def adopt_legacy(
+    output, runs: dict[str, Experiment], name: str, file: str, config: dict, progress: bool
+) -> None:
     """A run of the first cross-prediction pipeline in `output` (this experiment's, by name): its
     finished cells moved into this experiment's runs (`mechcheck.cross.legacy`), then resumed."""
     from mechcheck.cross.legacy import adopt, is_legacy
-    from mechcheck.rundir import MARKER, RUN_RECORD
     from mechcheck.records import read_record
+    from mechcheck.rundir import MARKER, RUN_RECORD
 
     if not is_legacy(output.out) or read_record(output.out / MARKER, RUN_RECORD)["identity"] != name:
         return
     adopted = adopt(output.out, runs, name, file, config, progress)
     output.settle()
-    print(f"{output.out}: the first cross-prediction layout, moved into this one ({len(adopted)} finished cells kept)")
+    print(
+        f"{output.out}: the first cross-prediction layout, moved into this one "
+        f"({len(adopted)} finished cells kept)"
+    )
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -81,7 +86,9 @@ def run_command(args: argparse.Namespace) -> int:
     for one in [runs[v] for v in chosen] or [experiment]:
         check_experiment(one)
     if args.executor != "local" and any(one.labels is not None for one in runs.values() or [experiment]):
-        raise UserError(f"--executor {args.executor}: runs on [labels] (cross-prediction) have only the local executor")
+        raise UserError(
+            f"--executor {args.executor}: runs on [labels] (cross-prediction) have only the local executor"
+        )
     check_label_models([runs[v] for v in chosen] or [experiment])
     from mechcheck.executor import make_executor
 

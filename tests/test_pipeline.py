@@ -199,10 +199,7 @@ def test_bad_experiment_fails_before_writing(first_run, tmp_path: Path, capsys) 
 
 @pytest.mark.parametrize("path", sorted(EXPERIMENTS.glob("*.toml")), ids=lambda p: p.name)
 def test_every_experiment_file_parses(path: Path) -> None:
-    from mechcheck.config import read_toml
-    from mechcheck.cross.experiment import is_cross, load_cross
-
-    experiment = load_cross(path) if is_cross(read_toml(path)) else load_experiment(path)
+    experiment = load_experiment(path)
     for condition in experiment.train.conditions:
         assert experiment.train.for_condition(condition).override == ()
 

@@ -27,11 +27,10 @@ from typing import Any
 from mechcheck.config import to_dict
 from mechcheck.errors import UserError
 from mechcheck.experiment import Experiment, split_seed
-from mechcheck.neuron import Neuron
 from mechcheck.outputs import write_json
 from mechcheck.records import DICT, Obj, read_json, read_record
-from mechcheck.rundir import MARKER, write_run_record
 from mechcheck.run_record import RunRecord
+from mechcheck.rundir import MARKER, write_run_record
 from mechcheck.stages import Stage, digest
 from mechcheck.targets import SPLITS
 
@@ -82,7 +81,11 @@ def adopt(
                 old = out / "train" / reporter / condition / label / f"seed-{seed}"
                 if split_seed(e, seed) == e.seed and _finished_as(old, runs, key, condition, seed):
                     new = out / key / "train" / f"{condition}-fixed" / f"seed-{seed}"
-                    moves[old] = (new, config_hash(e, condition, "fixed", seed), f"{key}/{condition}/seed-{seed}")
+                    moves[old] = (
+                        new,
+                        config_hash(e, condition, "fixed", seed),
+                        f"{key}/{condition}/seed-{seed}",
+                    )
     finished = {p.parent for p in out.glob("train/*/*/*/seed-*/run.json")}
     if finished - set(moves):
         cell = sorted(finished - set(moves))[0].relative_to(out)
@@ -122,7 +125,7 @@ def _finished_as(folder: Path, runs: dict[str, Experiment], key: str, condition:
 def _adopt_labels(out: Path, key: str, e: Experiment, progress: bool) -> None:
     """Run `key`'s corpus stage, then its labels stage from the old labels of its label model."""
     from mechcheck.pipeline import Pipeline
-    from mechcheck.train.labels import LABELS_FILE, label_source
+    from mechcheck.train.labels import LABELS_FILE, label_source, labels_neuron
 
     p = Pipeline(e, out / key, progress, shared=out / "shared")
     corpus = p.corpus()
@@ -134,9 +137,11 @@ def _adopt_labels(out: Path, key: str, e: Experiment, progress: bool) -> None:
         if values is None or any(t not in values[0] for t in texts):
             return p._labels(stage, previous)  # the old labels do not cover these texts: made again
         by_text, weights = values
-        neuron, position, max_tokens = Neuron(e.labels.layer, e.labels.index), e.neuron.position, e.corpus.max_tokens
         unique = list(dict.fromkeys(texts))
-        source = label_source(e.labels.model, neuron, unique, [by_text[t] for t in unique], position, max_tokens, weights)
+        source = label_source(
+            e.labels.model, labels_neuron(e), unique, [by_text[t] for t in unique], e.neuron.position,
+            e.corpus.max_tokens, weights,
+        )  # fmt: skip
         source.write(stage.folder / LABELS_FILE)
 
     p.labels(corpus, step=from_old)
@@ -155,6 +160,8 @@ def _old_labels(out: Path, label: str, e: Experiment) -> tuple[dict[str, float],
         )  # fmt: skip
         if not same:
             return None
-        return {t: float(v) for s in SPLITS for t, v in zip(splits[s], record["labels"][s], strict=True)}, weights
+        return {
+            t: float(v) for s in SPLITS for t, v in zip(splits[s], record["labels"][s], strict=True)
+        }, weights
     except (UserError, KeyError, TypeError, ValueError):
         return None

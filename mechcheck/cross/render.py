@@ -95,7 +95,8 @@ def _config(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
             models = [_model(v, config) for v in config["variant"]]
             position = config["neuron"]["position"]
         view = {
-            "layout": layout, "models": [{k: m[k] for k in ("name", "model", "layer", "index")} for m in models],
+            "layout": layout,
+            "models": [{k: m[k] for k in ("name", "model", "layer", "index")} for m in models],
             "position": position, "source": config["corpus"]["source"], "seed": config["seed"],
             "conditions": list(config["train"]["conditions"]), "seeds": list(config["train"]["seeds"]),
             "cross": {k: config["cross"][k] for k in ("n_bootstrap", "ci", "min_advantage")},
@@ -111,7 +112,12 @@ def _model(variant: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
     """A [cross] variant's model and neuron (the experiment's own tables where the variant sets none)."""
     subject = {**config["subject"], **(variant.get("subject") or {})}
     neuron = {**config["neuron"], **(variant.get("neuron") or {})}
-    return {"name": variant["name"], "model": subject["model"], "layer": neuron["layer"], "index": neuron["index"]}
+    return {
+        "name": variant["name"],
+        "model": subject["model"],
+        "layer": neuron["layer"],
+        "index": neuron["index"],
+    }
 
 
 def fmt(value: float) -> str:

@@ -28,9 +28,9 @@ LABELS_FORMAT = "mechcheck-labels/1"
 ONE_LABEL_PER_TEXT = ("last", "max", "mean")
 LABELS_RECORD = Obj(
     {
-        "format": STR, "model": STR, "neuron": Obj({"layer": INDEX, "index": INDEX}, required=("layer", "index")),
-        "position": STR, "max_tokens": INDEX, "weights_sha256": MapOf(STR), "texts": ListOf(STR),
-        "labels": ListOf(NUMBER),
+        "format": STR, "model": STR, "position": STR,
+        "neuron": Obj({"layer": INDEX, "index": INDEX}, required=("layer", "index")),
+        "max_tokens": INDEX, "weights_sha256": MapOf(STR), "texts": ListOf(STR), "labels": ListOf(NUMBER),
     },
     required=("format", "model", "neuron", "position", "max_tokens", "weights_sha256", "texts", "labels"),
 )  # fmt: skip
@@ -65,8 +65,7 @@ class LabelSource:
 
 
 def labels_neuron(experiment: Experiment) -> Neuron:
-    l = experiment.labels
-    return Neuron(l.layer, l.index)
+    return Neuron(experiment.labels.layer, experiment.labels.index)
 
 
 def make_labels(
@@ -90,10 +89,18 @@ def make_labels(
 def read_labels(path: Path) -> LabelSource:
     """The labels stage's file as a label source (a one-line UserError when it is malformed)."""
     r = read_record(path, LABELS_RECORD)
-    if r["format"] != LABELS_FORMAT or len(r["texts"]) != len(r["labels"]) or len(set(r["texts"])) != len(r["texts"]):
-        raise UserError(f"{path}: not a {LABELS_FORMAT} file of one label per distinct text; rerun the labels")
+    if (
+        r["format"] != LABELS_FORMAT
+        or len(r["texts"]) != len(r["labels"])
+        or len(set(r["texts"])) != len(r["texts"])
+    ):
+        raise UserError(
+            f"{path}: not a {LABELS_FORMAT} file of one label per distinct text; rerun the labels"
+        )
     neuron = Neuron(r["neuron"]["layer"], r["neuron"]["index"])
-    return label_source(r["model"], neuron, r["texts"], r["labels"], r["position"], r["max_tokens"], r["weights_sha256"])
+    return label_source(
+        r["model"], neuron, r["texts"], r["labels"], r["position"], r["max_tokens"], r["weights_sha256"]
+    )
 
 
 def label_source(
@@ -114,11 +121,18 @@ def check_labels(experiment: Experiment) -> None:
     trained model's own fixed neuron is an ordinary run whose labels were computed beforehand)."""
     from mechcheck.train.conditions import CONDITIONS
 
-    l, n, t = experiment.labels, experiment.neuron, experiment.train
-    if l is None or (same_model(l.model, experiment.subject.model) and (n.layer, n.index) == (l.layer, l.index)):
+    source, n, t = experiment.labels, experiment.neuron, experiment.train
+    if source is None:
+        return
+    if same_model(source.model, experiment.subject.model) and (n.layer, n.index) == (
+        source.layer,
+        source.index,
+    ):
         return
     if n.neurons and len(n.neurons) > 1:
-        raise UserError("[labels] names one neuron: the trained model reports it, so train one neuron of its own")
+        raise UserError(
+            "[labels] names one neuron: the trained model reports it, so train one neuron of its own"
+        )
     if n.position not in ONE_LABEL_PER_TEXT:
         raise UserError(
             f"position {n.position!r}: cross-prediction needs one label per text (last, max or mean); "

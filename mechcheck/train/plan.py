@@ -297,10 +297,8 @@ def train_experiment(
     }
     prepare_only = cells is not None and not cells
     recorded = _target_seeds(out) if cells is None else None  # target.json lost: its seeds made again
-    todo = [
-        seed for seed in seeds
-        if prepare_only or any(key[0] == seed for key in pending) or (recorded is not None and str(seed) not in recorded)
-    ]  # fmt: skip
+    lost = set() if recorded is None else {seed for seed in seeds if str(seed) not in recorded}
+    todo = [seed for seed in seeds if prepare_only or seed in lost or any(key[0] == seed for key in pending)]
     shared = None if shared_cache is None else Path(shared_cache)
     if todo:
         neuron, chosen = choose_neuron(experiment, subject, select_split.train, progress)

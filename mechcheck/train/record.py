@@ -30,7 +30,7 @@ def training_config(experiment: Experiment) -> dict[str, Any]:
     """The parts of the experiment that determine a training run (not the seed list or the battery)."""
     config = config_dict(experiment)
     config["train"].pop("seeds", None)
-    for key in ("battery", "name", "reference", "variant"):
+    for key in ("battery", "name", "reference", "variant", "cross"):  # [cross]: the report's statistics
         config.pop(key, None)
     return config
 

@@ -18,11 +18,12 @@ from hostile_kit import fails, with_setting, world
 
 import mechcheck.subject
 from mechcheck.config import Check
-from mechcheck.cross.experiment import CrossConfig, ModelConfig
 from mechcheck.experiment import (
     BatteryConfig,
     CorpusConfig,
+    CrossConfig,
     Experiment,
+    LabelsConfig,
     NeuronConfig,
     SubjectConfig,
     TrainConfig,
@@ -213,10 +214,10 @@ def test_select_refuses_nonsense_options(tiny, tmp_path, capsys, argv):
 @pytest.mark.parametrize(
     ("table", "value", "fragment"),
     [
-        ("models", {"name": "../escape"}, "not a valid name"),
-        ("models", {"name": "a/b"}, "not a valid name"),
-        ("models", {"layer": -1}, "must be at least 0"),
-        ("models", {"index": 1.5}, "expected an integer"),
+        ("variant", {"name": "../escape"}, "it names a folder"),
+        ("variant", {"name": "a/b"}, "it names a folder"),
+        ("neuron", {"layer": -1}, "must be at least 0"),
+        ("neuron", {"index": 1.5}, "expected an integer"),
         ("cross", {"n_bootstrap": 10}, "must be at least 100"),
         ("cross", {"ci": 1.5}, "must be below 1"),
         ("cross", {"min_advantage": math.nan}, "finite"),
@@ -224,19 +225,23 @@ def test_select_refuses_nonsense_options(tiny, tmp_path, capsys, argv):
     ids=lambda v: str(v)[:24],
 )
 def test_cross_experiment_values_are_checked(tiny, tmp_path, capsys, table, value, fragment):
-    models = [
-        {"name": "one", "model": str(tiny["model"]), "layer": 1, "index": 2},
-        {"name": "two", "model": str(tiny["root"] / "other"), "layer": 1, "index": 3},
-    ]
-    cross: dict[str, Any] = {}
-    (models[0] if table == "models" else cross).update(value)
     from hostile_kit import toml_value
 
-    text = 'name = "cross"\n' + "".join(
-        "[[models]]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in m.items()) for m in models
-    )
-    text += f'[corpus]\nsource = "{tiny["corpus"]}"\n'
+    models = [
+        {"name": "one", "model": str(tiny["model"]), "neuron": {"layer": 1, "index": 2}},
+        {"name": "two", "model": str(tiny["root"] / "other"), "neuron": {"layer": 1, "index": 3}},
+    ]
+    cross: dict[str, Any] = {}
+    target = {"variant": models[0], "neuron": models[0]["neuron"]}.get(table, cross)
+    target.update(value)
+    text = 'name = "cross"\n' + f'[corpus]\nsource = "{tiny["corpus"]}"\n'
     text += "[cross]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in cross.items())
+    for m in models:
+        neuron = ", ".join(f"{k} = {toml_value(v)}" for k, v in m["neuron"].items())
+        text += (
+            f"[[variant]]\nname = {toml_value(m['name'])}\nsubject = {{ model = {toml_value(m['model'])} }}\n"
+        )
+        text += f"neuron = {{ {neuron} }}\n"
     toml = tmp_path / "cross.toml"
     toml.write_text(text)
     out = tmp_path / "out"
@@ -252,6 +257,6 @@ def test_every_constrained_field_has_cases():
             kind = _unwrap(typing.get_type_hints(cls, include_extras=True)[f.name])[0]
             if not dataclasses.is_dataclass(kind) and f.name not in ("override", "neurons"):
                 assert f"{table or 'top'}.{f.name}" in names, f.name
-    assert {f.name for f in dataclasses.fields(ModelConfig)} and {
+    assert {f.name for f in dataclasses.fields(LabelsConfig)} and {
         f.name for f in dataclasses.fields(CrossConfig)
     }

@@ -127,7 +127,16 @@ def test_every_cell_is_an_ordinary_training_run(cross_run):
     from mechcheck.train.record import metrics_from_predictions
 
     _, run = cross_run
-    keys = {"split", "texts", "groups", "target", "labels", "live_labels", "predictions", "predictions_before"}
+    keys = {
+        "split",
+        "texts",
+        "groups",
+        "target",
+        "labels",
+        "live_labels",
+        "predictions",
+        "predictions_before",
+    }
     cells = sorted(run.glob("*/*/train/*-fixed/seed-0"))
     assert len(cells) == 8
     for folder in cells:
@@ -212,10 +221,14 @@ def test_frozen_cells_of_one_reporter_share_the_cached_features(cross_run):
     assert len(list((run / "shared" / "cache" / "tables").glob("*.safetensors"))) == 2  # one per reporter
     for reporter in ("llama", "gpt2"):
         fits = [
-            json.loads((cell(run, reporter, "frozen", label) / "run.json").read_text()) for label in ("llama", "gpt2")
+            json.loads((cell(run, reporter, "frozen", label) / "run.json").read_text())
+            for label in ("llama", "gpt2")
         ]
         assert all(f["frozen_fit"]["features"] == {"table": True, "seconds": 0.0} for f in fits)
-        assert [f["timing"]["table"] > 0 for f in fits] == [True, False]  # runs in order: <reporter>/llama first
+        assert [f["timing"]["table"] > 0 for f in fits] == [
+            True,
+            False,
+        ]  # runs in order: <reporter>/llama first
 
 
 def test_after_target_trains_the_reporters_layers_after_its_own_neuron(cross_run):
@@ -339,3 +352,120 @@ def test_report_reads_only_the_experiments_cells_in_seed_order(cross_run, tmp_pa
     assert table["seeds"] == [2, 10]
     for cell in table["cells"].values():
         assert cell["skill_per_seed"][1] == 1.0 and cell["skill_per_seed"][0] < 1.0
+
+
+# --- the first pipeline's run directories ------------------------------------------------------
+FIRST = Path(__file__).parents[1] / "data" / "cross_v1"  # tests/data/make_cross_v1_fixture.py
+FIRST_CELLS = [  # what it finished before the interruption: (reporter, condition, label)
+    (r, c, label)
+    for r in ("llama", "gpt2") for c in ("frozen", "after_target") for label in ("llama", "gpt2")
+    if (r, c) != ("gpt2", "after_target")
+]  # fmt: skip
+
+
+def first_layout_run(tmp_path: Path, monkeypatch) -> tuple[Path, Path]:
+    """A copy of the interrupted first-pipeline run beside its planted models, the corpus and this
+    experiment's file (relative paths, as the old run named them); the working directory is there."""
+    folder = tmp_path / "first"
+    shutil.copytree(FIRST, folder / "run")
+    save_planted_pair(folder)
+    (folder / "corpus.txt").write_text("\n".join(random_texts(600, seed=1, min_words=5, max_words=12)) + "\n")
+    text = TOML.format(a="A", b="B", corpus="corpus.txt", train=CONDITIONS, layer=0)
+    (folder / "cross.toml").write_text(text)
+    monkeypatch.chdir(folder)
+    monkeypatch.setenv("MECHCHECK_CACHE", str(folder / "cache"))
+    return folder, folder / "run"
+
+
+def test_a_cell_on_another_models_labels_is_the_first_pipelines_cell(cross_run):
+    """The ordinary pipeline's cells, self and other, are the ones the first cross-prediction pipeline
+    trained on the same planted pair: the same texts, labels and predictions."""
+    _, run = cross_run
+    for reporter, condition, label in FIRST_CELLS:
+        old = FIRST / "train" / reporter / condition / label / "seed-0" / "predictions.json"
+        old, new = json.loads(old.read_text()), predictions(run, reporter, condition, label)
+        assert new["texts"] == old["texts"]
+        assert np.allclose(new["labels"], old["labels"], rtol=0, atol=1e-6)
+        assert np.allclose(new["predictions"], old["predictions"], rtol=0, atol=1e-5)
+        assert np.allclose(new["predictions_before"], old["predictions_before"], rtol=0, atol=1e-5)
+
+
+def test_a_first_layout_run_resumes_without_retraining_its_finished_cells(cross_run, tmp_path, monkeypatch):
+    _, fresh = cross_run
+    folder, run = first_layout_run(tmp_path, monkeypatch)
+    code, out, err = run_cli("run", "cross.toml", "--out", "run", "-q")
+    assert code == 0, err
+    assert "6 finished cells kept" in out
+    assert not any((run / old).exists() for old in ("train", "labels", "corpus", "report"))
+    for reporter, condition, label in FIRST_CELLS:  # moved as they were, with this experiment's hash
+        old = FIRST / "train" / reporter / condition / label / "seed-0"
+        new = cell(run, reporter, condition, label)
+        assert (new / "predictions.json").read_bytes() == (old / "predictions.json").read_bytes()
+        assert (new / "readout.safetensors").read_bytes() == (old / "readout.safetensors").read_bytes()
+        record = json.loads((new / "run.json").read_text())
+        stage = json.loads((new.parents[1] / "stage.json").read_text())
+        assert record["config_hash"] == stage["runs"][f"{condition}-fixed/seed-0"]
+        assert (
+            record["adopted_from"]["config_hash"] == json.loads((old / "run.json").read_text())["config_hash"]
+        )
+    for label in ("llama", "gpt2"):  # the interrupted ones: trained now, on the very same labels
+        record = json.loads((cell(run, "gpt2", "after_target", label) / "run.json").read_text())
+        assert "adopted_from" not in record
+        assert (
+            predictions(run, "gpt2", "after_target", label)["labels"]
+            == predictions(run, label, "frozen", label)["labels"]
+        )
+    results, expected = (json.loads((d / "results.json").read_text()) for d in (run, fresh))
+    assert json.dumps(results["conditions"]) == json.dumps(expected["conditions"])
+    before = {p: p.read_text() for p in run.rglob("stage.json")}
+    assert run_cli("run", "cross.toml", "--out", "run", "-q")[0] == 0  # now its own run: up to date
+    assert {p: p.read_text() for p in run.rglob("stage.json")} == before
+
+
+def test_a_first_layout_run_of_another_configuration_is_refused(tmp_path, monkeypatch):
+    folder, run = first_layout_run(tmp_path, monkeypatch)
+    (folder / "cross.toml").write_text(
+        (folder / "cross.toml").read_text().replace("max_steps = 2", "max_steps = 3")
+    )
+    files = sorted(str(p.relative_to(run)) for p in run.rglob("*"))
+    code, _, err = run_cli("run", "cross.toml", "--out", "run", "-q")
+    assert code == 2 and err.count("\n") == 1 and "first layout" in err and "--overwrite" in err, err
+    assert sorted(str(p.relative_to(run)) for p in run.rglob("*")) == files  # nothing moved
+
+
+def test_a_first_layout_report_renders_as_before(tmp_path):
+    """`mechcheck report` on a directory left in the first layout: its cells, its footnote."""
+    copy = tmp_path / "run"
+    shutil.copytree(FIRST, copy)
+    for folder in copy.glob("train/gpt2/after_target"):
+        shutil.rmtree(folder)
+    shutil.copytree(copy / "train" / "llama" / "after_target", copy / "train" / "gpt2" / "after_target")
+    for record in (copy / "train" / "gpt2" / "after_target").glob("*/seed-0/run.json"):
+        _edit_json(record, lambda r: r["cross"].update(reporter="gpt2"))
+    code, _, err = run_cli("report", str(copy))
+    assert code == 0, err
+    report = (copy / "report.md").read_text()
+    assert "`train/<reporter>/<condition>/<label>/seed-<k>/predictions.json`" in report
+    assert "llama L0/5" in report and "gpt2 L0/5" in report
+
+
+def test_train_alone_on_another_models_labels(cross_run, tmp_path, monkeypatch):
+    """`mechcheck train` on an experiment with [labels]: the same cell as the [cross] run's, its labels
+    made by the trainer itself (the same function as the labels stage)."""
+    folder, run = cross_run
+    monkeypatch.setenv("MECHCHECK_CACHE", str(folder / "cache"))
+    text = TOML.format(
+        a=folder / "A", b=folder / "B", corpus=folder / "corpus.txt", train=CONDITIONS, layer=0
+    )
+    text = text[: text.index("[cross]")] + f'[subject]\nmodel = "{folder / "B"}"\n'
+    text += f'[neuron]\nlayer = 0\nindex = 5\n[labels]\nmodel = "{folder / "A"}"\nlayer = 0\nindex = 5\n'
+    text = text.replace('[neuron]\nposition = "last"\n', "")
+    (tmp_path / "alone.toml").write_text(text)
+    code, _, err = run_cli("train", str(tmp_path / "alone.toml"), "--out", str(tmp_path / "t"), "-q")
+    assert code == 0, err
+    got = json.loads((tmp_path / "t" / "frozen-fixed" / "seed-0" / "predictions.json").read_text())
+    want = predictions(run, "gpt2", "frozen", "llama")
+    assert got["texts"] == want["texts"] and got["labels"] == want["labels"]
+    assert np.allclose(got["predictions"], want["predictions"], rtol=0, atol=1e-5)
+    record = json.loads((tmp_path / "t" / "frozen-fixed" / "seed-0" / "run.json").read_text())
+    assert record["label_model"] == str(folder / "A") and "label_weights_sha256" in record
