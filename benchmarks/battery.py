@@ -14,7 +14,8 @@ one by hand: the frozen condition, a ridge readout on the final normed residual 
 token, fitted on `--fit-texts` train texts of the default corpus; the evaluation texts are the
 corpus's test split (the battery keeps at most `max_eval` = 300 of them). The bare forward is a
 plain `transformers` forward pass with the LM head over the same batches, measured in the same
-process; the battery's time excludes that measurement.
+process; the battery's time excludes that measurement, and the loading of the model's weights
+(which the bare forward does not pay either; printed beside it).
 """
 
 from __future__ import annotations
@@ -123,7 +124,10 @@ def main() -> None:
     t = results["timing"]
     print(f"evaluation: {results['eval']['n_texts']} texts, neuron {results['neuron']}")
     print(f"bare forward (transformers, with LM head): {t['bare_forward_s']:.1f} s")
-    print(f"battery: {t['total_s']:.1f} s = {t['ratio_to_bare_forward']:.1f}x the bare forward")
+    print(
+        f"battery: {t['total_s']:.1f} s = {t['ratio_to_bare_forward']:.1f}x the bare forward "
+        f"(loading the model: {t['load_s']:.1f} s more, not counted, as for the bare forward)"
+    )
     for name, seconds in t["per_probe_s"].items():
         print(f"  {name:20s} {seconds:7.1f} s  ({seconds / t['bare_forward_s']:.1f}x)")
     for name, v in results["verdicts"].items():

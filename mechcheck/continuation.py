@@ -13,6 +13,13 @@ prefix keys and values are shared by every copy, so nothing is repeated along th
 edits cost `copies · (r - p + 1)` tokens of compute and no extra memory for the cache. A copy's
 tokens are exactly the original tokens recomputed, so with no edit the continuation reproduces the
 full forward (tested to float tolerance on every supported architecture).
+
+That layout makes every copy's queries score every other copy's keys (masked out, but computed):
+attention costs `C·S · (T + C·S)` per row. When the recomputed span is long and the prefix short
+(an edit at every position after the sink), the copies go along the *batch* axis instead
+(`along="rows"`: row c·B + b is copy c of row b, each with its own copy of the few prefix slots),
+and attention costs `C · S · (P + S)`, P the prefix length. `Layout.per_copy` shows either
+layout's tensors as `[B, C, S, …]`.
 """
 
 from __future__ import annotations
@@ -61,19 +68,60 @@ class Layout:
     length: torch.Tensor  # [B] recomputed positions per copy (r_b - p_b + 1)
     copies: int
     width: int  # S = max length
+    along: str = "positions"  # where the copies sit: "positions" (one row each) or "rows" (batch axis)
+    prefix: int = 0  # "rows": the cached prefix slots every row keeps (0..P-1)
 
     def offsets(self, position: torch.Tensor) -> torch.Tensor:
         """Offset of original `position` [B] within each copy."""
         return position - self.start
 
+    def per_copy(self, x: torch.Tensor) -> torch.Tensor:
+        """A pass's tensor `[rows, C·S or S, …]` as a `[B, C, S, …]` view of the same storage."""
+        rest = x.shape[2:]
+        if self.along == "rows":
+            return x.view(self.copies, len(self.start), self.width, *rest).transpose(0, 1)
+        return x.view(len(self.start), self.copies, self.width, *rest)
+
+    def repeat(self, x: torch.Tensor) -> torch.Tensor:
+        """A per-row tensor `[B, S, …]` (the clean residual at the recomputed positions) laid out for
+        the pass, the same values in every copy."""
+        if self.along == "rows":
+            return x.repeat(self.copies, *([1] * (x.dim() - 1)))
+        return x.repeat(1, self.copies, *([1] * (x.dim() - 2)))
+
+    def cache(self, keys: list[torch.Tensor | None], values: list[torch.Tensor | None], length: int) -> Cache:
+        """The read-only prefix cache of the clean pass (`length` slots) for this layout."""
+        if self.along == "positions":
+            return prefix_cache(keys, values, length)
+
+        def cut(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[:, :, : self.prefix].repeat(self.copies, 1, 1, 1)
+
+        return prefix_cache([cut(k) for k in keys], [cut(v) for v in values], self.prefix)
+
+
+def choose_layout(start: torch.Tensor, end: torch.Tensor, copies: int) -> str:
+    """`rows` where it scores fewer keys and repeats little: several copies of a span at least as
+    long as the prefix before it; otherwise `positions`."""
+    width = int((end - start).max()) + 1
+    return "rows" if copies > 1 and int(start.max()) <= width else "positions"
+
 
 def continuation_inputs(
-    attention_mask: torch.Tensor, start: torch.Tensor, end: torch.Tensor, copies: int, dtype: torch.dtype
-) -> tuple[dict[str, torch.Tensor], Layout]:
+    attention_mask: torch.Tensor, start: torch.Tensor, end: torch.Tensor, copies: int, dtype: torch.dtype,
+    along: str = "positions",
+) -> tuple[dict[str, torch.Tensor], Layout]:  # fmt: skip
     """Position ids and the additive 4-D mask for `copies` copies of positions start..end per row.
 
     `attention_mask` is the clean pass's [B, T] padding mask (right padding); returns the model
-    inputs (without the cache or hidden states) and the layout."""
+    inputs (without the cache or hidden states) and the layout (`along`: see the module docstring)."""
+    if along == "rows":  # one copy per row of a C·B batch; every row keeps prefix slots 0..P-1
+        prefix = max(1, int(start.max()))  # (a row that starts earlier masks the slots it recomputes)
+        repeated = attention_mask[:, :prefix].repeat(copies, 1)
+        inputs, one = continuation_inputs(repeated, start.repeat(copies), end.repeat(copies), 1, dtype)
+        return inputs, Layout(start, end - start + 1, copies, one.width, "rows", prefix)
+    if along != "positions":
+        raise ValueError(f"along={along!r}: 'positions' or 'rows'")
     batch, total = attention_mask.shape
     device = attention_mask.device
     length = end - start + 1

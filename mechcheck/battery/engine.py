@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from mechcheck.battery.context import Batch, Context
-from mechcheck.continuation import continuation_inputs, prefix_cache
+from mechcheck.continuation import Layout, choose_layout, continuation_inputs
 from mechcheck.subject import Site
 
 
@@ -90,8 +90,9 @@ def start_layer(draw: Draw, default: int) -> int:
 class Engine:
     """Runs draws on every batch of a context; see the module docstring."""
 
-    def __init__(self, ctx: Context, max_queries: int):
-        self.ctx, self.max_queries = ctx, max_queries
+    def __init__(self, ctx: Context, max_queries: int, along: str | None = None):
+        """`along`: the continuation's layout (`mechcheck.continuation`); None chooses per call."""
+        self.ctx, self.max_queries, self.along = ctx, max_queries, along
         self.subject = ctx.trained
         self.n_layers = self.subject.n_layers
 
@@ -137,16 +138,17 @@ class Engine:
     def _call(self, batch: Batch, draws: list[Draw], where: str, layer0: int, start, end) -> Readings:
         ctx, subject, copies = self.ctx, self.subject, len(draws)
         mask = batch.enc["attention_mask"]
-        inputs, layout = continuation_inputs(mask, start, end, copies, ctx.eval.x_final.dtype)
+        along = choose_layout(start, end, copies) if self.along is None else self.along
+        inputs, layout = continuation_inputs(mask, start, end, copies, ctx.eval.x_final.dtype, along)
         width, n_rows = layout.width, len(start)
         pos = (start[:, None] + torch.arange(width)[None]).clamp(max=mask.shape[1] - 1)  # [B, W]
         inside = torch.arange(width)[None] < layout.length[:, None]
         edited = batch.edited(where)[torch.arange(n_rows)[:, None], pos] & inside  # [B, W]
-        hidden = self._hidden(batch, where, layer0, start, pos).repeat(1, copies, 1)
+        hidden = layout.repeat(self._hidden(batch, where, layer0, start, pos))
         keys = [k if i >= layer0 else None for i, k in enumerate(batch.keys)]
         values = [v if i >= layer0 else None for i, v in enumerate(batch.values)]
-        inputs["cache"] = prefix_cache(keys, values, mask.shape[1])
-        edits = self._edits(draws, batch, pos, edited, width)
+        inputs["cache"] = layout.cache(keys, values, mask.shape[1])
+        edits = self._edits(draws, batch, pos, edited, layout)
         reads = [Site("resid_post", self.n_layers - 1)]
         layer = ctx.layer
         if layer0 <= layer:
@@ -162,10 +164,10 @@ class Engine:
             resume = (layer0 - 1, hidden)
         got = subject.run(inputs, reads=list(dict.fromkeys(reads)), edits=edits, resume=resume)
         if ctx.audit:
-            self._check_present(draws, got, batch, pos, edited, width)
-        return self._readings(got, batch, start, copies, width, layer0)
+            self._check_present(draws, got, batch, pos, edited, layout)
+        return self._readings(got, batch, start, layout, layer0)
 
-    def _edits(self, draws, batch: Batch, pos, edited, width):
+    def _edits(self, draws, batch: Batch, pos, edited, layout: Layout):
         by_site: dict[Site, list[tuple[int, Op]]] = {}
         for c, draw in enumerate(draws):
             for op in draw:
@@ -175,7 +177,8 @@ class Engine:
         for site, ops in by_site.items():
 
             def fn(x: torch.Tensor, ops=ops, site=site) -> torch.Tensor:
-                y = x.clone().view(x.shape[0], -1, width, x.shape[-1])
+                out = x.clone()
+                y = layout.per_copy(out)  # [B, C, S, d], a view: editing it edits `out`
                 touched = torch.zeros(y.shape, dtype=torch.bool) if audit else None
                 for c, op in ops:
                     before = y[:, c].clone() if audit else None
@@ -184,8 +187,8 @@ class Engine:
                         touched[:, c] |= (y[:, c] - before) != 0
                         self._log(op, site, y[:, c], before, target, edited)
                 if audit:
-                    self._log_spill(site, touched, ops, edited, width)
-                return y.view(x.shape)
+                    self._log_spill(site, touched, ops, edited)
+                return out
 
             out.append((site, fn))
         return out
@@ -201,7 +204,7 @@ class Engine:
             "changed": float((after - before).abs().max()), "present": present, "stage": "applied",
         })  # fmt: skip
 
-    def _log_spill(self, site: Site, touched, ops, edited, width) -> None:
+    def _log_spill(self, site: Site, touched, ops, edited) -> None:
         """Changes outside the edited positions (or, for a neuron, outside its own unit) are a bug."""
         allowed = torch.zeros_like(touched)
         for c, op in ops:
@@ -215,11 +218,11 @@ class Engine:
              "changed": 0.0, "present": not spill, "stage": "nothing else changed"}
         )  # fmt: skip
 
-    def _check_present(self, draws, got, batch: Batch, pos, edited, width) -> None:
+    def _check_present(self, draws, got, batch: Batch, pos, edited, layout: Layout) -> None:
         """The values each edit set are what the forward pass actually carried afterwards."""
         for c, draw in enumerate(draws):
             for op in draw:
-                value = got[op.site].view(len(pos), -1, width, got[op.site].shape[-1])[:, c]
+                value = layout.per_copy(got[op.site])[:, c]
                 target = op.apply(value.clone(), batch.texts, pos, edited)
                 seen = value[..., op.index] if isinstance(op, SetUnit) else op.read(value)
                 sel = edited if isinstance(op, SetUnit) else edited[..., None].expand_as(seen)
@@ -230,13 +233,12 @@ class Engine:
                 )  # fmt: skip
 
     # --- readings -----------------------------------------------------------------------------
-    def _readings(self, got, batch: Batch, start, copies: int, width: int, layer0: int) -> Readings:
-        ctx, rows = self.ctx, torch.arange(len(start))
+    def _readings(self, got, batch: Batch, start, layout: Layout, layer0: int) -> Readings:
+        ctx, rows, copies = self.ctx, torch.arange(len(start)), layout.copies
         layer, index = ctx.layer, ctx.neuron.index
 
         def at(site: Site, position: torch.Tensor) -> torch.Tensor:  # [B, copies, d]
-            x = got[site].view(len(start), copies, width, -1)
-            return x[rows, :, position - start]
+            return layout.per_copy(got[site])[rows, :, position - start]
 
         final = at(Site("resid_post", self.n_layers - 1), batch.report_pos)
         clean = slice(batch.texts.start, batch.texts.stop)

@@ -135,14 +135,16 @@ def run_checkpoint(
     as k single-neuron views: neuron i with row i of the readout); returns the runs and the times of
     one bare forward over the same texts, measured before and after the probes (the machine's load
     may change while the battery runs)."""
+    start = time.perf_counter()
     trained = ck.load_subject(base)
+    loading = time.perf_counter() - start
     options = replace(options, max_tokens=_max_tokens(ck, options))
     runs, bare = [], []
     for neuron, readout in ck.views():
         start = time.perf_counter()
         ctx = build_context(trained, base, readout, neuron, ck.position, texts, groups, options,
                             ck.run.to_json(), progress, targets=ck.neurons)  # fmt: skip
-        timing = {"clean_passes": time.perf_counter() - start}
+        timing = {"load_model": loading if not runs else 0.0, "clean_passes": time.perf_counter() - start}
         if not bare:
             bare.append(bare_forward_seconds(ctx))
         results, skipped, probe_time = run_view(
@@ -227,7 +229,9 @@ def run_battery(
     if out is not None:
         _check_out(Path(out), overwrite)
     cks = _load(checkpoints)
+    loading = time.perf_counter()
     base = cks[0].load_base()
+    loading = time.perf_counter() - loading
     skipped: dict[str, str] = {}
     for ck in cks:
         verify_base(ck, base)
@@ -256,17 +260,19 @@ def run_battery(
         })  # fmt: skip
     record = _results(cks, evals, per_neuron, skipped, options, None if out is None else Path(out).name)
     spent = sum(sum(b) for b in bare)  # the bare-forward measurements are not the battery
-    total = time.perf_counter() - start - spent
-    per_probe: dict[str, float] = {}
+    per_probe: dict[str, float] = {"load_model": loading}
     for runs in per_ck:
         for run in runs:
             for k, v in run.timing.items():
                 per_probe[k] = per_probe.get(k, 0.0) + v
+    # loading the weights is not the battery's work either (the bare forward's model was loaded untimed)
+    load = per_probe.pop("load_model")
+    total = time.perf_counter() - start - spent - load
     # one bare forward per checkpoint: the faster of the two measurements (before and after the probes),
     # i.e. a warm one: the first full-vocabulary LM-head pass of a process pays for its memory (on 266
     # texts 59.7 s before vs 25.1 s after), which would flatter the ratio
     forward = sum(min(b) for b in bare)
-    timing = {"total_s": total, "per_probe_s": per_probe, "bare_forward_s": forward,
+    timing = {"total_s": total, "load_s": load, "per_probe_s": per_probe, "bare_forward_s": forward,
               "bare_forward_before_after_s": bare,
               "ratio_to_bare_forward": total / forward if forward > 0 else None}  # fmt: skip
     record = replace(record, timing=timing)

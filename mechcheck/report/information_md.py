@@ -275,7 +275,9 @@ def battery_section(c: ConditionView, figs: Figures) -> str:
     timing = c.results.get("timing")
     if isinstance(timing, dict) and is_number(timing.get("total_s")):
         ratio = timing.get("ratio_to_bare_forward")
+        load = timing.get("load_s")
+        loading = f", besides {fmt(float(load))} s loading the model." if is_number(load) else "."
         out += ["", f"Battery time: {fmt(float(timing['total_s']))} s"
-                + (f" ({fmt(float(ratio))}× one bare forward over the same texts)."
-                   if is_number(ratio) else ".")]  # fmt: skip
+                + (f" ({fmt(float(ratio))}× one bare forward over the same texts)"
+                   if is_number(ratio) else "") + loading]  # fmt: skip
     return "\n".join(out)

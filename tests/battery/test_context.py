@@ -101,7 +101,11 @@ def _close(got: torch.Tensor, want: torch.Tensor) -> None:
     assert float((got - want).abs().max()) <= 1e-4 * scale, float((got - want).abs().max())
 
 
-def test_the_continuation_at_p_equals_a_full_forward_for_stacked_draws(tiny_ctx):
+LAYOUTS = [None, "positions", "rows"]  # chosen per call, or forced (`mechcheck.continuation`)
+
+
+@pytest.mark.parametrize("along", LAYOUTS)
+def test_the_continuation_at_p_equals_a_full_forward_for_stacked_draws(tiny_ctx, along):
     ctx = tiny_ctx
     layer, index = ctx.layer, ctx.neuron.index
     basis = orthonormal(list(in_directions(ctx.trained, ctx.neuron).values()))
@@ -112,7 +116,7 @@ def test_the_continuation_at_p_equals_a_full_forward_for_stacked_draws(tiny_ctx)
         (SetUnit(0, 7, _dense(ctx, 5)),),  # starts at layer 0: no resume
         (SetUnit(1, 2, _dense(ctx, 6)), SetUnit(3, 1, _dense(ctx, 7))),  # two layers, one after L
     ]
-    readings = Engine(ctx, max_queries=512).run(draws, where="label")
+    readings = Engine(ctx, max_queries=512, along=along).run(draws, where="label")
     assert readings.final.shape == (ctx.eval.n, len(draws), ctx.trained.d_model)
     for d, draw in enumerate(draws):
         final, neuron = _full_forward(ctx, draw, "label")
@@ -125,11 +129,12 @@ def test_the_continuation_at_p_equals_a_full_forward_for_stacked_draws(tiny_ctx)
     _close(readings.neuron[:, 0], want)
     assert at_label(ctx, want).shape == (ctx.eval.n, ctx.eval.width)
     # splitting the stack into many small calls changes nothing
-    small = Engine(ctx, max_queries=2).run(draws, where="label")
+    small = Engine(ctx, max_queries=2, along=along).run(draws, where="label")
     _close(small.final, readings.final)
 
 
-def test_the_continuation_at_every_non_sink_position_equals_a_full_forward(tiny_ctx):
+@pytest.mark.parametrize("along", LAYOUTS)
+def test_the_continuation_at_every_non_sink_position_equals_a_full_forward(tiny_ctx, along):
     ctx = tiny_ctx
     layer, index = ctx.layer, ctx.neuron.index
     basis = orthonormal(list(in_directions(ctx.trained, ctx.neuron).values()))
@@ -139,7 +144,7 @@ def test_the_continuation_at_every_non_sink_position_equals_a_full_forward(tiny_
     ]
     # (`sink` with a mid-text label position: see test_a_sink_edit_in_a_text_without_sinks_…)
     for where in ("non_sink", "sink") if ctx.position == "last" else ("non_sink",):
-        readings = Engine(ctx, max_queries=512).run(draws, where=where)
+        readings = Engine(ctx, max_queries=512, along=along).run(draws, where=where)
         for d, draw in enumerate(draws):
             final, neuron = _full_forward(ctx, draw, where)
             _close(readings.final[:, d], final)
