@@ -1,7 +1,7 @@
 """Time the whole probe battery on a SmolLM2-135M checkpoint, as a multiple of one bare forward.
 
     python benchmarks/battery.py [--checkpoint DIR] [--layer 8 --index 1188] [--out DIR]
-                                 [--position last|max|mean] [--max-eval N]
+                                 [--position last|max|mean] [--max-eval N] [--cold]
 
 The whole rebuilt battery runs: every primary test with its `n_null` (100) matched draws, the
 all-position `remainder` with its secondary nulls, the control heads and the planted twins.
@@ -15,7 +15,9 @@ token, fitted on `--fit-texts` train texts of the default corpus; the evaluation
 corpus's test split (the battery keeps at most `max_eval` = 300 of them). The bare forward is a
 plain `transformers` forward pass with the LM head over the same batches, measured in the same
 process; the battery's time excludes that measurement, and the loading of the model's weights
-(which the bare forward does not pay either; printed beside it).
+(which the bare forward does not pay either; printed beside it). Before the battery, an untimed
+bare forward over the same batches warms the process up (a cold process's first full-vocabulary
+pass takes ~2.4x a later one, and the battery's clean pass would pay the same); `--cold` skips it.
 """
 
 from __future__ import annotations
@@ -91,6 +93,25 @@ def at_position(ck: Path, copy: Path, position: str) -> Path:
     return copy
 
 
+def warm_up(ck_path: Path, options: BatteryOptions) -> float:
+    """One untimed bare forward (with the LM head) over the battery's evaluation batches, so that
+    the battery is timed in a warm process, as the bare forward it is divided by is (the first
+    full-vocabulary pass of a process takes ~2.4x a later one). Returns its seconds (printed)."""
+    from mechcheck.battery.context import make_batches
+    from mechcheck.battery.evaluation import eval_texts
+    from mechcheck.checkpoint import read_checkpoint
+
+    ck = read_checkpoint(ck_path)
+    subject = ck.load_base()
+    texts, _, _ = eval_texts(ck, None, options)
+    _, _, batches = make_batches(subject, texts, ck.readout, options)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for batch in batches:
+            subject.model(**batch.enc)
+    return time.perf_counter() - start
+
+
 def trainer_checkpoint() -> Path | None:
     runs = sorted((ROOT / "runs" / "train-default").glob("**/frozen*/**/run.json"))
     return runs[0].parent if runs else None
@@ -107,6 +128,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--position", default="last", choices=["last", "max", "mean"])
     p.add_argument("--max-eval", type=int, default=300)
+    p.add_argument("--cold", action="store_true", help="no warm-up: time the battery in a cold process")
     args = p.parse_args()
     work = Path(args.work)
     ck = Path(args.checkpoint) if args.checkpoint else trainer_checkpoint()
@@ -120,6 +142,8 @@ def main() -> None:
         ck = at_position(ck, work / f"{ck.name}-{args.position}", args.position)
     print(f"checkpoint: {ck}; position {args.position}; torch threads: {torch.get_num_threads()}")
     options = BatteryOptions(seed=args.seed, max_eval=args.max_eval)
+    if not args.cold:
+        print(f"warm-up (a cold process's first bare forward, not timed): {warm_up(ck, options):.1f} s")
     results = run_battery([ck], options=options, out=args.out, overwrite=True)
     t = results["timing"]
     print(f"evaluation: {results['eval']['n_texts']} texts, neuron {results['neuron']}")
