@@ -129,6 +129,7 @@ def main() -> None:
     p.add_argument("--position", default="last", choices=["last", "max", "mean"])
     p.add_argument("--max-eval", type=int, default=300)
     p.add_argument("--cold", action="store_true", help="no warm-up: time the battery in a cold process")
+    p.add_argument("--n-null-secondary", type=int, default=BatteryOptions.n_null_secondary)
     args = p.parse_args()
     work = Path(args.work)
     ck = Path(args.checkpoint) if args.checkpoint else trainer_checkpoint()
@@ -141,7 +142,7 @@ def main() -> None:
     if args.position != "last":
         ck = at_position(ck, work / f"{ck.name}-{args.position}", args.position)
     print(f"checkpoint: {ck}; position {args.position}; torch threads: {torch.get_num_threads()}")
-    options = BatteryOptions(seed=args.seed, max_eval=args.max_eval)
+    options = BatteryOptions(seed=args.seed, max_eval=args.max_eval, n_null_secondary=args.n_null_secondary)
     if not args.cold:
         print(f"warm-up (a cold process's first bare forward, not timed): {warm_up(ck, options):.1f} s")
     results = run_battery([ck], options=options, out=args.out, overwrite=True)
@@ -157,7 +158,8 @@ def main() -> None:
     for name, v in results["verdicts"].items():
         print(f"{name}: {v['verdict']}")
     (work / "last_timing.json").parent.mkdir(parents=True, exist_ok=True)
-    record = {"checkpoint": str(ck), "position": args.position, "n_texts": results["eval"]["n_texts"], **t}
+    record = {"checkpoint": str(ck), "position": args.position, "n_texts": results["eval"]["n_texts"],
+              "options": options.as_dict(), **t}  # fmt: skip
     (work / f"timing-{args.position}.json").write_text(json.dumps(record, indent=2))
 
 

@@ -13,7 +13,9 @@ class BatteryOptions:
     """How much evidence to gather. Every null is measured on the same texts as its effect."""
 
     n_null: int = 100  # matched null draws per primary test
-    n_null_secondary: int = 4  # null draws of the all-position (secondary) edits (a pass from L each)
+    # null draws of the all-position (secondary) edits: a pass from L each (~0.55 bare forwards at L8 of
+    # 30), and description only: no verdict reads them (H1 compares the surviving share with a bar)
+    n_null_secondary: int = 2
     n_bootstrap: int = 1000
     ci: float = 0.95
     max_eval: int = 300  # evaluation texts (a seeded subsample of the test split)
