@@ -22,7 +22,7 @@ def select(args: argparse.Namespace) -> int:
 
 
 def train(args: argparse.Namespace) -> int:
-    from mechcheck.train.command import train_command
+    from mechcheck.train_command import train_command
 
     return train_command(args)
 

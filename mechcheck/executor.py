@@ -205,7 +205,7 @@ def make_executor(spec: str, cpus: float = 1.0, gpus: float = 0.0) -> CellExecut
 
 # --- the cells of a run ----------------------------------------------------------------------
 def train_cell(
-    experiment: Any, folder: Path, runs: frozenset, shared: Path, splits: Any = None, selection: Any = None
+    experiment: Any, folder: Path, runs: frozenset, shared: Path, splits: Any, selection: Any
 ) -> None:
     """Train `runs` ((condition, mode, seed) triples; none: prepare) of the experiment into `folder`,
     on the corpus stage's `splits` with the select stage's `selection` record."""

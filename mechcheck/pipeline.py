@@ -55,12 +55,23 @@ CHOSEN = Obj({"neurons": ListOf(NEURON, min_len=1)}, required=("neurons",))
 class Pipeline:
     """One run directory: builds each stage from the experiment and the stages before it."""
 
-    def __init__(self, experiment: Experiment, out: Path, progress: bool, shared: Path | None = None):
+    def __init__(
+        self, experiment: Experiment, out: Path, progress: bool, shared: Path | None = None,
+        homes: dict[str, Path] | None = None, trainer: dict[str, Any] | None = None,
+    ):  # fmt: skip
         self.experiment, self.out, self.progress = experiment, out, progress
         self.shared = shared  # variants: where corpus and select stages live, by input hash
+        self.homes = homes or {}  # a stage's folder other than out/<name> (`mechcheck train`: train → out)
+        # the trainer's resume policy: by default a run whose configuration changed is replaced; with
+        # `trainer` (`mechcheck train`'s {"resume", "overwrite"}) it is refused, never deleted
+        self.trainer = trainer
         self.records: dict[str, dict[str, Any]] = {}
         self.folders: dict[str, Path] = {}
         self._subject = None
+
+    def use_subject(self, subject) -> None:
+        """Use this already loaded subject of the experiment's model (None: load it when needed)."""
+        self._subject = subject
 
     def subject(self):
         if self._subject is None:
@@ -75,7 +86,7 @@ class Pipeline:
     ) -> Stage:  # fmt: skip
         """The stage, run by `step` unless it is done (`step=None`: only built, for an executor). A
         `shareable` stage of a variant lives in the shared folder, by the hash of its inputs."""
-        folder = self.out / name
+        folder = self.homes.get(name, self.out / name)
         if shareable and self.shared is not None:
             folder = self.shared / f"{name}-{digest(inputs)[:12]}"
             _link(self.out / name, folder)
@@ -216,13 +227,14 @@ class Pipeline:
     def _train(self, stage: Stage, previous: dict[str, Any]) -> None:
         from mechcheck.train.plan import train_experiment
 
-        self.invalidate_train(stage, previous)
+        if self.trainer is None:
+            self.invalidate_train(stage, previous)
         subject = self.subject() if self._subject is not None else None
         self._subject = None  # the trainer changes and restores the weights; never reuse it afterwards
         train_experiment(
-            self.train_experiment(), stage.folder, resume=True, progress=self.progress, subject=subject,
+            self.train_experiment(), stage.folder, progress=self.progress, subject=subject,
             splits=self.seed_splits(), selection=self.run_selection(), label_source=self.label_source(),
-            shared_cache=self.table_cache(),
+            shared_cache=self.table_cache(), **(self.trainer or {"resume": True}),
         )  # fmt: skip
 
     def table_cache(self) -> Path | None:

@@ -22,7 +22,7 @@ from mechcheck.subject import Site
 from mechcheck.targets import compute_labels
 from mechcheck.testing import random_texts, tiny_subject
 from mechcheck.train.loop import lr_factor
-from mechcheck.train.plan import train_experiment
+from mechcheck.train_command import train_chain
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -149,7 +149,7 @@ def test_study_settings_train_and_are_recorded(tmp_path, tiny_dir, monkeypatch) 
     monkeypatch.setenv("MECHCHECK_CACHE", str(tmp_path / "cache"))
     file = tmp_path / "study.toml"
     file.write_text(STUDY.format(model=tiny_dir))
-    runs = {r.condition: r.to_json() for r in train_experiment(load_experiment(file), tmp_path / "out")}
+    runs = {r.condition: r.to_json() for r in train_chain(load_experiment(file), tmp_path / "out")}
     unfrozen = runs["unfrozen"]
     assert unfrozen["neuron"]["kind"] == MLP_OUT_COORDINATE and unfrozen["neuron"]["layer"] in (0, 1, 2)
     assert unfrozen["neuron_selection"]["chosen"]["kind"] == MLP_OUT_COORDINATE

@@ -1,9 +1,11 @@
 """The plan of an experiment's training: every condition × applicable target mode × seed (its cells),
 with what they share — the table of labels, features and residuals, and one bench per seed — made
-once. `mechcheck train` (`mechcheck.train.command`) and the pipeline's train stage call it.
+once. It is the pipeline's train stage (`mechcheck.pipeline`; `mechcheck run` and `mechcheck train`
+both run it after the corpus and select stages, which own the split and the neuron).
 
 Checkpoints go to `OUT/<condition>-<target_mode>/seed-<k>/`; `OUT/target.json` records the
-neuron (and how it was chosen) and, per seed, the target card and the corpus card with its split.
+neuron (and how the select stage chose it) and, per seed, the target card and the corpus card with
+its split.
 A finished checkpoint is skipped on `--resume` (after checking its configuration hash); an
 interrupted run continues from its saved state (`seed-<k>.state/`).
 
@@ -37,7 +39,7 @@ from mechcheck.train.bench import Bench
 from mechcheck.train.cell import train_run
 from mechcheck.train.conditions import CONDITIONS, plan
 from mechcheck.train.frozen_fit import default_cache_dir
-from mechcheck.train.labels import LabelSource, check_labels, make_labels
+from mechcheck.train.labels import LabelSource, check_labels
 from mechcheck.train.loop import LR_SCHEDULES
 from mechcheck.train.readouts import (
     READOUT_SITES,
@@ -103,24 +105,20 @@ def check_study_options(experiment: Experiment) -> None:
         raise UserError(f"train.lr_grid must list distinct positive learning rates, got {list(cfg.lr_grid)}")
 
 
-def choose_neuron(
-    experiment: Experiment, subject: Subject, train_texts: Sequence[str], progress: bool
-) -> tuple[Neuron | tuple[Neuron, ...], dict[str, Any]]:
-    """The experiment's neuron(s), checked against the subject, and how they were chosen: fixed by
-    the experiment, or selected on train-split texts by the same rule and function as the pipeline's
-    select stage (`mechcheck.selection`), for a `mechcheck train` run on its own."""
-    from mechcheck.selection import as_run_record, fixed_record, select, with_chosen
-
+def trained_neurons(experiment: Experiment, subject: Subject) -> tuple[Neuron, ...]:
+    """The experiment's fixed neuron(s), checked against the subject. The trainer never chooses one:
+    the pipeline's select stage does (`mechcheck.pipeline.Pipeline.select`), and passes the experiment
+    on with its choice fixed (`mechcheck.selection.with_chosen`)."""
     n = experiment.neuron
-    record = fixed_record(n)
-    if record is None:
-        record, _ = select(subject, train_texts, n, experiment.corpus.max_tokens, experiment.seed, progress)
-        n = with_chosen(experiment, record).neuron
-    refs = n.neurons or [n]
-    neurons = tuple(Neuron(ref.layer, ref.index, n.target) for ref in refs)
+    if not n.neurons and (n.layer is None or n.index is None):
+        raise ValueError(
+            "the trainer trains a fixed neuron: run the pipeline's select stage first "
+            "(mechcheck.train_command.train_chain, or mechcheck train)"
+        )
+    neurons = tuple(Neuron(ref.layer, ref.index, n.target) for ref in (n.neurons or [n]))
     for neuron in neurons:
         neuron.check(subject)
-    return (neurons[0] if len(neurons) == 1 else neurons), as_run_record(record, n.band)
+    return neurons
 
 
 def build_tables(
@@ -154,12 +152,18 @@ def build_tables(
     return labels, model
 
 
-def label_run(source: LabelSource, neurons: tuple[Neuron, ...]) -> dict[str, Any]:
-    """What a checkpoint trained on another model's neuron says besides the training: that neuron,
-    whose it is (and its weights' hashes there), and where the trained model's frozen prefix ends."""
+def label_run(source: LabelSource, neurons: tuple[Neuron, ...], selection: dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint trained on another model's neuron says besides the training: that neuron
+    (`neuron`; `neuron_selection`: fixed by the experiment's `[labels]`, never selected), whose it is
+    (and its weights' hashes there), and the trained model's own neuron, whose layer is where its
+    frozen prefix ends (`reporter_layer`), with `selection`: how the select stage fixed that one."""
+    fixed = {"selected": False, "fixed_by": "labels", "model": source.model}
+    fixed["neuron"] = source.neuron.as_dict()
+    reporter = {"neuron": neurons[0].as_dict(), "selection": selection}  # check_labels: one neuron
     return {
         "neuron": source.neuron.as_dict(), "label_model": source.model,
         "label_weights_sha256": source.weights_sha256, "reporter_layer": max(n.layer for n in neurons),
+        "neuron_selection": fixed | {"reporter": reporter},
     }  # fmt: skip
 
 
@@ -246,6 +250,9 @@ def _claim_run(folder: Path, digest: str, resume: bool, overwrite: bool) -> bool
 def train_experiment(
     experiment: Experiment,
     out: str | Path,
+    *,
+    splits: tuple[Splits, dict[int, Splits]],
+    selection: dict[str, Any],
     seeds: Sequence[int] | None = None,
     resume: bool = False,
     overwrite: bool = False,
@@ -253,37 +260,35 @@ def train_experiment(
     subject: Subject | None = None,
     cache_dir: Path | None = None,
     on_step: Callable[[int], None] | None = None,
-    splits: tuple[Splits, dict[int, Splits]] | None = None,
-    selection: dict[str, Any] | None = None,
     cells: Collection[tuple[str, str, int]] | None = None,
     shared_cache: Path | None = None,
     label_source: LabelSource | None = None,
 ) -> list[RunRecord]:
     """Train every planned run; returns their run.json records (finished ones read back on --resume).
 
-    `splits`: (the selection split, each seed's split) as the corpus stage made them (else made here
-    from the experiment, `mechcheck.corpus.experiment_splits`); `selection`: how the select stage
-    chose the experiment's fixed neuron (recorded as is). `cells` narrows the runs to these
-    (condition, target mode, seed) triples, for an executor that runs each in its own process
-    (`mechcheck.executor`): an empty set trains nothing and only prepares — it writes target.json and
-    fills the caches the planned runs read — and a non-empty one leaves target.json as the prepare
-    cell wrote it. `shared_cache` is a folder for those caches (the original model's table of
-    labels, features and residuals) that every such process reads. `label_source`: the labels of the
-    experiment's `[labels]` neuron (the pipeline's labels stage; made here when not given): the trained
-    model's own neuron's labels computed beforehand, or another model's (`label_run`)."""
+    The trainer is the pipeline's train stage (`mechcheck.pipeline.Pipeline.train`, which `mechcheck
+    run` and `mechcheck train` both run, `mechcheck.train_command.train_chain` from a library): it owns
+    no fact of the chain before it. `splits`: (the selection split, each training seed's split) as the
+    corpus stage made them; `selection`: how the select stage fixed the experiment's neuron (run.json's
+    `neuron_selection`, recorded as is); the experiment's neuron is fixed (`trained_neurons`);
+    `label_source`: the labels stage's labels of the experiment's `[labels]` neuron (required then):
+    the trained model's own neuron's labels computed beforehand, or another model's (`label_run`).
+    `cells` narrows the runs to these (condition, target mode, seed) triples, for an executor that
+    runs each in its own process (`mechcheck.executor`): an empty set trains nothing and only
+    prepares — it writes target.json and fills the caches the planned runs read — and a non-empty one
+    leaves target.json as the prepare cell wrote it. `shared_cache` is a folder for those caches (the
+    original model's table of labels, features and residuals) that every such process reads."""
     seeds = tuple(experiment.train.seeds if seeds is None else seeds)
     pairs = check_experiment(experiment, seeds)
+    if experiment.labels is not None and label_source is None:
+        raise ValueError("[labels]: the pipeline's labels stage makes the labels; pass them as label_source")
     out = claim_dir(out, overwrite, resume)
     start = time.perf_counter()
     if subject is None:
         from mechcheck.subject import load_subject
 
         subject = load_subject(experiment.subject.model)
-    if splits is None:
-        from mechcheck.corpus import experiment_splits
-
-        splits = experiment_splits(experiment, seeds)
-    select_split, per_seed = splits
+    _, per_seed = splits  # the selection split served the select stage; each seed trains on its own
     plan_runs = {
         (seed, c.name, mode): config_hash(experiment, c.name, mode, seed)
         for seed in seeds
@@ -301,17 +306,13 @@ def train_experiment(
     todo = [seed for seed in seeds if prepare_only or seed in lost or any(key[0] == seed for key in pending)]
     shared = None if shared_cache is None else Path(shared_cache)
     if todo:
-        neuron, chosen = choose_neuron(experiment, subject, select_split.train, progress)
-        neurons = (neuron,) if isinstance(neuron, Neuron) else neuron
+        neurons = trained_neurons(experiment, subject)
         table_seeds = todo if shared is None else seeds  # the cells of a run all read one table
         texts = [t for seed in table_seeds for name in SPLITS for t in getattr(per_seed[seed], name)]
         cache = shared and shared / "tables"
         labels, model_table = build_tables(
             experiment, subject, neurons, texts, pairs, len(table_seeds), progress, cache
         )  # fmt: skip
-        if experiment.labels is not None and label_source is None:
-            every = [t for seed in seeds for name in SPLITS for t in getattr(per_seed[seed], name)]
-            label_source = make_labels(experiment, every, progress)
         own = label_source is None or label_source.is_own(experiment.subject.model, neurons)
         if label_source is not None and own:
             labels = label_source.table  # the same neuron's labels, as the labels stage made them
@@ -319,10 +320,10 @@ def train_experiment(
         base = {
             "base_model": experiment.subject.model, **neuron_record(neurons),
             "position": experiment.neuron.position, "experiment": to_dict(experiment),
-            "neuron_selection": selection or chosen, "versions": versions(),
+            "neuron_selection": selection, "versions": versions(),
         }  # fmt: skip
         if not own:
-            base |= label_run(label_source, neurons)
+            base |= label_run(label_source, neurons, selection)
     cfg, c = experiment.train, experiment.corpus
     cache_dir = cache_dir or (shared / "features" if shared else default_cache_dir())
     prepared = time.perf_counter() - start

@@ -16,7 +16,8 @@ from mechcheck.errors import UserError
 from mechcheck.experiment import CorpusConfig, Experiment, NeuronConfig, TrainConfig
 from mechcheck.testing import tiny_subject
 from mechcheck.train.loop import batch_order, lr_factor, total_steps
-from mechcheck.train.plan import run_dir, train_experiment
+from mechcheck.train.plan import run_dir
+from mechcheck.train_command import train_chain
 
 # wall-clock seconds, where a run was resumed, and whether the feature cache was already filled
 VOLATILE = ("timing", "seconds", "eval_seconds", "resumed_from_step", "cached")
@@ -39,9 +40,7 @@ def experiment(corpus_file: Path, conditions=("unfrozen",), **train) -> Experime
 
 def train(exp: Experiment, out: Path, **kw) -> list[dict]:
     """The run.json of every trained run (what each RunRecord writes)."""
-    runs = train_experiment(
-        exp, out, subject=tiny_subject("llama", seed=2), cache_dir=out.parent / "cache", **kw
-    )
+    runs = train_chain(exp, out, subject=tiny_subject("llama", seed=2), cache_dir=out.parent / "cache", **kw)
     return [run.to_json() for run in runs]
 
 

@@ -11,7 +11,7 @@ from test_seeds import tiny_run
 from mechcheck.experiment import TrainConfig, load_experiment
 from mechcheck.testing import random_texts, save_tiny
 from mechcheck.train.loop import Task, train_loop
-from mechcheck.train.plan import train_experiment
+from mechcheck.train_command import train_chain
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -36,7 +36,7 @@ def _train(tmp_path: Path, files, cap: float, grid: str = "[1e-5, 3e-3]") -> dic
     model, corpus = files
     file = tmp_path / f"cap{cap}.toml"
     file.write_text(lr_run(model, corpus, cap, grid))
-    runs = train_experiment(load_experiment(file), tmp_path / f"out{cap}", cache_dir=tmp_path / "cache")
+    runs = train_chain(load_experiment(file), tmp_path / f"out{cap}", cache_dir=tmp_path / "cache")
     return {r.condition: r.to_json() for r in runs}  # as written
 
 

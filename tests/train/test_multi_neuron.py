@@ -14,8 +14,8 @@ from mechcheck.experiment import Experiment, NeuronConfig, NeuronRef, load_exper
 from mechcheck.readout import Neuron, readout_values
 from mechcheck.targets import build_targets, compute_labels
 from mechcheck.testing import random_texts, tiny_subject
-from mechcheck.train.plan import train_experiment
 from mechcheck.train.record import metrics_from_predictions, training_config
+from mechcheck.train_command import train_chain
 
 from .test_runner import _planted_linear_neuron, corpus_file, reload_and_report, write_toml  # noqa: F401
 
@@ -67,7 +67,7 @@ def test_frozen_vector_readout_reads_two_planted_neurons(tmp_path, corpus_file):
         model.save_pretrained(model_dir)
     neurons = "neurons = [{layer = 3, index = 6}, {layer = 3, index = 9}]"
     toml = write_toml(tmp_path, model_dir, corpus_file, neurons, 'conditions = ["frozen"]')
-    run = train_experiment(load_experiment(toml), tmp_path / "out")[0]
+    run = train_chain(load_experiment(toml), tmp_path / "out")[0]
     per = run.metrics["per_neuron"]
     assert [m["neuron"] for m in per] == [{"layer": 3, "index": 6}, {"layer": 3, "index": 9}]
     for m in per:

@@ -16,8 +16,8 @@ from mechcheck.experiment import load_experiment
 from mechcheck.readout import readout_values
 from mechcheck.stats import regression_metrics
 from mechcheck.testing import tiny_model
-from mechcheck.train.plan import train_experiment
 from mechcheck.train.record import metrics_from_predictions
+from mechcheck.train_command import train_chain
 
 TRAIN = """
 epochs = 2
@@ -151,7 +151,7 @@ def _planted_linear_neuron(folder: Path, index: int = 6) -> Path:
 def test_frozen_readout_finds_a_planted_linear_neuron(tmp_path, corpus_file):
     model_dir = _planted_linear_neuron(tmp_path / "planted")
     toml = write_toml(tmp_path, model_dir, corpus_file, "layer = 3\nindex = 6", 'conditions = ["frozen"]')
-    run = train_experiment(load_experiment(toml), tmp_path / "out")[0]
+    run = train_chain(load_experiment(toml), tmp_path / "out")[0]
     assert run.target["std"] > 0.5  # a neuron with real spread
     assert run.metrics["test"]["skill"] > 0.99
     assert run.extra["frozen_fit"]["ridge"]["test"]["skill"] > 0.99
@@ -163,7 +163,7 @@ def test_fixed_labels_go_stale_when_unfrozen_moves_the_neuron(tmp_path, tiny_dir
     toml = write_toml(
         tmp_path, tiny_dir, corpus_file, neuron, 'conditions = ["unfrozen"]\nlr = 3e-3\npatience = 9'
     )
-    run = train_experiment(load_experiment(toml), tmp_path / "out")[0]
+    run = train_chain(load_experiment(toml), tmp_path / "out")[0]
     m = run.metrics
     assert m["best_step"] > 0  # the checkpoint is a trained model
     variance = m["neuron_before"]["std"] ** 2
@@ -177,7 +177,7 @@ def test_position_all_keeps_a_text_index_per_label(tmp_path, tiny_dir, corpus_fi
         tmp_path, tiny_dir, corpus_file, 'layer = 2\nindex = 9\nposition = "all"',
         'conditions = ["frozen", "after_target"]\nmax_steps = 6',
     )  # fmt: skip
-    runs = train_experiment(load_experiment(toml), tmp_path / "out")
+    runs = train_chain(load_experiment(toml), tmp_path / "out")
     predictions = json.loads((tmp_path / "out/after_target-fixed/seed-0/predictions.json").read_text())
     index = predictions["text_index"]
     assert len(index) == len(predictions["labels"]) > len(predictions["texts"])
@@ -190,7 +190,7 @@ def test_unset_neuron_is_selected_on_train_texts_and_recorded(tmp_path, tiny_dir
         tmp_path, tiny_dir, corpus_file, 'layers = [1, 2]\ncriterion = "std"\nscan_texts = 40',
         'conditions = ["frozen"]\nmax_steps = 3',
     )  # fmt: skip
-    run = train_experiment(load_experiment(toml), tmp_path / "out")[0]
+    run = train_chain(load_experiment(toml), tmp_path / "out")[0]
     selection = json.loads((tmp_path / "out/target.json").read_text())["selection"]
     assert selection["selected"] and selection["layers"] == [1, 2] and selection["scan_texts"] == 40
     chosen = selection["chosen"]
@@ -232,7 +232,7 @@ def test_existing_output_is_never_overwritten_silently(tmp_path, tiny_dir, corpu
     assert (out / "frozen-fixed/seed-1/run.json").is_file()
     with pytest.raises(UserError, match="set both layer and index"):
         toml = write_toml(tmp_path, tiny_dir, corpus_file, "layer = 1", "")
-        train_experiment(load_experiment(toml), tmp_path / "other")
+        train_chain(load_experiment(toml), tmp_path / "other")
 
 
 @pytest.mark.slow
@@ -247,7 +247,7 @@ def test_smollm2_after_target_checkpoint_round_trip(tmp_path, smollm2):
         tmp_path, Path("smollm2-135m"), corpus, "layer = 26\nindex = 799",
         'conditions = ["frozen", "after_target"]\nmax_steps = 4\neval_every = 2\nlr = 1e-4',
     )  # fmt: skip
-    runs = train_experiment(load_experiment(toml), tmp_path / "out", subject=smollm2)
+    runs = train_chain(load_experiment(toml), tmp_path / "out", subject=smollm2)
     assert all(r.metrics["neuron_unchanged_maxdiff"] <= 1e-4 for r in runs)
     ckpt = read_checkpoint(tmp_path / "out/after_target-fixed/seed-0")
     verify_base(ckpt, smollm2)

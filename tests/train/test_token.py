@@ -22,13 +22,12 @@ from mechcheck.testing import random_texts, tiny_model, tiny_subject
 from mechcheck.token_readout import DigitReadout
 from mechcheck.train.bench import Bench
 from mechcheck.train.cell import build_task
-from mechcheck.train.command import summary_line
 from mechcheck.train.conditions import CONDITIONS
 from mechcheck.train.loop import Loop
-from mechcheck.train.plan import train_experiment
 from mechcheck.train.readouts import digit_metrics, fit_token_readout
 from mechcheck.train.record import metrics_from_predictions
 from mechcheck.train.sources import FINAL_NORM, LOGITS, head_logits
+from mechcheck.train_command import summary_line, train_chain
 
 LAYER, INDEX = 1, 5
 LM_HEAD_SCALE = 25.0
@@ -133,7 +132,7 @@ def test_run_writes_comparable_metrics_and_round_trips(tmp_path, corpus_file, ti
     exp = replace(exp, subject=replace(exp.subject, model=str(tiny_dir)))
     subject = load_subject(str(tiny_dir))
     out = tmp_path / "out"
-    [record] = train_experiment(exp, out, subject=subject, cache_dir=tmp_path / "cache")
+    [record] = train_chain(exp, out, subject=subject, cache_dir=tmp_path / "cache")
     run = record.to_json()  # as written
     folder = out / "after_target-fixed" / "seed-0"
     ck = read_checkpoint(folder)
@@ -188,16 +187,16 @@ def test_token_readouts_refuse_what_they_cannot_train(tmp_path, corpus_file, cha
     exp = experiment(corpus_file)
     exp = replace(exp, train=replace(exp.train, **change))
     with pytest.raises(UserError, match=message):
-        train_experiment(exp, tmp_path / "out", subject=tiny_subject("llama"), cache_dir=tmp_path)
+        train_chain(exp, tmp_path / "out", subject=tiny_subject("llama"), cache_dir=tmp_path)
 
 
 def test_position_all_and_long_texts_are_refused(tmp_path, corpus_file):
     exp = experiment(corpus_file)
     with pytest.raises(UserError, match="answers once per text"):
-        train_experiment(replace(exp, neuron=replace(exp.neuron, position="all")), tmp_path / "a")
+        train_chain(replace(exp, neuron=replace(exp.neuron, position="all")), tmp_path / "a")
     short = replace(exp, corpus=replace(exp.corpus, max_tokens=8))
     with pytest.raises(UserError, match="would cut its question off"):
-        train_experiment(short, tmp_path / "b", subject=tiny_subject("llama"), cache_dir=tmp_path)
+        train_chain(short, tmp_path / "b", subject=tiny_subject("llama"), cache_dir=tmp_path)
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox"])
