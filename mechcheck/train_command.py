@@ -30,14 +30,16 @@ from pathlib import Path
 from typing import Any
 
 from mechcheck.experiment import Experiment, load_experiment, with_command_options
-from mechcheck.outputs import BOOKKEEPING
+from mechcheck.outputs import BOOKKEEPING, write_json
 from mechcheck.ownership import hold
 from mechcheck.pipeline import Pipeline
+from mechcheck.records import DICT, read_record
 from mechcheck.run_record import RunRecord
 from mechcheck.stages import STAGE_FILE
 from mechcheck.subject import Subject
 from mechcheck.train.conditions import TARGET_MODES
 from mechcheck.train.plan import check_experiment, run_dir
+from mechcheck.train.record import config_hash
 
 TARGET_FILE = "target.json"
 
@@ -94,6 +96,24 @@ def _digit_summary(metrics: dict[str, Any]) -> str:
     )
 
 
+def adopt_self_chosen(out: Path, experiment: Experiment, trained: Experiment, pairs: list) -> None:
+    """Checkpoints of an earlier `mechcheck train` that chose its neuron itself: it hashed the experiment
+    before the choice, the train stage hashes `trained` (the neuron the select stage fixed). A finished
+    checkpoint of that neuron takes the new hash (the old one kept under `adopted_from`), so --resume
+    keeps it; an interrupted one is refused by its saved state's own hash check (one line)."""
+    if trained == experiment:  # the experiment fixes its neuron: the hashes agree
+        return
+    neuron = {"layer": trained.neuron.layer, "index": trained.neuron.index}
+    for seed in trained.train.seeds:
+        for c, m in pairs:
+            file = run_dir(out, c.name, m, seed) / "run.json"
+            old = config_hash(experiment, c.name, m, seed)
+            run = read_record(file, DICT) if file.is_file() else {}
+            if run.get("config_hash") == old and run.get("neuron") == neuron:
+                run["adopted_from"] = {"config_hash": old, "by": "mechcheck train choosing its own neuron"}
+                write_json(file, run | {"config_hash": config_hash(trained, c.name, m, seed)})
+
+
 def train_chain(
     experiment: Experiment,
     out: str | Path,
@@ -125,7 +145,9 @@ def train_chain(
         p = Pipeline(experiment, output.out, progress, homes={"train": output.out}, trainer=trainer)
         p.use_subject(subject)
         corpus = p.corpus()
-        p.train(corpus, p.select(corpus), p.labels(corpus))
+        select = p.select(corpus)
+        adopt_self_chosen(output.out, experiment, p.train_experiment(), pairs)
+        p.train(corpus, select, p.labels(corpus))
         return [
             RunRecord.read(run_dir(output.out, c.name, m, seed) / "run.json")
             for seed in experiment.train.seeds

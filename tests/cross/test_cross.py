@@ -451,7 +451,8 @@ def test_a_first_layout_report_renders_as_before(tmp_path):
 
 def test_train_alone_on_another_models_labels(cross_run, tmp_path, monkeypatch):
     """`mechcheck train` on an experiment with [labels]: the same cell as the [cross] run's, its labels
-    made by the trainer itself (the same function as the labels stage)."""
+    made by the pipeline's own labels stage (in DIR/labels/), and its neuron recorded truthfully: the
+    label model's, fixed by [labels], beside the reporter's own neuron and how that one was fixed."""
     folder, run = cross_run
     monkeypatch.setenv("MECHCHECK_CACHE", str(folder / "cache"))
     text = TOML.format(
@@ -469,3 +470,11 @@ def test_train_alone_on_another_models_labels(cross_run, tmp_path, monkeypatch):
     assert np.allclose(got["predictions"], want["predictions"], rtol=0, atol=1e-5)
     record = json.loads((tmp_path / "t" / "frozen-fixed" / "seed-0" / "run.json").read_text())
     assert record["label_model"] == str(folder / "A") and "label_weights_sha256" in record
+    label_neuron = {"layer": 0, "index": 5}
+    assert record["neuron"] == label_neuron and record["neuron_selection"] == {
+        "selected": False, "fixed_by": "labels", "model": str(folder / "A"), "neuron": label_neuron,
+        "reporter": {"neuron": {"layer": 0, "index": 5}, "selection": {"selected": False}},
+    }  # fmt: skip
+    target = json.loads((tmp_path / "t" / "target.json").read_text())
+    assert target["neuron"] == label_neuron and target["selection"] == record["neuron_selection"]
+    assert (tmp_path / "t" / "labels" / "labels.json").is_file()
