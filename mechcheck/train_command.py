@@ -115,17 +115,10 @@ def adopt_self_chosen(out: Path, experiment: Experiment, trained: Experiment, pa
 
 
 def train_chain(
-    experiment: Experiment,
-    out: str | Path,
-    *,
-    seeds: Sequence[int] | None = None,
-    resume: bool = False,
-    overwrite: bool = False,
-    progress: bool = False,
-    subject: Subject | None = None,
-    cache_dir: Path | None = None,
-    on_step: Callable[[int], None] | None = None,
-) -> list[RunRecord]:
+    experiment: Experiment, out: str | Path, *, seeds: Sequence[int] | None = None, resume: bool = False,
+    overwrite: bool = False, progress: bool = False, subject: Subject | None = None,
+    cache_dir: Path | None = None, on_step: Callable[[int], None] | None = None,
+) -> list[RunRecord]:  # fmt: skip
     """The corpus → select (→ labels) → train stages into `out` (held and claimed as `mechcheck train`
     output: a non-empty one is refused unless `resume` or `overwrite`); returns every planned run's
     record, seed by seed. `seeds` replaces the experiment's training seeds; `subject`: the experiment's

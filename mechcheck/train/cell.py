@@ -11,8 +11,9 @@ cross-entropy on the label's class token through the LM head for token readouts
 A run trains on the bench's own target set, or on `targets` of another model's neuron over the
 bench's texts (an experiment's `[labels]`, `mechcheck.train.labels`, made by the pipeline's labels
 stage; `[cross]` crosses two models into such runs and `mechcheck.cross` renders their matrix): the
-same loop, loss, frozen-weights check, drift record and checkpoint. The other model is never trained, so its live labels are its fixed ones, and
-only conditions that keep the bench's prefix (up to `bench.layer`) frozen apply.
+same loop, loss, frozen-weights check, drift record and checkpoint. The other model is never
+trained, so its live labels are its fixed ones, and only conditions that keep the bench's prefix (up
+to `bench.layer`) frozen apply.
 """
 
 from __future__ import annotations
