@@ -151,7 +151,7 @@ class TrainConfig:
 class BatteryConfig:
     probes: tuple[str, ...] = ()  # empty: every registered probe
     n_null: Count = 100  # matched null draws per primary test (the verdicts need >= 100)
-    n_null_secondary: Count = 2  # null draws of the all-position edits (each a pass from layer L; description)
+    n_null_secondary: Count = 2  # null draws of the all-position edits (a pass from L each; description)
     n_bootstrap: Count = 1000
     max_eval: Count = 300  # test-split texts used by the battery
     ci: Probability = 0.95
