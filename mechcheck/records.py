@@ -16,6 +16,7 @@ listed fields have these shapes; other fields pass), `ListOf`, `MapOf` (a dict o
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,13 +75,14 @@ def read_record(path: str | Path, shape: Shape) -> Any:
 
 
 # --- shapes -------------------------------------------------------------------------------
-class Shape:
+class Shape(ABC):
     """Something a JSON value can be checked against; `name` says what it expects."""
 
     name: str
 
-    def problem(self, value: Any, where: str) -> str | None:  # pragma: no cover - overridden
-        raise NotImplementedError
+    @abstractmethod
+    def problem(self, value: Any, where: str) -> str | None:
+        """Why `value` (at `where`) does not fit, or None when it does."""
 
 
 @dataclass(frozen=True)
