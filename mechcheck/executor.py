@@ -262,12 +262,12 @@ def run_cells(
     def step(stage: Stage, previous: dict[str, Any]) -> None:
         pipeline.invalidate_train(stage, previous)
         outcomes.update(executor.run([*training_cells(pipeline, stage), *test_cells], pipeline.progress))
-        _check(out, outcomes)
+        _check(out, outcomes, pipeline.on_work)
 
     if train.is_done():
         outcomes.update(executor.run(test_cells, pipeline.progress))
         pipeline.records[train.name] = train.previous()
-        _check(out, outcomes)
+        _check(out, outcomes, pipeline.on_work)
     else:
         pipeline.execute(train, step)
     for t in tests:
@@ -281,11 +281,14 @@ def _trained_by(train: Stage, test: Stage) -> tuple[str, ...]:
     return tuple(f"train/{run}" for run in train.extra["runs"] if run.split("/")[0] == key)
 
 
-def _check(out: Path, outcomes: dict[str, Outcome]) -> None:
-    """Record every cell's outcome in DIR/cells.json; one line naming the failures, if any."""
+def _check(out: Path, outcomes: dict[str, Outcome], on_work: Callable[[], None]) -> None:
+    """Record every cell's outcome in DIR/cells.json; one line naming the failures, if any (the
+    finished cells kept: `on_work`)."""
     write_json(out / CELLS_FILE, {"cells": [asdict(o) for o in outcomes.values()]})
     bad = [o for o in outcomes.values() if o.status != "done"]
     if bad:
+        if len(bad) < len(outcomes):
+            on_work()
         said = "; ".join(f"{o.name}: {o.error or 'not run, ' + (o.detail or '')}" for o in bad)
         raise UserError(
             f"{len(bad)} of {len(outcomes)} cells did not finish (the others did; a rerun retries only "

@@ -87,7 +87,7 @@ def incontext_command(args: argparse.Namespace) -> int:
     with hold(args.out) as output:
         claim_run_dir(output, name, config, args.overwrite, ENTRIES)
         write_run_record(output.out, name, args.experiment, config, output.marker["run_id"])
-        p = Pipeline(experiment, output.out, progress=not args.quiet)
+        p = Pipeline(experiment, output.out, progress=not args.quiet, on_work=output.keep)
         corpus = p.corpus()
         incontext_stage(p, corpus, p.select(corpus), tuple(args.ks), args.n_train, args.n_test)
         path = render_incontext(output.out)

@@ -17,9 +17,10 @@ A command that fills a directory (`mechcheck run|train|test --out DIR`) holds it
    caller's `legacy` rule and adopted, if every name in it is one mechcheck writes.)
 3. With --overwrite exactly the marker's entries are removed — a link is unlinked, never followed;
    an entry's temporary file (`.NAME.*.tmp`, `NAME.tmp`) goes with it — and every other file stays.
-4. A command refused with one line (`UserError`) leaves the directory as it found it: what it
-   created is removed, and a directory it created goes entirely. An interrupted or crashed command
-   keeps everything it wrote, so that the next run resumes.
+4. A command refused with one line (`UserError`) before it did any costly work leaves the directory
+   as it found it: what it created is removed, and a directory it created goes entirely. Once work
+   worth resuming is done (`Output.keep`: e.g. `mechcheck run` after its first scan), a refusal
+   keeps it, as an interrupted or crashed command keeps everything it wrote, so the next run resumes.
 """
 
 from __future__ import annotations
@@ -172,6 +173,13 @@ class Output:
         """Count what the directory holds now as there before this command: a layout migration done
         under the lock, which a later refusal must not undo."""
         self.before = frozenset(self.results())
+
+    def keep(self) -> None:
+        """Count everything the directory holds now as results to keep: finished, resumable work (a
+        scan, a trained cell), which a later refusal must not undo. The marker stays with it."""
+        self.settle()
+        self.created_dir, self.marker_existed = False, (self.out / MARKER_NAME).exists()
+        self._saved.clear()
 
     def undo(self) -> None:
         """Remove what this command created (the whole directory, when it created that) and put back

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +59,12 @@ class Pipeline:
     def __init__(
         self, experiment: Experiment, out: Path, progress: bool, shared: Path | None = None,
         homes: dict[str, Path] | None = None, trainer: dict[str, Any] | None = None,
+        on_work: Callable[[], None] | None = None,
     ):  # fmt: skip
         self.experiment, self.out, self.progress = experiment, out, progress
+        # called once the directory holds work worth resuming (a scan, a trained run, a battery):
+        # `ownership.Output.keep`, so that a later refusal does not undo it
+        self.on_work = on_work or (lambda: None)
         self.shared = shared  # variants: where corpus and select stages live, by input hash
         self.homes = homes or {}  # a stage's folder other than out/<name> (`mechcheck train`: train → out)
         # the trainer's resume policy: by default a run whose configuration changed is replaced; with
@@ -96,11 +101,29 @@ class Pipeline:
 
     def execute(self, stage: Stage, step) -> Stage:
         with tqdm(total=1, desc=stage.name, disable=not self.progress, leave=True) as bar:
-            ran, record = run_stage(stage, step)
+            try:
+                ran, record = run_stage(stage, step)
+            except UserError:
+                if self.worked(stage):  # e.g. a train stage refused after some of its runs finished
+                    self.on_work()
+                raise
             bar.set_postfix_str("ran" if ran else "up to date")
             bar.update(1)
+        if ran and self.worked(stage):
+            self.on_work()
         self.records[stage.name] = record
         return stage
+
+    def worked(self, stage: Stage) -> bool:
+        """Whether `stage` left costly work behind: a scan (not a fixed neuron), labels, a trained run
+        or a battery. The corpus stage and a fixed neuron's record are cheap to redo."""
+        if stage.name == "corpus":
+            return False
+        if stage.name == "select":
+            from mechcheck.selection import fixed_record
+
+            return fixed_record(self.experiment.neuron) is None and (stage.folder / "neurons.json").is_file()
+        return stage.name != "train" or any(stage.folder.rglob("run.json"))
 
     # corpus ------------------------------------------------------------------------------
     def corpus(self) -> Stage:
@@ -361,13 +384,26 @@ def check_test_split(p: Pipeline) -> None:
     check_eval_size(n, MIN_EVAL_TEXTS, f"the test split of corpus {p.experiment.corpus.source!r}")
 
 
+def check_split_first(experiment: Experiment, out: str | Path, shared: Path | None = None) -> None:
+    """Build the corpus stage only and refuse a too small test split: for every variant of a run
+    before any of them trains, so that no refusal comes after hours of work."""
+    p = Pipeline(experiment, Path(out), False, shared)
+    p.corpus()
+    check_test_split(p)
+
+
 def run_pipeline(
-    experiment: Experiment, out: str | Path, progress: bool = False, executor=None, shared: Path | None = None
+    experiment: Experiment,
+    out: str | Path,
+    progress: bool = False,
+    executor=None,
+    shared: Path | None = None,
+    on_work: Callable[[], None] | None = None,
 ) -> Path:
     """Every stage in order (skipping those already done); returns the report's path. With a cell
     executor (`mechcheck.executor`) the train and test stages run as its cells instead. `shared`: the
-    folder of stages shared between variants (corpus, select)."""
-    p = Pipeline(experiment, Path(out), progress, shared)
+    folder of stages shared between variants (corpus, select). `on_work`: see `Pipeline`."""
+    p = Pipeline(experiment, Path(out), progress, shared, on_work=on_work)
     corpus = p.corpus()
     check_test_split(p)
     select = p.select(corpus)

@@ -11,7 +11,7 @@ from mechcheck.config import to_dict
 from mechcheck.errors import UserError
 from mechcheck.experiment import Experiment, load_experiment, variants, with_command_options
 from mechcheck.ownership import hold
-from mechcheck.pipeline import run_pipeline
+from mechcheck.pipeline import check_split_first, run_pipeline
 from mechcheck.rundir import RUN_ENTRIES, claim_run_dir, identity, write_run_record
 from mechcheck.train.labels import check_labels
 
@@ -103,12 +103,16 @@ def run_command(args: argparse.Namespace) -> int:
             claim_run_dir(output, name, config, args.overwrite, entries)
             write_run_record(output.out, name, args.experiment, config, output.marker["run_id"])
             if not runs:
-                path = run_pipeline(experiment, output.out, progress=not args.quiet, executor=executor)
+                path = run_pipeline(
+                    experiment, output.out, progress=not args.quiet, executor=executor, on_work=output.keep
+                )
                 print(f"report: {path}")
+            for v in chosen:  # every variant's split is checked before any of them trains
+                check_split_first(runs[v], output.out / v, shared=output.out / "shared")
             for v in chosen:
                 path = run_pipeline(
                     runs[v], output.out / v, progress=not args.quiet, executor=executor,
-                    shared=output.out / "shared",
+                    shared=output.out / "shared", on_work=output.keep,
                 )  # fmt: skip
                 print(f"{v}: report: {path}")
             if experiment.cross is not None:

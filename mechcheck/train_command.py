@@ -135,7 +135,14 @@ def train_chain(
     trainer: dict[str, Any] = {"resume": True, "cache_dir": cache_dir, "on_step": on_step}
     with hold(out) as output:  # claimed: after it, every checkpoint left here is one to resume
         output.claim("train", entries, overwrite=overwrite, resume=resume, legacy=legacy_train_dir)
-        p = Pipeline(experiment, output.out, progress, homes={"train": output.out}, trainer=trainer)
+        p = Pipeline(
+            experiment,
+            output.out,
+            progress,
+            homes={"train": output.out},
+            trainer=trainer,
+            on_work=output.keep,
+        )
         p.use_subject(subject)
         corpus = p.corpus()
         select = p.select(corpus)

@@ -71,6 +71,29 @@ def test_bad_executors_are_one_line_before_anything_is_written(local_run, tmp_pa
         assert not (tmp_path / spec).exists()
 
 
+def test_a_run_whose_cell_failed_keeps_the_finished_cells(local_run, tmp_path, capsys, monkeypatch) -> None:
+    """`mechcheck run` into a fresh directory, one cell failing: the one-line refusal keeps every
+    finished cell (its message says a rerun retries only the failed ones), and the rerun does that."""
+    toml, _ = local_run
+    monkeypatch.setenv("MECHCHECK_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(executor, "make_executor", lambda *a: InProcessExecutor())
+    train_cell, out = executor.train_cell, tmp_path / "fresh"
+
+    def flaky(experiment, folder, runs, shared, **given) -> None:
+        if FAILING in runs:
+            raise RuntimeError("simulated failure")
+        train_cell(experiment, folder, runs, shared, **given)
+
+    monkeypatch.setattr(executor, "train_cell", flaky)
+    assert main(["run", str(toml), "--out", str(out), "--executor", "ray", "-q"]) == 2
+    assert "2 of 7 cells did not finish" in capsys.readouterr().err
+    finished = {p: p.stat().st_mtime_ns for p in out.glob("train/*/seed-*/run.json")}
+    assert len(finished) == 3 and (out / ".mechcheck.json").is_file()
+    monkeypatch.setattr(executor, "train_cell", train_cell)
+    assert main(["run", str(toml), "--out", str(out), "--executor", "ray", "-q"]) == 0
+    assert all(p.stat().st_mtime_ns == t for p, t in finished.items()) and (out / "report.md").is_file()
+
+
 def test_failed_cell_then_rerun_in_process_equals_local(local_run, tmp_path, monkeypatch) -> None:
     """A failing training cell: the others finish, what needs it does not start, one line says so;
     the rerun runs only those cells, and the results equal the local executor's."""

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mechcheck.report.tables import MISSING, fmt, fmt_ci, md_table
+from mechcheck.report.training_md import training_section
 from mechcheck.report.views import read_json
 
 SHORT = {"supported": "yes", "not_supported": "no", "inconclusive": "?"}
@@ -106,14 +107,31 @@ def render_study(folder: str | Path) -> Path:
     lines = [
         f"# mechcheck study — {record.get('identity', folder.name)}",
         "",
-        f"Variants finished: {len(done)} of {len(planned)}"
-        + (
-            f" (not yet: {', '.join(n for n in planned if n not in done)})"
-            if len(done) < len(planned)
-            else ""
-        )
-        + ". Each variant's own report: `<variant>/report.md`.",
+        f"Variants finished: {len(done)} of {len(planned)}{_pending(planned, done)}. "
+        "Each variant's own report: `<variant>/report.md`.",
         "",
+    ]
+    if verdicts:
+        lines += battery_tables(verdicts, numbers)
+    else:
+        lines += ["No finished variant has a battery (it tests MLP neurons only).", ""]
+    lines += training_section(folder, record, done)
+    path = folder / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def is_study_run(folder: str | Path) -> bool:
+    """A run directory of an experiment with variants (its experiment.json lists them)."""
+    file = Path(folder) / "experiment.json"
+    if not file.is_file() or (Path(folder) / "results.json").exists():
+        return False
+    return bool((read_json(file).get("config") or {}).get("variant"))
+
+
+def battery_tables(verdicts: list[list[str]], numbers: list[list[str]]) -> list[str]:
+    """The verdicts table and the shares table, over the variants with a battery."""
+    return [
         "## Verdicts",
         "",
         "yes / no / ? = supported / not supported / inconclusive; * = fragile (flips when a threshold "
@@ -159,14 +177,3 @@ def render_study(folder: str | Path) -> Path:
         ),  # fmt: skip
         "",
     ]
-    path = folder / "report.md"
-    path.write_text("\n".join(lines))
-    return path
-
-
-def is_study_run(folder: str | Path) -> bool:
-    """A run directory of an experiment with variants (its experiment.json lists them)."""
-    file = Path(folder) / "experiment.json"
-    if not file.is_file() or (Path(folder) / "results.json").exists():
-        return False
-    return bool((read_json(file).get("config") or {}).get("variant"))

@@ -406,6 +406,46 @@ def test_a_refused_test_leaves_nothing_behind(tiny, tmp_path, capsys):
     assert not (tmp_path / "fresh").exists() and list((tmp_path / "empty").iterdir()) == []
 
 
+def test_a_refusal_after_training_keeps_the_work_and_resumes(tiny, tmp_path, capsys, monkeypatch):
+    """A run refused once it has trained keeps what it trained (work worth resuming, `Output.keep`);
+    the next run picks it up instead of training again."""
+    import mechcheck.pipeline
+
+    monkeypatch.setenv("MECHCHECK_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+
+    def refuse(self, stage, previous):
+        raise UserError("a refusal planted in the battery")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(mechcheck.pipeline.Pipeline, "_test", refuse)
+        fails(capsys, ["run", str(tiny["experiment"]), "--out", str(out)], "planted in the battery")
+    assert stages(out)["train"] == "done" and (out / ".mechcheck.json").is_file()
+    trained = (out / "train" / "stage.json").read_bytes()
+    assert main(["run", str(tiny["experiment"]), "--out", str(out), "-q"]) == 0
+    assert set(stages(out).values()) == {"done"} and (out / "train" / "stage.json").read_bytes() == trained
+
+
+def test_a_variant_with_too_small_a_test_split_is_refused_before_any_trains(
+    tiny, tmp_path, capsys, monkeypatch
+):
+    """Every variant's test split is checked before the first variant scans or trains: a refusal
+    after hours of the first variant's work would otherwise come at its end."""
+    import mechcheck.pipeline
+
+    monkeypatch.setenv("MECHCHECK_CACHE", str(tmp_path / "cache"))
+    toml = tmp_path / "variants.toml"
+    toml.write_text(
+        tiny["experiment"].read_text()
+        + '\n[[variant]]\nname = "whole"\n\n[[variant]]\nname = "small"\ncorpus = { max_texts = 60 }\n'
+    )
+    scans = []
+    monkeypatch.setattr(mechcheck.pipeline.Pipeline, "_select", lambda *a: scans.append(a))
+    out = tmp_path / "run"
+    fails(capsys, ["run", str(toml), "--out", str(out)], "at least 20 are needed")
+    assert scans == [] and not out.exists()
+
+
 def test_an_interrupt_keeps_what_was_written_and_releases_the_lock(tiny, tmp_path, monkeypatch):
     """Ctrl-C keeps what was written (to resume) but releases the lock."""
     import mechcheck.run_command
