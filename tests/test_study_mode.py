@@ -7,6 +7,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,6 +17,7 @@ from mechcheck.corpus import load_corpus, make_split, split_corpus, split_rows
 from mechcheck.errors import UserError
 from mechcheck.experiment import load_experiment, variants
 from mechcheck.readout import MLP_OUT_COORDINATE, Neuron, neuron_values, readout_values
+from mechcheck.report.tables import fmt
 from mechcheck.scan import scan
 from mechcheck.study_texts import SUFFIXES, TEMPLATES, study_rows
 from mechcheck.subject import Site
@@ -244,3 +246,13 @@ def test_a_coordinate_target_runs_through_the_pipeline_without_the_battery(tmp_p
         run["neuron"]["kind"] == MLP_OUT_COORDINATE
         and run["neuron_selection"]["target"] == MLP_OUT_COORDINATE
     )
+    # the report shows the training, read from the checkpoint's own files, and says there is no battery
+    report = (out / "report.md").read_text()
+    assert "## No battery" in report and "## Condition: frozen (fixed)" in report
+    assert f"coordinate {run['neuron']['index']} of layer {run['neuron']['layer']}'s MLP output" in report
+    saved = json.loads((out / "train/frozen-fixed/seed-42/predictions.json").read_text())
+    labels, predictions = np.asarray(saved["labels"]), np.asarray(saved["predictions"])
+    skill = 1 - np.mean((predictions - labels) ** 2) / np.var(labels)
+    assert f"| 42 | fixed labels | {len(labels)} |" in report and f"| {fmt(float(skill))} [" in report
+    std = fmt(float(np.std(labels)))
+    assert f"| {std} | " in report  # the target's std before training, on the test split

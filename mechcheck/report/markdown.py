@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import mechcheck.report.figures as fig
+from mechcheck.neuron import MLP_OUT_COORDINATE
 from mechcheck.report.predictions import array, prediction_fits, stale_fraction, std_ratio, target_key
 from mechcheck.report.tables import MISSING, fmt, fmt_ci, get, md_table
 from mechcheck.report.validity import THRESHOLDS, threats
@@ -75,6 +76,8 @@ def _neuron_text(neuron: Any) -> str:
         return "; ".join(_neuron_text(n) for n in neuron)
     if not isinstance(neuron, dict):
         return MISSING
+    if neuron.get("kind") == MLP_OUT_COORDINATE:  # the original study's target: not an MLP neuron
+        return f"coordinate {neuron.get('index')} of layer {neuron.get('layer')}'s MLP output (not a neuron)"
     return f"layer {neuron.get('layer')}, index {neuron.get('index')}"
 
 

@@ -41,17 +41,27 @@ WITHDRAWN = (
 )
 
 
+NO_BATTERY = (
+    "## No battery\n\nThis run trained without testing: the battery tests MLP neurons, and this run's "
+    "target is not one (or the experiment ran no battery). The sections below are its training, computed "
+    "from each checkpoint's run.json and predictions.json; there are no verdicts."
+)
+
+
 def render_markdown(view: RunView, figs: Figures) -> str:
-    old = [c for c in view.conditions if not information_md.is_v2(c)]
+    tested = [c for c in view.conditions if not c.trained_only]
+    old = [c for c in tested if not information_md.is_v2(c)]
     parts = [header_section(view)]
-    if old:
+    if not tested and view.conditions:
+        parts.append(NO_BATTERY)
+    elif old:
         parts += [WITHDRAWN, verdict_section(view)]
     else:
         parts.append(information_md.verdict_section(view))
     parts += [condition_section(c, figs) for c in view.conditions]
     parts += [
         information_md.battery_section(c, figs) if information_md.is_v2(c) else battery_section(c, figs)
-        for c in view.conditions
+        for c in tested
     ]
     parts.append(cross_talk_sections(view, figs))
     if view.reference == "study":

@@ -22,7 +22,7 @@ from mechcheck import records
 from mechcheck.errors import UserError
 from mechcheck.neuron import Neuron
 from mechcheck.records import column
-from mechcheck.results_record import BatteryResults, RunResults, read_results
+from mechcheck.results_record import BATTERY_VERSIONS, BatteryResults, NeuronResults, RunResults, read_results
 from mechcheck.run_record import RunRecord
 
 _SEED_FILE = re.compile(r"seed-(\d+)\.json$")
@@ -42,6 +42,11 @@ class ConditionView:
     def results(self) -> dict[str, Any]:
         """The results as results.json writes them (one neuron's, for a view of one neuron)."""
         return self.record.to_json()
+
+    @property
+    def trained_only(self) -> bool:
+        """A condition trained but never tested (a run without a battery, e.g. a coordinate target)."""
+        return self.record.extra.get("trained_only") is True
 
     @property
     def run_key(self) -> str:
@@ -200,6 +205,31 @@ def _battery_view(folder: Path, results: BatteryResults) -> RunView:
     return RunView(folder, results.title, header_from(results), neuron_views(view), reference)
 
 
+def trained_conditions(folder: Path) -> list[ConditionView]:
+    """The trained checkpoints of a run without a battery (`DIR/train/<condition>-<mode>/seed-<k>/`),
+    one view per condition and mode, from each checkpoint's run.json and predictions.json."""
+    views = []
+    for key_dir in sorted(p for p in (folder / "train").glob("*") if p.is_dir()):
+        runs, predictions = [], {}
+        for file in sorted(key_dir.glob("seed-*/run.json")):
+            run = RunRecord.read(file)
+            runs.append(run)
+            saved = file.parent / "predictions.json"
+            if saved.is_file() and isinstance(run.seed, int):
+                predictions[run.seed] = records.check_predictions(records.read_json(saved), str(saved))
+        if not runs:
+            continue
+        runs.sort(key=lambda r: r.seed if isinstance(r.seed, int) else 0)
+        neuron = runs[0].neuron_dicts[0] if runs[0].neurons else None
+        record = BatteryResults(
+            BATTERY_VERSIONS[-1], (NeuronResults(neuron=neuron),), run=runs[0], runs=tuple(runs),
+            condition=runs[0].condition, target_mode=runs[0].target_mode, extra={"trained_only": True},
+        )  # fmt: skip
+        curves = {r.seed: r.curves for r in runs if isinstance(r.seed, int) and isinstance(r.curves, list)}
+        views.append(ConditionView(key_dir.name, record, predictions, curves))
+    return views
+
+
 def _run_view(folder: Path, data: RunResults) -> RunView:
     conditions = []
     for entry in data.conditions:
@@ -209,6 +239,8 @@ def _run_view(folder: Path, data: RunResults) -> RunView:
             entry.key or entry.results.key, entry.results, load_predictions(sub / "predictions"), curves
         )
         conditions += neuron_views(view)
+    if not data.conditions:  # trained, never tested: the report shows the training
+        conditions = trained_conditions(folder)
     header = dict(data.header or {})
     if conditions:
         header = {**header_from(conditions[0].record), **{k: v for k, v in header.items() if v}}
