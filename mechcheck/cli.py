@@ -140,7 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return int(getattr(commands, args.command)(args) or 0)
     except KeyboardInterrupt:
-        print("mechcheck: interrupted (rerun with --resume to continue)", file=sys.stderr)
+        how = "--resume" if args.command == "train" else "the same command"  # run and test resume as they are
+        print(f"mechcheck: interrupted (rerun with {how} to continue)", file=sys.stderr)
         return 130
     except Exception as err:
         known = err if isinstance(err, UserError | EnvironmentFault) else classify(err)
