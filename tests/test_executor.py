@@ -165,15 +165,19 @@ def test_variants_through_the_cell_executor_equal_the_local_run(local_run, tmp_p
     assert main(["run", str(file), "--out", str(local), "-q"]) == 0
     study = (local / "report.md").read_text()  # the variants side by side, each seed decided alone
     assert "Variants finished: 2 of 2." in study
-    verdicts, numbers = study.split("## Shares")
+    verdicts, rest = study.split("## Shares")
+    numbers, training = rest.split("## What training did to the target")
     starts = ("| one-", "| frozen-")
     rows = {
         part: [line.split(" | ")[:6] for line in text.splitlines() if line.startswith(starts)]
-        for part, text in (("verdicts", verdicts), ("numbers", numbers))
+        for part, text in (("verdicts", verdicts), ("numbers", numbers), ("training", training))
     }
     want = [["| one-seed", "after_target-fixed"], ["| one-seed", "frozen-fixed"]]
     want.append(["| frozen-only", "frozen-fixed"])
     assert [[r[0], r[2]] for r in rows["numbers"]] == [[r[0], r[2]] for r in rows["verdicts"]] == want
+    assert [[r[0], r[2], r[3]] for r in rows["training"]] == [
+        [*w, n] for w, n in zip(want, "112", strict=True)
+    ]
     assert [r[3] for r in rows["verdicts"]] == ["1", "1", "2"]  # seeds per row
     assert ["/2)" in r[5] for r in rows["verdicts"]] == [False, False, True]  # two seeds: each decided alone
     (local / "report.md").unlink()
