@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import mechcheck.report.training_md as training_md
+from mechcheck import verdict
 from mechcheck.report.study_md import render_study
 from mechcheck.report.training_md import collapse_call
 from mechcheck.stats import percentile_ci
@@ -38,6 +40,7 @@ def _study(root: Path, ratios: dict[str, list[float]]) -> Path:
 
 
 def test_collapse_calls_and_their_fragility() -> None:
+    assert training_md.H3_MAX_RATIO == verdict.H3_MAX_RATIO  # the same bar as H3's
     assert collapse_call([0.10, 0.11, 0.09, 0.12, 0.10]) == "yes (5/5)"
     assert collapse_call([1.0, 0.95, 1.1, 1.02, 0.98]) == "no (0/5)"
     assert collapse_call([0.2, 0.9, 0.3, 0.8, 0.5]).startswith("?")
