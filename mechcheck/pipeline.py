@@ -41,15 +41,12 @@ from mechcheck.config import to_dict
 from mechcheck.errors import UserError
 from mechcheck.experiment import Experiment, config_dict
 from mechcheck.outputs import write_json
-from mechcheck.records import DICT, NEURON, STR, ListOf, Obj, read_record
-from mechcheck.results_record import BatteryResults, ConditionResults, RunResults
-from mechcheck.run_record import RunRecord
+from mechcheck.records import DICT, STR, ListOf, Obj, read_record
+from mechcheck.run_results import CHOSEN, RESULTS_VERSION, combined_results
 from mechcheck.stages import Stage, digest, run_stage
 
 MIN_EVAL_TEXTS = BatteryOptions.min_labels  # the battery's minimum for a confidence interval
-RESULTS_VERSION = 2  # 2: each seed's verdicts alone (`seed_verdicts`) beside the pooled ones
 SPLITS = Obj({k: ListOf(STR) for k in ("train", "val", "test")}, required=("train", "val", "test"))
-CHOSEN = Obj({"neurons": ListOf(NEURON, min_len=1)}, required=("neurons",))
 
 
 # --- stages --------------------------------------------------------------------------------
@@ -338,39 +335,6 @@ def _link(link: Path, target: Path) -> None:
         raise UserError(f"{link} exists and is not a link to the shared stage {target}; use --overwrite")
     link.parent.mkdir(parents=True, exist_ok=True)
     link.symlink_to(relative, target_is_directory=True)
-
-
-def combined_results(out: Path, experiment: Experiment, records: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The run's results.json: every condition's battery results (and, with several seeds, each
-    seed's verdicts alone: `mechcheck.battery.seed_verdicts`), curves per seed, the stages."""
-    from mechcheck.battery.seed_verdicts import seed_verdicts
-
-    conditions = []  # (key, folder, results.json data, curves per seed, written by the first battery)
-    for name in sorted(n for n in records if n.startswith("test/")):
-        key = name.split("/", 1)[1]
-        results = BatteryResults.read(out / name / "results.json")
-        curves = {}
-        for run_file in sorted((out / "train" / key).glob("seed-*/run.json")):
-            run = RunRecord.read(run_file)
-            seed = run_file.parent.name.split("-")[-1] if run.seed is None else run.seed
-            curves[str(seed)] = run.curves or []
-        conditions.append((key, name, results.to_json(), curves, results.withdrawn))
-    batteries = [data for _, _, data, _, withdrawn in conditions if not withdrawn]
-    if batteries:  # the primary tests of the whole experiment, BH-corrected together
-        from mechcheck.verdict import experiment_level
-
-        experiment_level(batteries)
-    selection = read_record(out / "select" / "neurons.json", CHOSEN)
-    selection["neurons"] = selection["neurons"][:10]
-    stages = {n: {"hash": r.get("hash"), "seconds": r.get("seconds")} for n, r in records.items()}
-    header = {"corpus": read_record(out / "corpus" / "card.json", DICT)}
-    # each condition's results with the experiment's q-values added; with several seeds, each seed
-    # decided alone as well, counted against the pooled verdicts as they stand after that correction
-    cells = []
-    for key, name, data, curves, _ in conditions:
-        battery = BatteryResults.from_json(data, str(out / name))
-        cells.append(ConditionResults(key, name, battery, curves, seed_verdicts(data, out / name)))
-    return RunResults(tuple(cells), out.name, to_dict(experiment), header, selection, stages).to_json()
 
 
 def check_test_split(p: Pipeline) -> None:

@@ -166,3 +166,19 @@ class RunRecord:
             if getattr(self, name) != getattr(other, name):
                 return name
         return None
+
+
+def run_files(train: Path) -> dict[str, list[Path]]:
+    """The checkpoints' run.json files under a train stage's folder (`<condition>-<mode>/seed-<k>/`),
+    by condition-mode folder name, each list in seed order."""
+    found: dict[str, list[Path]] = {}
+    for file in sorted(train.glob("*/seed-*/run.json")):
+        found.setdefault(file.parent.parent.name, []).append(file)
+    for files in found.values():
+        files.sort(key=_seed_number)
+    return found
+
+
+def _seed_number(file: Path) -> int:
+    tail = file.parent.name.removeprefix("seed-")
+    return int(tail) if tail.lstrip("-").isdigit() else 0

@@ -17,8 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from mechcheck.neuron import MLP_OUT_COORDINATE
 from mechcheck.report.tables import MISSING, fmt, fmt_ci, md_table
 from mechcheck.report.views import read_json
+from mechcheck.run_record import run_files
 from mechcheck.stats import percentile_ci
 
 H3_MAX_RATIO = 0.5  # H3's bar, `mechcheck.verdict.H3_MAX_RATIO` (the report imports no verdict code;
@@ -27,16 +29,8 @@ MARGIN = 0.2  # the fragility check: the bar moved by ±20 %
 
 
 def _runs(variant: Path) -> dict[str, list[dict[str, Any]]]:
-    """Each condition-mode folder's run.json files, seed by seed (in seed order)."""
-    found: dict[str, list[dict[str, Any]]] = {}
-    for file in sorted((variant / "train").glob("*/seed-*/run.json"), key=_seed_order):
-        found.setdefault(file.parent.parent.name, []).append(read_json(file))
-    return found
-
-
-def _seed_order(file: Path) -> tuple[str, int]:
-    tail = file.parent.name.split("-")[-1]
-    return file.parent.parent.name, int(tail) if tail.lstrip("-").isdigit() else 0
+    """Each condition-mode folder's run.json records, in seed order."""
+    return {key: [read_json(f) for f in files] for key, files in run_files(variant / "train").items()}
 
 
 def _mean_ci(values: list[float]) -> tuple[float | None, list[float] | None]:
@@ -45,8 +39,10 @@ def _mean_ci(values: list[float]) -> tuple[float | None, list[float] | None]:
     if not finite:
         return None, None
     mean = float(np.mean(finite))
-    if len(finite) < 2 or len(set(finite)) == 1:
-        return mean, [mean, mean] if len(finite) > 1 else None
+    if len(finite) < 2:
+        return mean, None
+    if len(set(finite)) == 1:  # every seed the same (a frozen model's ratio of 1): nothing to resample
+        return mean, [mean, mean]
     return mean, list(percentile_ci([np.asarray(finite)], np.mean, seed=0, vectorized=False))
 
 
@@ -89,7 +85,7 @@ def _value(value: Any) -> str:
 
 def _target(run: dict[str, Any]) -> str:
     n = run.get("neuron") or {}
-    kind = "coordinate" if n.get("kind") == "mlp_out_coordinate" else "neuron"
+    kind = "coordinate" if n.get("kind") == MLP_OUT_COORDINATE else "neuron"
     return f"L{n.get('layer', '?')} {kind} {n.get('index', '?')}"
 
 

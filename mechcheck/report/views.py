@@ -23,7 +23,7 @@ from mechcheck.errors import UserError
 from mechcheck.neuron import Neuron
 from mechcheck.records import column
 from mechcheck.results_record import BATTERY_VERSIONS, BatteryResults, NeuronResults, RunResults, read_results
-from mechcheck.run_record import RunRecord
+from mechcheck.run_record import RunRecord, run_files
 
 _SEED_FILE = re.compile(r"seed-(\d+)\.json$")
 
@@ -209,24 +209,19 @@ def trained_conditions(folder: Path) -> list[ConditionView]:
     """The trained checkpoints of a run without a battery (`DIR/train/<condition>-<mode>/seed-<k>/`),
     one view per condition and mode, from each checkpoint's run.json and predictions.json."""
     views = []
-    for key_dir in sorted(p for p in (folder / "train").glob("*") if p.is_dir()):
-        runs, predictions = [], {}
-        for file in sorted(key_dir.glob("seed-*/run.json")):
-            run = RunRecord.read(file)
-            runs.append(run)
+    for key, files in sorted(run_files(folder / "train").items()):
+        runs, predictions = [RunRecord.read(f) for f in files], {}
+        for file, run in zip(files, runs, strict=True):
             saved = file.parent / "predictions.json"
             if saved.is_file() and isinstance(run.seed, int):
                 predictions[run.seed] = records.check_predictions(records.read_json(saved), str(saved))
-        if not runs:
-            continue
-        runs.sort(key=lambda r: r.seed if isinstance(r.seed, int) else 0)
         neuron = runs[0].neuron_dicts[0] if runs[0].neurons else None
         record = BatteryResults(
             BATTERY_VERSIONS[-1], (NeuronResults(neuron=neuron),), run=runs[0], runs=tuple(runs),
             condition=runs[0].condition, target_mode=runs[0].target_mode, extra={"trained_only": True},
         )  # fmt: skip
         curves = {r.seed: r.curves for r in runs if isinstance(r.seed, int) and isinstance(r.curves, list)}
-        views.append(ConditionView(key_dir.name, record, predictions, curves))
+        views.append(ConditionView(key, record, predictions, curves))
     return views
 
 
