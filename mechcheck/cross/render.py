@@ -160,6 +160,9 @@ def markdown(matrix: dict[str, Any], runs: list[dict[str, Any]], view: dict[str,
         parts.append(f"## `{condition}` (seeds {', '.join(map(str, table['seeds']))})")
         parts.append(_neuron_table(table, models))
         parts.append(_cells_table(table, list(models)))
+        drift = _drift_table([r for r in runs if r["condition"] == condition])
+        if drift:
+            parts.append(drift)
     parts.append(f"![self vs other skill]({FIGURE})")
     parts.append(
         "---\n*Rendered by `mechcheck report` from the cells' saved test predictions "
@@ -207,6 +210,33 @@ def _cells_table(table: dict[str, Any], names: list[str]) -> str:
         rows.append(row)
     return "Skill per seed (rows: reporter; columns: whose neuron):\n\n" + _table(
         ["", *(f"{n}'s neuron" for n in names)], rows
+    )
+
+
+def _drift_table(runs: list[dict[str, Any]]) -> str | None:
+    """Where the learning rate was chosen under a drift cap (`train.lr_grid`): per cell, each rate's
+    validation skill and largest KL(original ‖ trained), the rate chosen and whether it trained within
+    the cap (a reporter that did not is excluded above). None where no cell chose its rate."""
+    chosen = [r for r in runs if (r["run"].get("lr_choice") or {}).get("candidates")]
+    if not chosen:
+        return None
+    cap = chosen[0]["run"]["lr_choice"]["drift_cap"]
+    rows = []
+    for r in chosen:
+        choice = r["run"]["lr_choice"]
+        grid = "; ".join(
+            f"{c['lr']:g}: {fmt(c['val_skill'])} / {fmt(c['max_kl'])}" for c in choice["candidates"]
+        )
+        kl = (r["run"].get("metrics") or {}).get("kl_after")
+        rows.append([
+            f"{r['reporter']}->{r['label']}", str(r["seed"]), grid, f"{choice['chosen_lr']:g}",
+            "–" if kl is None else fmt(kl), "yes" if choice["trained_within_cap"] else "**no: excluded**",
+        ])  # fmt: skip
+    header = ["cell", "seed", "lr: val skill / max KL", "chosen lr", "KL of the chosen state", "within cap"]
+    return (
+        f"Learning rate chosen on validation under the drift cap KL(original ‖ trained) ≤ {cap:g} nats "
+        "per token on held-out texts (an evaluation above the cap cannot be a run's best state):\n\n"
+        + _table(header, rows)
     )
 
 

@@ -354,6 +354,44 @@ def test_report_reads_only_the_experiments_cells_in_seed_order(cross_run, tmp_pa
         assert cell["skill_per_seed"][1] == 1.0 and cell["skill_per_seed"][0] < 1.0
 
 
+def test_a_reporter_chosen_under_the_drift_cap_shows_its_rates_and_one_over_it_is_excluded(
+    cross_run, tmp_path
+):
+    """A cell whose learning rate was chosen on validation under `train.drift_cap` lists each rate's
+    val skill and largest KL, the rate chosen and the chosen state's KL; a reporter that never trained
+    within the cap is excluded from both comparisons it takes part in, in that condition only."""
+    _, run = cross_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    grid = [(1e-5, 0.1234, 0.0456), (3e-3, -2.5, 1.75)]
+
+    def choose(within: bool, kl: float):
+        def edit(r: dict) -> None:
+            r["lr_choice"] = {
+                "grid": [lr for lr, *_ in grid], "drift_cap": 0.5, "chosen_lr": 1e-5,
+                "trained_within_cap": within,
+                "candidates": [{"lr": lr, "val_skill": s, "max_kl": k} for lr, s, k in grid],
+            }  # fmt: skip
+            r["metrics"] |= {"kl_after": kl, "trained_within_drift_cap": within}
+
+        return edit
+
+    _edit_json(cell(copy, "llama", "after_target", "llama") / "run.json", choose(True, 0.0321))
+    _edit_json(cell(copy, "gpt2", "after_target", "llama") / "run.json", choose(False, 0.0654))
+    assert run_cli("report", str(copy))[0] == 0
+    report = (copy / "report.md").read_text()
+    rates = "1e-05: 0.123 / 0.046; 0.003: -2.500 / 1.750 | 1e-05"
+    rows = [line for line in report.splitlines() if line.startswith("| llama->llama | 0 |")]
+    assert rows == [f"| llama->llama | 0 | {rates} | 0.032 | yes |"]
+    assert f"| gpt2->llama | 0 | {rates} | 0.065 | **no: excluded** |" in report
+    assert report.count("drift cap KL(original ‖ trained) ≤ 0.5") == 1  # only after_target chose its rate
+    conditions = json.loads((copy / "results.json").read_text())["conditions"]
+    for owner in ("llama", "gpt2"):  # gpt2 reports in both of after_target's comparisons
+        got = conditions["after_target"]["neurons"][owner]
+        assert got["verdict"] == "excluded" and got["excluded_reporters"] == ["gpt2"]
+        assert conditions["frozen"]["neurons"][owner]["verdict"] != "excluded"
+
+
 # --- the first pipeline's run directories ------------------------------------------------------
 FIRST = Path(__file__).parents[1] / "data" / "cross_v1"  # tests/data/make_cross_v1_fixture.py
 FIRST_CELLS = [  # what it finished before the interruption: (reporter, condition, label)
