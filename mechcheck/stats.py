@@ -108,6 +108,21 @@ def value_stats(values: Any) -> dict[str, float]:
 
 
 # --- percentile bootstraps over examples and groups --------------------------------------------
+def digit_metrics(digits: Any, argmax: Any, classes: Any) -> dict[str, float | int | None]:
+    """Class-space skill: Spearman(expected class, true class), MAE, arg-max accuracy, within one."""
+    d = np.asarray(digits, dtype=np.float64)
+    a, c = np.asarray(argmax, dtype=np.int64), np.asarray(classes, dtype=np.int64)
+    constant = np.ptp(d) == 0 or np.ptp(c) == 0
+    return {
+        "n": int(c.size),
+        "spearman": None if constant else float(stats.spearmanr(d, c).statistic),
+        "mae": float(np.mean(np.abs(d - c))),
+        "argmax_accuracy": float(np.mean(a == c)),
+        "within_one": float(np.mean(np.abs(a - c) <= 1)),
+        "chance_accuracy": float(np.max(np.bincount(c)) / c.size),  # always answering the commonest class
+    }
+
+
 def metric(value: float, ci: Sequence[float], **extra: Any) -> dict[str, Any]:
     """A metric entry: `{"value", "ci": [lo, hi], ...}` as plain floats."""
     return {"value": float(value), "ci": [float(ci[0]), float(ci[1])], **extra}

@@ -165,6 +165,12 @@ def test_bands_pick_one_neuron_each_from_one_shared_scan(tmp_path, tiny_dir, cor
         assert run["neuron_selection"]["band"] == band and run["neuron_selection"]["selected"]
     assert (out / "low/train/after_target-fixed/seed-0/run.json").is_file()
     assert not (out / "high/train/after_target-fixed").exists()
+    # `mechcheck report` on the study re-renders each variant's own report, not only the summary
+    kept = {v: (out / v / "report.md").read_text() for v in ("low", "high")}
+    for v in kept:
+        (out / v / "report.md").write_text("stale\n")
+    assert main(["report", str(out), "-q"]) == 0
+    assert {v: (out / v / "report.md").read_text() for v in kept} == kept
 
 
 def test_the_study_file_is_the_whole_design() -> None:

@@ -17,7 +17,7 @@ from mechcheck.report.predictions import array, prediction_fits, stale_fraction,
 from mechcheck.report.tables import MISSING, fmt, fmt_ci, get, md_table
 from mechcheck.report.validity import THRESHOLDS, threats
 from mechcheck.report.views import ConditionView, RunView
-from mechcheck.stats import Fit, spread
+from mechcheck.stats import Fit, digit_metrics, spread
 
 TRAINED = {
     "frozen": "the readout only (the model is frozen)",
@@ -162,6 +162,39 @@ def fit_table(c: ConditionView) -> str:
     return note + "\n\n" + md_table(head, rows)
 
 
+DIGIT_KEYS = ("labels_digit", "predictions_digit", "predictions_argmax")
+
+
+def digit_table(c: ConditionView) -> str | None:
+    """A token readout's answers in class space, per seed, from the saved predictions: Spearman of the
+    expected class with the true one, arg-max accuracy (against always answering the commonest class),
+    within one class and mean absolute error, before → after training. None for a linear readout."""
+    rows = []
+    for seed in c.seeds:
+        pred = c.predictions.get(seed) or {}
+        if not all(k in pred for k in DIGIT_KEYS):
+            continue
+        after = digit_metrics(pred["predictions_digit"], pred["predictions_argmax"], pred["labels_digit"])
+        before = {}
+        if "predictions_digit_before" in pred:
+            before = digit_metrics(
+                pred["predictions_digit_before"], pred["predictions_argmax_before"], pred["labels_digit"]
+            )
+        cells = [f"{fmt(before.get(k))} → {fmt(after[k])}" for k in ("spearman", "argmax_accuracy")]
+        within, mae = (f"{fmt(before.get(k))} → {fmt(after[k])}" for k in ("within_one", "mae"))
+        rows.append([str(seed), str(after["n"]), *cells, fmt(after["chance_accuracy"]), within, mae])
+    if not rows:
+        return None
+    head = ["seed", "labels", "Spearman(expected, true class)", "arg-max accuracy",
+            "chance (commonest class)", "arg-max within one class", "MAE (classes)"]  # fmt: skip
+    note = (
+        "The answer in token space (before → after training), from the saved predictions: the "
+        "label's class (the readout's bins, fitted on the train labels), the answer's expected class "
+        "under the answer tokens' probabilities, and its most probable answer token."
+    )
+    return note + "\n\n" + md_table(head, rows)
+
+
 def neuron_table(c: ConditionView) -> str:
     rows = []
     for seed in c.seeds:
@@ -249,6 +282,7 @@ def condition_section(c: ConditionView, figs: Figures) -> str:
         "",
         fit_table(c),
         "",
+        *([digit, ""] if (digit := digit_table(c)) else []),
         figs.show(
             f"{c.key}-predicted-vs-actual",
             fig.predicted_vs_actual,

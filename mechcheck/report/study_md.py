@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from mechcheck.report.render import render_report
 from mechcheck.report.tables import MISSING, fmt, fmt_ci, md_table
 from mechcheck.report.training_md import training_section
 from mechcheck.report.views import read_json
@@ -97,7 +98,15 @@ def _pending(planned: list[str], done: list[str]) -> str:
 
 
 def render_study(folder: str | Path) -> Path:
-    """DIR/report.md of a run with variants; returns its path."""
+    """Re-render each finished variant's own report, then the summary DIR/report.md (every report
+    under DIR is a view of the saved results); returns the summary's path."""
+    for name, _ in variant_runs(Path(folder)):
+        render_report(Path(folder) / name)
+    return render_summary(folder)
+
+
+def render_summary(folder: str | Path) -> Path:
+    """DIR/report.md of a run with variants, from the variants' results.json and run.json files."""
     folder = Path(folder)
     runs = variant_runs(folder)
     record = read_json(folder / "experiment.json")

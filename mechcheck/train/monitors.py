@@ -14,10 +14,10 @@ from typing import Any
 import torch
 
 from mechcheck.readout import Readout
-from mechcheck.stats import fit_metrics
+from mechcheck.stats import digit_metrics, fit_metrics
 from mechcheck.subject import Site, Subject
 from mechcheck.targets import Chunk, TargetSet, make_chunks, n_rows
-from mechcheck.train.readouts import cross_entropy, digit_metrics, readout_outputs
+from mechcheck.train.readouts import cross_entropy, readout_outputs
 from mechcheck.train.sources import Source
 
 COLLAPSE_RATIO = 0.2  # SD(prediction) / SD(label) below this: the report has collapsed

@@ -28,9 +28,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
-from scipy.stats import spearmanr
 
 from mechcheck.errors import UserError
 from mechcheck.readout import READOUTS, LinearReadout, Readout
@@ -108,21 +106,6 @@ def readout_outputs(readout: Readout, x: torch.Tensor) -> dict[str, torch.Tensor
 def cross_entropy(answer_logp: torch.Tensor, classes: torch.Tensor) -> float:
     """Mean cross-entropy (full vocabulary) of the true classes' answer tokens."""
     return float(-answer_logp[torch.arange(len(classes)), classes].double().mean())
-
-
-def digit_metrics(digits: Any, argmax: Any, classes: Any) -> dict[str, float | int | None]:
-    """Class-space skill: Spearman(expected class, true class), MAE, arg-max accuracy, within one."""
-    d = np.asarray(digits, dtype=np.float64)
-    a, c = np.asarray(argmax, dtype=np.int64), np.asarray(classes, dtype=np.int64)
-    constant = np.ptp(d) == 0 or np.ptp(c) == 0
-    return {
-        "n": int(c.size),
-        "spearman": None if constant else float(spearmanr(d, c).statistic),
-        "mae": float(np.mean(np.abs(d - c))),
-        "argmax_accuracy": float(np.mean(a == c)),
-        "within_one": float(np.mean(np.abs(a - c) <= 1)),
-        "chance_accuracy": float(np.max(np.bincount(c)) / c.size),  # always answering the commonest class
-    }
 
 
 def readout_record(readout: Readout) -> dict[str, Any]:

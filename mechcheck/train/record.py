@@ -11,10 +11,9 @@ from mechcheck.experiment import Experiment, config_dict
 from mechcheck.readout import LinearReadout
 from mechcheck.records import column
 from mechcheck.stages import digest
-from mechcheck.stats import fit, regression_metrics, value_stats
+from mechcheck.stats import digit_metrics, fit, regression_metrics, value_stats
 from mechcheck.targets import TargetSet
 from mechcheck.train.monitors import COLLAPSE_RATIO, SplitPredictions
-from mechcheck.train.readouts import digit_metrics
 
 UNCHANGED_TOLERANCE = 1e-4  # max |label diff| / max(1, max |label|) for conditions that keep the neuron fixed
 

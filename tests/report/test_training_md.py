@@ -12,7 +12,7 @@ import pytest
 
 import mechcheck.report.training_md as training_md
 from mechcheck import verdict
-from mechcheck.report.study_md import render_study
+from mechcheck.report.study_md import render_summary
 from mechcheck.report.training_md import collapse_call
 from mechcheck.stats import percentile_ci
 
@@ -52,7 +52,7 @@ def test_collapse_calls_and_their_fragility() -> None:
 def test_the_summary_tabulates_each_variants_target_over_seeds(tmp_path) -> None:
     collapsed = [0.10, 0.12, 0.09, 0.11, 0.10]
     kept = [0.97, 1.05, 1.0, 0.92, 1.01]
-    text = render_study(_study(tmp_path / "run", {"as_it_ran": collapsed, "true_neuron": kept})).read_text()
+    text = render_summary(_study(tmp_path / "run", {"as_it_ran": collapsed, "true_neuron": kept})).read_text()
     assert "No finished variant has a battery" in text and "## Verdicts" not in text
     rows = {tuple(c.strip() for c in line.split("|")[1:4]): line for line in text.splitlines()}
     row = rows[("as_it_ran", "L3 coordinate 7", "unfrozen-fixed")]
@@ -69,6 +69,6 @@ def test_the_summary_tabulates_each_variants_target_over_seeds(tmp_path) -> None
 @pytest.mark.parametrize("done", [["as_it_ran"], []])
 def test_an_unfinished_study_names_what_is_left(tmp_path, done) -> None:
     root = _study(tmp_path / "run", {name: [0.5, 0.6] for name in done})
-    text = render_study(root).read_text()
+    text = render_summary(root).read_text()
     left = [n for n in ("as_it_ran", "true_neuron") if n not in done]
     assert f"Variants finished: {len(done)} of 2 (not yet: {', '.join(left)})" in text

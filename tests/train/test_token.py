@@ -16,6 +16,10 @@ from mechcheck.checkpoint import read_checkpoint
 from mechcheck.errors import UserError
 from mechcheck.experiment import CorpusConfig, Experiment, NeuronConfig, TrainConfig
 from mechcheck.readout import Neuron, neuron_values, readout_values
+from mechcheck.report.markdown import digit_table
+from mechcheck.report.tables import fmt
+from mechcheck.report.views import trained_conditions
+from mechcheck.stats import digit_metrics
 from mechcheck.subject import gather_position, load_subject
 from mechcheck.targets import build_targets
 from mechcheck.testing import random_texts, tiny_model, tiny_subject
@@ -24,7 +28,7 @@ from mechcheck.train.bench import Bench
 from mechcheck.train.cell import build_task
 from mechcheck.train.conditions import CONDITIONS
 from mechcheck.train.loop import Loop
-from mechcheck.train.readouts import digit_metrics, fit_token_readout
+from mechcheck.train.readouts import fit_token_readout
 from mechcheck.train.record import metrics_from_predictions
 from mechcheck.train.sources import FINAL_NORM, LOGITS, head_logits
 from mechcheck.train_command import summary_line, train_chain
@@ -131,7 +135,7 @@ def test_run_writes_comparable_metrics_and_round_trips(tmp_path, corpus_file, ti
     exp = experiment(corpus_file)
     exp = replace(exp, subject=replace(exp.subject, model=str(tiny_dir)))
     subject = load_subject(str(tiny_dir))
-    out = tmp_path / "out"
+    out = tmp_path / "run" / "train"
     [record] = train_chain(exp, out, subject=subject, cache_dir=tmp_path / "cache")
     run = record.to_json()  # as written
     folder = out / "after_target-fixed" / "seed-0"
@@ -152,6 +156,15 @@ def test_run_writes_comparable_metrics_and_round_trips(tmp_path, corpus_file, ti
     assert {"skill", "mse", "r"} <= set(m["test"])  # in the neuron's units, like the linear head's
     assert "digit Spearman" in summary_line(record) and "test MSE" in summary_line(record)
     assert preds["labels_digit"] == ck.readout.classes(torch.tensor(preds["labels"])).tolist()
+    # the report shows the answer in class space, before -> after, as run.json's metrics have it
+    [view] = trained_conditions(out.parent)
+    rows = [line for line in digit_table(view).splitlines() if line.startswith("| 0 |")]
+    before, after = m["digit_before"], m["digit"]
+    cells = [f"{fmt(before[k])} → {fmt(after[k])}" for k in ("spearman", "argmax_accuracy")]
+    within, mae = (f"{fmt(before[k])} → {fmt(after[k])}" for k in ("within_one", "mae"))
+    assert rows == [
+        f"| 0 | {after['n']} | {' | '.join(cells)} | {fmt(after['chance_accuracy'])} | {within} | {mae} |"
+    ]
     # the checkpoint rebuilds the same predictions through the battery's path (prompted text, logits)
     trained = ck.load_subject(subject)
     enc = trained.encode([ck.readout.format_text(t) for t in preds["texts"]], max_length=run["max_tokens"])
