@@ -5,13 +5,15 @@
 
 Each report's directory is copied to a temporary folder, re-rendered there with
 `mechcheck report --overwrite -q`, and every markdown file of the copy compared with the committed
-one. The committed files are never touched. Exit 1 when any markdown differs (the differing files are
+one, and every image a committed markdown file links checked to exist beside it. The committed files
+are never touched. Exit 1 when any markdown differs (the differing files are
 listed with the first differing line), 0 when all are identical.
 """
 
 from __future__ import annotations
 
 import difflib
+import re
 import shutil
 import subprocess
 import sys
@@ -19,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 REPORTS = Path(__file__).resolve().parent
+IMAGE = re.compile(r"!\[[^\]]*\]\(([^)\s]+)\)")  # a markdown image's link
 
 
 def report_dirs(roots: list[Path]) -> list[Path]:
@@ -44,6 +47,11 @@ def check(src: Path) -> list[str]:
             if not new.is_file():
                 problems.append(f"{old}: not re-rendered")
                 continue
+            problems += [
+                f"{old}: links {link}, which is not beside it"
+                for link in IMAGE.findall(old.read_text())
+                if not (old.parent / link).is_file()
+            ]
             a, b = old.read_text().splitlines(), new.read_text().splitlines()
             if a != b:
                 diff = [d for d in difflib.unified_diff(a, b, lineterm="", n=0) if d[:1] in "+-"][2:4]
