@@ -107,7 +107,6 @@ def value_stats(values: Any) -> dict[str, float]:
     return got
 
 
-# --- percentile bootstraps over examples and groups --------------------------------------------
 def digit_metrics(digits: Any, argmax: Any, classes: Any) -> dict[str, float | int | None]:
     """Class-space skill: Spearman(expected class, true class), MAE, arg-max accuracy, within one."""
     d = np.asarray(digits, dtype=np.float64)
@@ -123,6 +122,7 @@ def digit_metrics(digits: Any, argmax: Any, classes: Any) -> dict[str, float | i
     }
 
 
+# --- percentile bootstraps over examples and groups --------------------------------------------
 def metric(value: float, ci: Sequence[float], **extra: Any) -> dict[str, Any]:
     """A metric entry: `{"value", "ci": [lo, hi], ...}` as plain floats."""
     return {"value": float(value), "ci": [float(ci[0]), float(ci[1])], **extra}
