@@ -11,7 +11,6 @@ import argparse
 import contextlib
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 TEST_ENTRIES = ("results.json", "predictions", "battery", "report.md", "figures")  # `mechcheck test` writes
 
@@ -116,10 +115,11 @@ def report(args: argparse.Namespace) -> int:
 
     with hold(args.dir, create=False), _rendering(args.dir):
         if is_cross_run(args.dir):
+            from mechcheck.cross.render import pair_runs
             from mechcheck.report.render import render_report
 
-            for pair in sorted(Path(args.dir).glob("*/*/results.json")):  # each <reporter>/<label>/ run
-                render_report(pair.parent)
+            for pair in pair_runs(args.dir):
+                render_report(pair)
             print(f"report: {render_cross(args.dir)}")
             return 0
         from mechcheck.report.study_md import is_study_run, render_study

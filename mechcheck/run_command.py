@@ -120,9 +120,9 @@ def run_command(args: argparse.Namespace) -> int:
 
                 print(f"report: {render_cross(output.out)}")
             elif runs:
-                from mechcheck.report.study_md import render_study
+                from mechcheck.report.study_md import render_summary  # each variant rendered its own
 
-                print(f"study: {render_study(output.out)}")
+                print(f"study: {render_summary(output.out)}")
     finally:
         if executor is not None:
             executor.close()

@@ -62,6 +62,17 @@ def collect_runs(folder: Path, layout: str) -> list[dict[str, Any]]:
     return runs
 
 
+def pair_runs(folder: str | Path) -> list[Path]:
+    """The experiment's finished `<reporter>/<label>/` runs (ordinary runs, each with its own report);
+    none in the first pipeline's layout, whose cells are checkpoints only."""
+    folder = Path(folder)
+    _, view = _config(folder / "experiment.json")
+    if view["layout"] != "variants":
+        return []
+    names = [m["name"] for m in view["models"]]
+    return [folder / r / lb for r in names for lb in names if (folder / r / lb / "results.json").is_file()]
+
+
 def render_cross(folder: str | Path) -> Path:
     """Recompute results.json from the predictions, draw the figure, write report.md; returns its path."""
     folder = Path(folder)

@@ -163,6 +163,7 @@ def fit_table(c: ConditionView) -> str:
 
 
 DIGIT_KEYS = ("labels_digit", "predictions_digit", "predictions_argmax")
+DIGIT_MOVES = ("spearman", "argmax_accuracy", "within_one", "mae")  # shown before → after
 
 
 def digit_table(c: ConditionView) -> str | None:
@@ -180,9 +181,9 @@ def digit_table(c: ConditionView) -> str | None:
             before = digit_metrics(
                 pred["predictions_digit_before"], pred["predictions_argmax_before"], pred["labels_digit"]
             )
-        cells = [f"{fmt(before.get(k))} → {fmt(after[k])}" for k in ("spearman", "argmax_accuracy")]
-        within, mae = (f"{fmt(before.get(k))} → {fmt(after[k])}" for k in ("within_one", "mae"))
-        rows.append([str(seed), str(after["n"]), *cells, fmt(after["chance_accuracy"]), within, mae])
+        moved = {k: f"{fmt(before.get(k))} → {fmt(after[k])}" for k in DIGIT_MOVES}
+        rows.append([str(seed), str(after["n"]), moved["spearman"], moved["argmax_accuracy"],
+                     fmt(after["chance_accuracy"]), moved["within_one"], moved["mae"]])  # fmt: skip
     if not rows:
         return None
     head = ["seed", "labels", "Spearman(expected, true class)", "arg-max accuracy",
