@@ -230,6 +230,15 @@ def test_study_experiment_files_hold_the_studys_settings() -> None:
     corrected = runs["corrected"]
     assert corrected.neuron.target == "neuron" and corrected.corpus.split_by == "group"
     assert not corrected.train.for_condition("unfrozen").readout_frozen
+    # the variants asked from true_neuron as the base pin its neuron, so that one setting changes
+    pinned = {"neuron_natural_texts", "neuron_trained_readout", "corrected"}
+    assert {(runs[n].neuron.target, runs[n].neuron.layer, runs[n].neuron.index) for n in pinned} == {
+        ("neuron", 19, 824)
+    }
+    assert runs["neuron_natural_texts"].corpus == runs["natural_texts"].corpus
+    assert runs["neuron_natural_texts"].train == runs["true_neuron"].train
+    assert runs["neuron_trained_readout"].corpus == runs["true_neuron"].corpus
+    assert runs["neuron_trained_readout"].train == runs["trained_readout"].train
 
 
 def test_a_coordinate_target_runs_through_the_pipeline_without_the_battery(tmp_path, tiny_dir, monkeypatch):
