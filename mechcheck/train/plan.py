@@ -18,6 +18,7 @@ and after-target residual are computed once for every text of the corpus
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from collections.abc import Callable, Collection, Sequence
@@ -184,6 +185,21 @@ def neuron_record(neurons: TargetSet | Sequence[Neuron]) -> dict[str, Any]:
     return {"neurons": [n.as_dict() for n in neurons]}
 
 
+def same_card(old: Any, new: Any, rel: float = 1e-4) -> bool:
+    """Whether two target cards agree: every key and string exactly, every float to `rel` (or to
+    `rel` / 10 absolutely, for values near 0) — a label table computed again in another process (its
+    cache not kept, e.g. a run restored from its committed files) moves float32 labels by ~1e-6, and
+    with them a split's mean or median, which is not another target set."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return old.keys() == new.keys() and all(same_card(old[k], new[k], rel) for k in old)
+    if isinstance(old, list) and isinstance(new, list):
+        return len(old) == len(new) and all(same_card(a, b, rel) for a, b in zip(old, new, strict=True))
+    if isinstance(old, float) or isinstance(new, float):
+        numbers = all(isinstance(x, int | float) and not isinstance(x, bool) for x in (old, new))
+        return numbers and math.isclose(old, new, rel_tol=rel, abs_tol=rel / 10)
+    return old == new
+
+
 def _write_target(out: Path, record: dict[str, Any], merge: bool, write: bool = True) -> None:
     """target.json: the neuron, how it was chosen, and per seed its target card and corpus (split);
     `merge`: add this seed to the file's seeds (refusing a different neuron or target set); with
@@ -196,7 +212,7 @@ def _write_target(out: Path, record: dict[str, Any], merge: bool, write: bool = 
         same = all(old.get(k) == record.get(k) for k in ("neuron", "neurons"))
         new = json.loads(json.dumps(record["seeds"]))
         seeds = old.get("seeds") if isinstance(old.get("seeds"), dict) else {}
-        same = same and all(seeds.get(k, v) == v for k, v in new.items())
+        same = same and all(same_card(seeds.get(k, v), v) for k, v in new.items())
         if not same:
             raise UserError(f"{file}: --resume with a different neuron or target set; use --overwrite")
         record = {**record, "seeds": {**seeds, **new}}

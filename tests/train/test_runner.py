@@ -259,3 +259,19 @@ def test_smollm2_after_target_checkpoint_round_trip(tmp_path, smollm2):
     with torch.no_grad():
         again = readout_values(trained, enc, ckpt.readout, "last")
     torch.testing.assert_close(again, torch.tensor(predictions["predictions"][:8]), atol=1e-3, rtol=1e-4)
+
+
+def test_a_target_card_computed_again_matches_to_float_noise_and_no_further() -> None:
+    from mechcheck.train.plan import same_card
+
+    def card(mean: float) -> dict:
+        return {"neuron": {"layer": 10, "index": 507}, "splits": {"test": {"mean": mean, "n": 73}}}
+
+    assert same_card(card(-1.0140666686224216), card(-1.0140667191960595))  # the 8th digit: the same
+    assert same_card(card(-0.3460923954844475), card(-0.3460940644145012))  # a median, seen moving 2e-6
+    other = card(-1.0150666686224216)  # the 3rd digit: other labels
+    base = card(-1.0140666686224216)
+    assert not same_card(base, other)
+    assert not same_card(base, {**base, "neuron": {"layer": 10, "index": 508}})
+    assert not same_card(base, {**base, "splits": {"test": {"mean": -1.0140666686224216}}})  # a key fewer
+    assert not same_card({"n": 73}, {"n": 74}) and not same_card({"x": "a"}, {"x": 1.0})
