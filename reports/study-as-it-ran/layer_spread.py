@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from mechcheck.checkpoint import read_checkpoint
+from mechcheck.neuron import NEURON
 from mechcheck.subject import gather_position, load_subject
 
 
@@ -74,13 +75,11 @@ def main() -> None:
             texts = ck.predictions()["texts"]
             before = last_token_units(base, texts)
             after = last_token_units(ck.load_subject(base), texts)
-            target = json.loads((folder / "run.json").read_text())["neuron"]
-            own = None
-            if target.get("kind", "neuron") == "neuron":
-                b, a = before[:, target["layer"], target["index"]], after[:, target["layer"], target["index"]]
-                own = float(a.std() / b.std())
+            n, own = ck.neuron, None
+            if n.kind == NEURON:
+                own = float(after[:, n.layer, n.index].std() / before[:, n.layer, n.index].std())
             layers = layer_ratios(before, after)
-            seeds[folder.name] = {"layers": layers, "target": target, "target_ratio": own}
+            seeds[folder.name] = {"layers": layers, "target": n.as_dict(), "target_ratio": own}
             print(variant, folder.name, "median layer ratio", round(float(np.median(layers)), 3))
         result[variant] = seeds
     out = Path(args.out)
