@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -236,9 +237,18 @@ def test_study_experiment_files_hold_the_studys_settings() -> None:
         ("neuron", 19, 824)
     }
     assert runs["neuron_natural_texts"].corpus == runs["natural_texts"].corpus
-    assert runs["neuron_natural_texts"].train == runs["true_neuron"].train
+    # they train unfrozen only, with the unfrozen settings of the variant each is asked beside
+    unfrozen_only = {"neuron_natural_texts": "true_neuron", "neuron_trained_readout": "trained_readout"}
+    for name, like in unfrozen_only.items():
+        assert runs[name].train.conditions == ("unfrozen",)
+        assert runs[name].train.for_condition("unfrozen") == replace(
+            runs[like].train.for_condition("unfrozen"), conditions=("unfrozen",)
+        )
     assert runs["neuron_trained_readout"].corpus == runs["true_neuron"].corpus
-    assert runs["neuron_trained_readout"].train == runs["trained_readout"].train
+    # their frozen condition is trained by the variant with the same texts and neuron
+    assert runs["corrected"].corpus == runs["neuron_natural_texts"].corpus
+    frozen = runs["true_neuron"].train.for_condition("frozen")
+    assert runs["corrected"].train.for_condition("frozen") == frozen
 
 
 def test_a_coordinate_target_runs_through_the_pipeline_without_the_battery(tmp_path, tiny_dir, monkeypatch):
