@@ -12,7 +12,8 @@ shortcut specific to that neuron (the battery's H3 asks the same of the target l
 
 Needs the checkpoints' weights (`model/`), which are not committed: run it on the run directory
 before its weights are deleted. Writes the JSON and `layer_spread.png` beside it (`--replot`: the
-figure again, from the JSON).
+figure again, from the JSON; `--merge`: keep the other variants already in the JSON, measured from
+an earlier run directory whose weights may be gone, and add or replace the given ones).
 """
 
 from __future__ import annotations
@@ -58,11 +59,13 @@ def main() -> None:
     parser.add_argument("--variants", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--replot", action="store_true", help="only redraw the figure from --out's JSON")
+    parser.add_argument("--merge", action="store_true", help="keep --out's other variants")
     args = parser.parse_args()
     if args.replot:
         figure(json.loads(Path(args.out).read_text()), Path(args.out).with_suffix(".png"))
         return
-    run, result, base = Path(args.run), {}, None
+    run, base, out = Path(args.run), None, Path(args.out)
+    result = json.loads(out.read_text()) if args.merge and out.is_file() else {}
     for variant in args.variants.split(","):
         seeds = {}
         for folder in sorted((run / variant / "train" / "unfrozen-fixed").glob("seed-*")):
@@ -82,7 +85,6 @@ def main() -> None:
             seeds[folder.name] = {"layers": layers, "target": n.as_dict(), "target_ratio": own}
             print(variant, folder.name, "median layer ratio", round(float(np.median(layers)), 3))
         result[variant] = seeds
-    out = Path(args.out)
     out.write_text(json.dumps(result, indent=1) + "\n")
     figure(result, out.with_suffix(".png"))
 
@@ -94,7 +96,7 @@ def figure(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 3.6))
-    for (variant, seeds), colour in zip(result.items(), ("C0", "C3", "C2", "C1"), strict=False):
+    for (variant, seeds), colour in zip(result.items(), ("C0", "C3", "C2", "C1", "C4", "C5", "C6"), strict=False):
         curves = np.array([s["layers"] for s in seeds.values()])
         for c in curves:
             ax.plot(c, color=colour, alpha=0.25, lw=1)
