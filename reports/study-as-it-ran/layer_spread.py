@@ -96,7 +96,8 @@ def figure(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 3.6))
-    for (variant, seeds), colour in zip(result.items(), ("C0", "C3", "C2", "C1", "C4", "C5", "C6"), strict=False):
+    colours = ("C0", "C3", "C2", "C1", "C4", "C5", "C6")
+    for (variant, seeds), colour in zip(result.items(), colours, strict=False):
         curves = np.array([s["layers"] for s in seeds.values()])
         for c in curves:
             ax.plot(c, color=colour, alpha=0.25, lw=1)
