@@ -38,6 +38,7 @@ ALPHA = 0.05  # BH-adjusted q (rank p among matched null draws) an effect must b
 H1_MIN_SHARE = 0.5  # share of the report's r² that must survive removing the neuron and its W_in span
 H3_MAX_RATIO = 0.5  # std(after) / std(before) below this is "nearly constant"
 MIN_NULL = 100  # null draws a primary test needs
+MIN_SPREAD = 1e-3  # a head's std over the label's below this is constant (float rounding, not a report)
 THRESHOLDS = ("MIN_R2", "MIN_SHARE", "ALPHA", "H1_MIN_SHARE", "H3_MAX_RATIO")
 FRAGILITY = (0.8, 1.2)
 HYPOTHESES = ("H1", "H2_in", "H2_out", "H3")
@@ -87,16 +88,23 @@ def effect(
 
 def informative(probes: Probes, head: str, t: dict[str, float]) -> dict[str, Any]:
     """Informative: the head's clean r² with its label ≥ MIN_R2 and its rank p among label
-    permutations < ALPHA (an r² is never negative, so only the permutation null can say "none")."""
-    probe = probes.get("informative") or {}
+    permutations < ALPHA (an r² is never negative, so only the permutation null can say "none"),
+    and the head varies: its std is at least MIN_SPREAD of the label's (an r² is blind to scale, so
+    a head that is constant up to float rounding can correlate with the label by its rounding)."""
+    metrics = (probes.get("informative") or {}).get("metrics") or {}
     key = "report.r2" if head == "report" else f"{head}.r2"
-    entry = (probe.get("metrics") or {}).get(key)
-    null = (probe.get("controls") or {}).get(f"{key}.permuted_labels") or {}
+    entry = metrics.get(key)
+    null = ((probes.get("informative") or {}).get("controls") or {}).get(f"{key}.permuted_labels") or {}
     if entry is None:
         return {"status": "missing", "why": "the informative probe did not run"}
     p = null.get("p")
-    ok = entry["value"] >= t["MIN_R2"] and p is not None and p < t["ALPHA"]
-    return {"status": "yes" if ok else "no", "r2": entry, "permutation_p": p, "min_r2": t["MIN_R2"]}
+    spread = metrics.get(key.removesuffix(".r2") + ".spread")  # absent in results written before it
+    varies = spread is None or spread["value"] >= MIN_SPREAD
+    ok = entry["value"] >= t["MIN_R2"] and p is not None and p < t["ALPHA"] and varies
+    out = {"status": "yes" if ok else "no", "r2": entry, "permutation_p": p, "min_r2": t["MIN_R2"]}
+    if spread is not None:
+        out |= {"spread": spread["value"], "min_spread": MIN_SPREAD}
+    return out if varies else out | {"why": "the head is constant up to float rounding"}
 
 
 def _decide(rule: str, found: dict[str, Any], learn: dict[str, Any]) -> dict[str, Any]:
@@ -282,7 +290,7 @@ def rules_table() -> str:
     for name, fn in rows:
         text = " ".join((fn.__doc__ or "").split()).replace("|", "\\|")
         lines.append(f"| {name} | {text} |")
-    consts = ", ".join(f"{n} = {globals()[n]}" for n in (*THRESHOLDS, "MIN_NULL"))
+    consts = ", ".join(f"{n} = {globals()[n]}" for n in (*THRESHOLDS, "MIN_NULL", "MIN_SPREAD"))
     return (
         "\n".join(lines) + f"\n\nThresholds: {consts}. A verdict that flips when one of them moves by ±20 %"
         " is marked fragile.\n"

@@ -165,6 +165,24 @@ def test_an_uninformative_report_decides_nothing_about_h1_h2(r2, perm_p):
     assert v["H3"]["verdict"] == "not_supported"  # H3 does not need an informative report
 
 
+SPREADS = [(2e-6, "no"), (0.8 * verdict.MIN_SPREAD, "no"), (1.2 * verdict.MIN_SPREAD, "yes"), (None, "yes")]
+
+
+@pytest.mark.parametrize(("spread", "status"), SPREADS)
+def test_a_report_constant_up_to_float_rounding_is_not_informative(spread, status):
+    """r² is blind to scale: a report that moves a millionth of the label's spread can still
+    correlate with it by its rounding. The gate wants a spread ≥ MIN_SPREAD (results written before
+    the spread was measured lack it and keep the r² gate alone)."""
+    p = probes()
+    if spread is not None:
+        p["informative"]["metrics"]["report.spread"] = m(spread, 0.0)
+    got = verdict.informative(p, "report", verdict.defaults())
+    assert got["status"] == status, got
+    assert ("why" in got) == (status == "no")
+    if status == "no":
+        assert verdict.verdicts(p)["verdicts"]["H1"]["verdict"] == "inconclusive"
+
+
 def test_failed_and_unspecific_effects_are_inconclusive_with_their_reason():
     v = verdict.verdicts(probes(neuron=dict(share=0.8, n=20)))["verdicts"]
     assert v["H2_out"]["verdict"] == "inconclusive" and v["H2_out"]["evidence"]["why"] == "too few null draws"
@@ -257,6 +275,12 @@ def test_planted_h3_constant_neuron(root, seed):
     assert collapse["metrics"]["std_ratio"]["value"] == 0.0
     assert collapse["metrics"]["std_ratio"]["ci"] == [0.0, 0.0]
     assert collapse["metrics"]["live.r2"]["value"] == 0.0  # the fixed labels went stale entirely
+    # the collapsed neuron leaves the report constant but for float rounding (std ~1e-6 of the label's),
+    # whose r² with the label may pass MIN_R2: the spread gate keeps H1 and H2 from reading it
+    spread = results["probes"]["informative"]["metrics"]["report.spread"]["value"]
+    assert 0 < spread < 1e-5, spread
+    learned = results["verdicts"]["H1"]["evidence"]["learned"]
+    assert learned["why"] == "the head is constant up to float rounding"
     layer = collapse["controls"]["std_ratio.layer_neurons"]
     assert layer["p"] == pytest.approx(1 / (len(layer["null"]) + 1))  # lower than every other neuron
     assert layer["p05"] == pytest.approx(1.0)  # the layer's other neurons are untouched

@@ -4,7 +4,10 @@
   report carries, whatever its offset and scale), against a permutation null (labels shuffled
   over texts, NULL_PERMUTATIONS draws — an r² is never negative, so its CI alone cannot say "no
   information"); the same for every head the battery scores (`<head>.r2`: control heads and
-  planted twins, whose verdicts need the same gate); `report.skill`: 1 − MSE/Var, the training
+  planted twins, whose verdicts need the same gate); `<head>.spread`: the head's standard deviation
+  over the label's (an r² is blind to scale, so a report that is constant up to float rounding can
+  still correlate with the label: the verdicts' gate wants a spread of at least MIN_SPREAD);
+  `report.skill`: 1 − MSE/Var, the training
   metric;
 - `report.r2_live`: r² with the trained model's own neuron (differs from the fixed label only when
   training moved the neuron);
@@ -55,6 +58,13 @@ def control(null: list[float], compares: str, direction: str = "greater") -> dic
     return summary | {"null": values.tolist(), "compares": compares, "direction": direction}
 
 
+def spread_ratio(label: np.ndarray, head: np.ndarray) -> float:
+    """std(head) / std(label) over the texts (0 for a constant label: nothing to report)."""
+    label, head = np.asarray(label, np.float64), np.asarray(head, np.float64)
+    scale = label.std()
+    return float(head.std() / scale) if scale > 0 else 0.0
+
+
 @register("informative")
 class Informative(Probe):
     hypotheses = ("H1", "H2_in", "H2_out")
@@ -84,6 +94,8 @@ class Informative(Probe):
             result.samples[key] = {"kind": "r2", "y": head.label.tolist(), "x": head.clean.tolist()}
             shuffled = r2(head.label[perms], np.broadcast_to(head.clean, perms.shape))  # [P]
             result.controls[f"{key}.permuted_labels"] = control(shuffled.tolist(), key)
+            spread = spread_ratio(head.label, head.clean)
+            result.metrics[key.removesuffix(".r2") + ".spread"] = {"value": spread, "ci": [spread, spread]}
         result.notes.append(
             f"permutation null: {NULL_PERMUTATIONS} shuffles of the labels over the texts; ridge heads "
             "cross-fitted in 5 folds by article"
